@@ -1,0 +1,1 @@
+"""Celery workers of the Contrastive-DP service: thin tasks that call ``core``."""
