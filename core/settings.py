@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +25,37 @@ class Settings(BaseSettings):
     model_dir: Path = Path("var/models")
     # "auto" picks CUDA when present, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # --- service (api/ and worker/) ---
+    # Celery broker, result backend and the live-progress mirror of job records.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Local scratch space of a worker (downloaded models, training work dirs).
+    work_dir: Path = Path("var/work")
+    # Bounds on job specs (HTTP 422 beyond them).
+    max_count: int = Field(default=100_000, ge=1)
+    max_steps: int = Field(default=1000, ge=1)
+    max_batch_size: int = Field(default=1024, ge=1)
+    max_epochs: int = Field(default=400, ge=1)
+    max_lambda: float = Field(default=1e6, gt=0)
+    # Images per generation shard (one Celery task per shard).
+    shard_size: int = Field(default=1000, ge=1)
+    # Bearer token -> owner (user or team). When empty, auth is off and every caller is "anonymous".
+    # Set as JSON: CDP_API_TOKENS='{"s3cret": "team-a"}'.
+    api_tokens: dict[str, str] = Field(default_factory=dict)
+    # Longest a single task may run; the broker's visibility timeout is set above it.
+    task_time_limit_s: int = Field(default=6 * 3600, ge=1)
+    visibility_timeout_s: int = Field(default=7 * 3600, ge=1)
+    # A task redelivered more often than this (worker lost mid-task) fails its job instead of looping.
+    max_attempts: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _visibility_above_time_limit(self) -> Settings:
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                f"visibility_timeout_s={self.visibility_timeout_s} must exceed task_time_limit_s="
+                f"{self.task_time_limit_s}, or Redis redelivers tasks that are still running"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)
