@@ -1,0 +1,36 @@
+"""Datasets as uint8 NHWC arrays with int64 labels: digits, CIFAR-10, GTSRB, npz files and generation shards.
+
+``from core.data import load_dataset`` is the entry point; see :mod:`core.data.loaders` for the formats.
+"""
+
+from core.data.dataset import DatasetInfo, ImageDataset, channel_stats, check_images_labels, seeded_split
+from core.data.loaders import (
+    DATASET_NAMES,
+    download_cifar10,
+    load_cifar10,
+    load_dataset,
+    load_digits,
+    load_gtsrb,
+    load_npz,
+    load_synthetic,
+    read_cifar10_batch,
+    shard_files,
+)
+
+__all__ = [
+    "DATASET_NAMES",
+    "DatasetInfo",
+    "ImageDataset",
+    "channel_stats",
+    "check_images_labels",
+    "download_cifar10",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_gtsrb",
+    "load_npz",
+    "load_synthetic",
+    "read_cifar10_batch",
+    "seeded_split",
+    "shard_files",
+]

@@ -1,0 +1,171 @@
+"""The in-memory image dataset every loader returns, and the checks that keep malformed arrays out.
+
+Convention (INTERFACES.md): images are ``uint8`` arrays in N x H x W x C layout, labels ``int64`` of length N.
+Models receive ``float`` N x C x H x W tensors in [0, 1] (see :meth:`ImageDataset.to_tensors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Metadata of a dataset: what a model built for it needs to know."""
+
+    name: str
+    num_classes: int
+    image_size: int
+    channels: int
+    class_names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names given for {self.num_classes} classes in {self.name!r}"
+            )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "class_names": list(self.class_names),
+        }
+
+
+@dataclass
+class ImageDataset:
+    """Images (uint8 N x H x W x C), labels (int64 N) and the dataset's metadata.
+
+    The constructor validates shapes, dtypes and the label range, so a dataset that exists is well formed.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    info: DatasetInfo
+
+    def __post_init__(self) -> None:
+        check_images_labels(
+            self.images, self.labels, num_classes=self.info.num_classes, source=self.info.name
+        )
+        height, width, channels = self.images.shape[1:]
+        if height != self.info.image_size or width != self.info.image_size:
+            raise ValueError(
+                f"{self.info.name}: images are {height}x{width}, info says image_size={self.info.image_size}"
+            )
+        if channels != self.info.channels:
+            raise ValueError(
+                f"{self.info.name}: images have {channels} channels, info says {self.info.channels}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to_tensors(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)``: x float32 N x C x H x W in [0, 1], y int64 N, on ``device``."""
+        x = torch.from_numpy(np.ascontiguousarray(self.images)).to(device)  # N x H x W x C uint8
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # N x C x H x W in [0, 1]
+        y = torch.from_numpy(self.labels).to(device)
+        return x.contiguous(), y
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
+        """A new dataset holding the rows ``indices`` (copied), with the same metadata."""
+        index = np.asarray(indices, dtype=np.int64)
+        return ImageDataset(self.images[index].copy(), self.labels[index].copy(), self.info)
+
+    def class_histogram(self) -> list[int]:
+        """Number of images per class, index = class id."""
+        return np.bincount(self.labels, minlength=self.info.num_classes).astype(int).tolist()
+
+
+def check_images_labels(
+    images: np.ndarray, labels: np.ndarray, *, num_classes: int | None, source: str
+) -> None:
+    """Raise ValueError naming ``source`` and the problem unless the arrays follow the dataset convention."""
+    if not isinstance(images, np.ndarray) or not isinstance(labels, np.ndarray):
+        raise ValueError(f"{source}: images and labels must be numpy arrays")
+    if images.dtype != np.uint8:
+        raise ValueError(f"{source}: images must be uint8, got dtype {images.dtype}")
+    if images.ndim != 4:
+        raise ValueError(f"{source}: images must be N x H x W x C, got shape {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{source}: no images (empty array)")
+    if images.shape[3] not in (1, 3):
+        raise ValueError(f"{source}: images must have 1 or 3 channels (last axis), got shape {images.shape}")
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"{source}: images must be square, got {images.shape[1]}x{images.shape[2]}")
+    if labels.dtype != np.int64:
+        raise ValueError(f"{source}: labels must be int64, got dtype {labels.dtype}")
+    if labels.ndim != 1:
+        raise ValueError(f"{source}: labels must be one-dimensional, got shape {labels.shape}")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{source}: {images.shape[0]} images but {labels.shape[0]} labels")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise ValueError(f"{source}: negative label {low}")
+    if num_classes is not None and high >= num_classes:
+        raise ValueError(f"{source}: label {high} out of range for {num_classes} classes")
+
+
+def as_labels(raw: np.ndarray, *, source: str) -> np.ndarray:
+    """Integer labels of any integer dtype as int64; anything else (floats, strings) is a ValueError."""
+    if not np.issubdtype(raw.dtype, np.integer):
+        raise ValueError(f"{source}: labels must be integers, got dtype {raw.dtype}")
+    return raw.astype(np.int64, copy=False)
+
+
+def as_nhwc(raw: np.ndarray, *, source: str) -> np.ndarray:
+    """uint8 images as N x H x W x C: N x H x W gains a channel axis; other layouts are rejected."""
+    if raw.dtype != np.uint8:
+        raise ValueError(f"{source}: images must be uint8 (0..255), got dtype {raw.dtype}")
+    if raw.ndim == 3:
+        raw = raw[..., None]
+    if raw.ndim != 4:
+        raise ValueError(f"{source}: images must be N x H x W x C or N x H x W, got shape {raw.shape}")
+    return raw
+
+
+def channel_stats(dataset: ImageDataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of the images in [0, 1] (for a model's input normalisation)."""
+    x = dataset.images.reshape(-1, dataset.info.channels).astype(np.float64) / 255.0
+    mean = tuple(float(v) for v in x.mean(axis=0))
+    std = tuple(max(float(v), 1e-3) for v in x.std(axis=0))
+    return mean, std
+
+
+def seeded_split(
+    labels: np.ndarray, *, fractions: Sequence[float], seed: int, stratify: bool = True
+) -> list[np.ndarray]:
+    """Split row indices into ``len(fractions) + 1`` parts.
+
+    Part k gets ``fractions[k]`` of the rows earlier parts left (per class when ``stratify``), the last part
+    the remainder. Deterministic given ``seed``; the indices in each part are sorted.
+    """
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    groups = (
+        [np.flatnonzero(labels == c) for c in np.unique(labels)] if stratify else [np.arange(len(labels))]
+    )
+    for group in groups:
+        order = rng.permutation(group)
+        start = 0
+        remaining = len(order)
+        for k, fraction in enumerate(fractions):
+            take = int(round(fraction * remaining))
+            parts[k].append(order[start : start + take])
+            start += take
+            remaining = len(order) - start
+        parts[-1].append(order[start:])
+    return [np.sort(np.concatenate(p)) for p in parts]
