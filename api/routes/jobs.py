@@ -1,0 +1,231 @@
+"""The /jobs routes: thin handlers that delegate to :class:`core.jobs.service.JobService`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from api import metrics as prom
+from api.deps import OwnerDep, RepoDep, ServiceDep, StoreDep
+from api.problems import FieldError, ProblemError, responses
+from core.jobs import keys
+from core.jobs.records import JobNotFound, JobRepository
+from core.jobs.service import IdempotencyConflict, InvalidReference
+from core.specs import JOB_ID_PATTERN, GenerateSpec, JobKind, JobRecord, JobStatus, TrainSpec
+from core.storage import ObjectNotFound, ObjectStore
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(pattern=rf"^{JOB_ID_PATTERN}$", description="job id (24 hex digits)",
+                            examples=["0190a1b2c3d4e5f6a7b8c9d0"])]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=200,
+           description="Same key and same body return the same job; a different body is a 422 (kept 48 h)"),
+]
+PRESIGN_EXPIRY_S = 3600
+
+
+class JobPage(BaseModel):
+    items: list[JobRecord]
+    next_page_token: str | None = Field(default=None, description="pass as page_token for the next page")
+
+
+class Artifact(BaseModel):
+    name: str = Field(examples=["shards/0.npz"])
+    size: int
+    sha256: str | None
+    url: str = Field(description="presigned URL (MinIO) or this API's download route (local store)")
+
+
+class ArtifactList(BaseModel):
+    job_id: str
+    complete: bool = Field(description="true once manifest.json exists (the job's outputs are final)")
+    items: list[Artifact]
+
+
+class JobMetrics(BaseModel):
+    job_id: str
+    kind: JobKind
+    metrics: dict[str, Any] = Field(
+        examples=[{"count": 512, "class_histogram": [51, 52, 50, 49, 53, 50, 52, 51, 52, 52],
+                   "mean_confidence": 0.93, "mean_entropy": 0.2, "separability": 1.4, "images_per_s": 35.2}]
+    )
+
+
+def _job_or_404(repo: JobRepository, job_id: str, owner: str) -> JobRecord:
+    try:
+        return repo.get(job_id, owner=owner)
+    except JobNotFound:
+        raise ProblemError(404, "Not found", f"no job {job_id}", slug="job-not-found") from None
+
+
+def _created(response: Response, job: JobRecord) -> JobRecord:
+    response.headers["Location"] = job.links.self
+    return job
+
+
+def _submit_errors(exc: Exception) -> ProblemError:
+    if isinstance(exc, InvalidReference):
+        field = "body." + ".".join(str(p) for p in exc.loc)
+        return ProblemError(422, "Invalid reference", exc.message, slug="invalid-reference",
+                            errors=[FieldError(field=field, message=exc.message, type="invalid_reference")])
+    return ProblemError(422, "Idempotency key reused", str(exc), slug="idempotency-conflict",
+                        errors=[FieldError(field="header.Idempotency-Key", message=str(exc))])
+
+
+@router.post("/generate", status_code=202, response_model=JobRecord, operation_id="createGenerateJob",
+             summary="Generate synthetic images with contrastive guidance", responses=responses(401, 422))
+def create_generate_job(spec: Annotated[GenerateSpec, Body()], service: ServiceDep, owner: OwnerDep,
+                        response: Response, idempotency_key: IdempotencyKey = None) -> JobRecord:
+    try:
+        job, created = service.submit_generate(spec, owner=owner, idempotency_key=idempotency_key)
+    except (InvalidReference, IdempotencyConflict) as exc:
+        raise _submit_errors(exc) from None
+    if created:
+        prom.JOBS_SUBMITTED.labels(kind="generate").inc()
+    return _created(response, job)
+
+
+@router.post("/train", status_code=202, response_model=JobRecord, operation_id="createTrainJob",
+             summary="Train a diffusion model, a classifier, or TRADES", responses=responses(401, 422))
+def create_train_job(spec: Annotated[TrainSpec, Body()], service: ServiceDep, owner: OwnerDep,
+                     response: Response, idempotency_key: IdempotencyKey = None) -> JobRecord:
+    try:
+        job, created = service.submit_train(spec, owner=owner, idempotency_key=idempotency_key)
+    except (InvalidReference, IdempotencyConflict) as exc:
+        raise _submit_errors(exc) from None
+    if created:
+        prom.JOBS_SUBMITTED.labels(kind="train").inc()
+    return _created(response, job)
+
+
+@router.get("", response_model=JobPage, operation_id="listJobs", summary="List your jobs, newest first",
+            responses=responses(401, 422))
+def list_jobs(
+    repo: RepoDep, owner: OwnerDep,
+    kind: JobKind | None = None, status: JobStatus | None = None,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page_token: Annotated[str | None, Query(pattern=rf"^{JOB_ID_PATTERN}$")] = None,
+) -> JobPage:
+    items, token = repo.list(owner=owner, kind=kind, status=status, page_size=page_size,
+                             page_token=page_token)
+    return JobPage(items=items, next_page_token=token)
+
+
+@router.get("/{job_id}", response_model=JobRecord, operation_id="getJob", summary="One job",
+            responses=responses(401, 404))
+def get_job(job_id: JobId, repo: RepoDep, owner: OwnerDep) -> JobRecord:
+    return _job_or_404(repo, job_id, owner)
+
+
+@router.post("/{job_id}/cancel", response_model=JobRecord, operation_id="cancelJob",
+             summary="Request cooperative cancellation (idempotent)", responses=responses(401, 404))
+def cancel_job(job_id: JobId, repo: RepoDep, owner: OwnerDep) -> JobRecord:
+    job = _job_or_404(repo, job_id, owner)
+    if job.terminal:
+        return job
+    repo.request_cancel(job_id)
+    return repo.get(job_id, owner=owner)
+
+
+@router.get("/{job_id}/metrics", response_model=JobMetrics, operation_id="getJobMetrics",
+            summary="Metrics of a finished job", responses=responses(401, 404, 409))
+def get_job_metrics(job_id: JobId, repo: RepoDep, store: StoreDep, owner: OwnerDep) -> JobMetrics:
+    job = _job_or_404(repo, job_id, owner)
+    try:
+        metrics = store.get_json(keys.metrics_key(job_id))
+    except ObjectNotFound:
+        raise ProblemError(409, "Metrics not available", f"job {job_id} is {job.status}; metrics appear "
+                           "when it succeeds", slug="metrics-not-available") from None
+    return JobMetrics(job_id=job_id, kind=job.kind, metrics=metrics)
+
+
+def _artifact_url(request: Request, store: ObjectStore, job_id: str, name: str) -> str:
+    url = store.presigned_url(keys.job_prefix(job_id) + name, expires=PRESIGN_EXPIRY_S)
+    return url or str(request.url_for("downloadJobArtifact", job_id=job_id, name=name))
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactList, operation_id="listJobArtifacts",
+            summary="Files a job produced, with sizes, sha256 and download URLs",
+            responses=responses(401, 404))
+def list_job_artifacts(job_id: JobId, request: Request, repo: RepoDep, store: StoreDep,
+                       owner: OwnerDep) -> ArtifactList:
+    _job_or_404(repo, job_id, owner)
+    prefix = keys.job_prefix(job_id)
+    try:
+        manifest = store.get_json(keys.manifest_key(job_id))
+        entries = [(a["name"], a["size"], a["sha256"]) for a in manifest["artifacts"]] + [
+            ("manifest.json", store.stat(keys.manifest_key(job_id)).size, None)]
+        complete = True
+    except ObjectNotFound:
+        entries = [(i.key[len(prefix):], i.size, i.sha256) for i in store.list(prefix)
+                   if i.key != keys.record_key(job_id)]
+        complete = False
+    items = [Artifact(name=n, size=s, sha256=h, url=_artifact_url(request, store, job_id, n))
+             for n, s, h in entries]
+    return ArtifactList(job_id=job_id, complete=complete, items=items)
+
+
+@router.get("/{job_id}/artifacts/{name:path}", operation_id="downloadJobArtifact",
+            summary="Download one artifact (streamed)", responses={
+                200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+                **responses(401, 404)})
+def download_job_artifact(job_id: JobId, name: str, repo: RepoDep, store: StoreDep,
+                          owner: OwnerDep) -> StreamingResponse:
+    _job_or_404(repo, job_id, owner)
+    key = keys.job_prefix(job_id) + name
+    try:
+        info = store.stat(key)
+        chunks = store.iter_chunks(key)
+    except (ObjectNotFound, ValueError):
+        raise ProblemError(404, "Not found", f"job {job_id} has no artifact {name!r}",
+                           slug="artifact-not-found") from None
+    filename = name.rsplit("/", 1)[-1]
+    return StreamingResponse(chunks, media_type=info.content_type or "application/octet-stream",
+                             headers={"Content-Length": str(info.size),
+                                      "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+@router.get("/{job_id}/events", operation_id="streamJobEvents",
+            summary="Server-sent events: `state` on status changes, `progress` while running; ends when the "
+                    "job is finished",
+            responses={200: {"content": {"text/event-stream": {}}, "description": "event stream"},
+                       **responses(401, 404)})
+async def stream_job_events(job_id: JobId, repo: RepoDep, owner: OwnerDep,
+                            poll_s: Annotated[float, Query(ge=0.05, le=10)] = 0.5) -> StreamingResponse:
+    first = await anyio.to_thread.run_sync(lambda: _job_or_404(repo, job_id, owner))
+
+    async def events(job: JobRecord) -> AsyncIterator[str]:
+        last_status, last_progress = None, None
+        idle = 0.0
+        while True:
+            if job.status != last_status:
+                yield _sse("state", job.model_dump(mode="json"))
+                last_status = job.status
+            progress = job.progress.model_dump(mode="json")
+            if progress != last_progress:
+                yield _sse("progress", {"id": job.id, "status": job.status, **progress})
+                last_progress, idle = progress, 0.0
+            if job.terminal:
+                return
+            await asyncio.sleep(poll_s)
+            idle += poll_s
+            if idle >= 15:
+                yield ": keep-alive\n\n"
+                idle = 0.0
+            job = await anyio.to_thread.run_sync(lambda: repo.get(job_id, owner=owner))
+
+    return StreamingResponse(events(first), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,469 @@
+"""What the worker's tasks do: compose the science in core/ with the store and the job record.
+
+Delivery is at-least-once, so every function here is idempotent:
+
+- ``run_generate_shard``: shard k of a generation job, seeded from (job seed, k); a shard already in the
+  store is complete (objects appear atomically) and is not redone. When the last shard lands, the finalize
+  task is enqueued once (a Redis SET NX guards it; a redelivered shard re-checks).
+- ``run_finalize``: metrics, preview grid, then the manifest, written LAST, then the job succeeds.
+- ``run_train``: trains in a local work directory that mirrors ``jobs/<id>/checkpoints/`` in the store; a
+  redelivered task restores the checkpoints and the trainer resumes from the last epoch.
+
+Cancellation is cooperative: the progress callable checks the job's cancel flag between DDIM steps and
+epochs and raises :class:`core.progress.Cancelled`. Heavy imports (torch, diffusers, the trainers) happen
+inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import shutil
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.jobs import keys
+from core.jobs.queue import Enqueuer
+from core.jobs.records import JobRepository
+from core.progress import Cancelled
+from core.specs import GenerateSpec, JobRecord, Progress, TrainSpec, job_id_of
+from core.storage import ObjectNotFound, ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    """Everything a task needs, built once per worker process (see worker/app.py)."""
+
+    repo: JobRepository
+    store: ObjectStore
+    enqueuer: Enqueuer
+    model_dir: Path
+    work_dir: Path
+    data_root: Path
+    device: str
+    shard_size: int
+    max_attempts: int
+    models: ModelCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.models = ModelCache(self)
+
+
+# --------------------------------------------------------------------------------------------- models
+class ModelCache:
+    """Loaded diffusion models and classifiers, kept per worker process (a few, least recently used out)."""
+
+    def __init__(self, ctx: WorkerContext, *, capacity: int = 4) -> None:
+        self.ctx = ctx
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def local_path(self, ref: str) -> Path:
+        """A model directory on local disk: a model-dir entry, or a training job's output (downloaded)."""
+        job_id = job_id_of(ref)
+        if job_id is None:
+            return self.ctx.model_dir / ref
+        target = self.ctx.work_dir / "models" / job_id
+        if not (target / ".complete").exists():
+            download_prefix(self.ctx.store, keys.model_prefix(job_id), target)
+            (target / ".complete").write_text("ok")
+        return target
+
+    def get(self, kind: str, ref: str) -> Any:
+        key = (kind, ref)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        path = self.local_path(ref)
+        if kind == "diffusion":
+            from core.diffusion import load_diffusion_model
+
+            model = load_diffusion_model(path, device=self.ctx.device)
+        else:
+            from core.models import load_classifier
+
+            model = load_classifier(path, device=self.ctx.device)
+        self._items[key] = model
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return model
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def download_prefix(store: ObjectStore, prefix: str, target: Path) -> int:
+    """Copy every object under ``prefix`` to ``target/<rest of key>``; returns the number of files."""
+    count = 0
+    for info in store.list(prefix):
+        store.download_file(info.key, target / info.key[len(prefix):])
+        count += 1
+    return count
+
+
+class DirectorySync:
+    """Uploads new or changed files of a local directory under a store prefix (checkpoints each epoch)."""
+
+    def __init__(self, store: ObjectStore, local: Path, prefix: str) -> None:
+        self.store, self.local, self.prefix = store, local, prefix
+        self._seen: dict[str, tuple[int, int]] = {}
+
+    def __call__(self) -> int:
+        uploaded = 0
+        for path in sorted(p for p in self.local.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            rel = path.relative_to(self.local).as_posix()
+            stat = path.stat()
+            signature = (stat.st_size, stat.st_mtime_ns)
+            if self._seen.get(rel) == signature:
+                continue
+            self.store.put_file(self.prefix + rel, path)
+            self._seen[rel] = signature
+            uploaded += 1
+        return uploaded
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    """An independent 63-bit seed per shard, derived from (job seed, shard index)."""
+    return int(np.random.SeedSequence([seed, shard]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def shard_count(spec: GenerateSpec, shard_size: int) -> int:
+    return math.ceil(spec.count / shard_size)
+
+
+def shard_size_of(spec: GenerateSpec, shard: int, shard_size: int) -> int:
+    return min(shard_size, spec.count - shard * shard_size)
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def _guard(ctx: WorkerContext, job_id: str, unit: str) -> JobRecord | None:
+    """Common start of every task: None when there is nothing to do (terminal, canceled, attempts used up)."""
+    job = ctx.repo.get(job_id)
+    if job.terminal:
+        return None
+    if ctx.repo.cancel_requested(job_id):
+        ctx.repo.finish(job_id, "canceled")
+        return None
+    attempt = ctx.repo.bump_attempt(job_id, unit)
+    if attempt > ctx.max_attempts:
+        ctx.repo.finish(job_id, "failed", error=f"{unit} was delivered {attempt} times (limit "
+                                                f"{ctx.max_attempts}); a worker probably died running it")
+        return None
+    return job
+
+
+def _run_guarded(ctx: WorkerContext, job_id: str, work: Callable[[], str]) -> str:
+    """Run ``work``; Cancelled -> job canceled, any other error -> job failed (logged, not re-raised)."""
+    try:
+        return work()
+    except Cancelled:
+        ctx.repo.finish(job_id, "canceled")
+        return "canceled"
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        ctx.repo.finish(job_id, "failed", error=_error_text(exc))
+        return "failed"
+
+
+class _JobProgress:
+    """The core ProgressFn of one unit of work: checks the cancel flag and mirrors progress to Redis."""
+
+    def __init__(self, ctx: WorkerContext, job_id: str, *, part: Callable[[float], float],
+                 min_interval_s: float = 0.25) -> None:
+        self.ctx, self.job_id, self.part = ctx, job_id, part
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
+
+    def __call__(self, *, stage: str, current: int, total: int, message: str = "",
+                 metrics: dict[str, Any] | None = None) -> None:
+        if self.ctx.repo.cancel_requested(self.job_id):
+            raise Cancelled(f"job {self.job_id} was canceled")
+        now = time.monotonic()
+        if now - self._last < self.min_interval_s and current < total:
+            return
+        self._last = now
+        local = current / total if total > 0 else 0.0
+        self.ctx.repo.set_progress(self.job_id, Progress(fraction=min(1.0, max(0.0, self.part(local))),
+                                                         current=current, total=total, stage=stage,
+                                                         message=message))
+
+
+# ---------------------------------------------------------------------------------------- generation
+def run_generate_shard(ctx: WorkerContext, job_id: str, shard: int) -> str:
+    key = keys.shard_key(job_id, shard)
+    if ctx.store.exists(key):  # a redelivered, already complete shard: never redone
+        _maybe_enqueue_finalize(ctx, job_id)
+        return "exists"
+    job = _guard(ctx, job_id, f"shard-{shard}")
+    if job is None:
+        return "skipped"
+    spec = job.generate_spec()
+    n_shards = shard_count(spec, ctx.shard_size)
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard={shard} outside 0..{n_shards - 1} for job {job_id}")
+
+    def work() -> str:
+        ctx.repo.mark_running(job_id)
+        data = _generate_shard_arrays(ctx, job_id, spec, shard, n_shards)
+        ctx.store.put_bytes(key, _npz_bytes(**data), content_type="application/octet-stream")
+        ctx.repo.redis.hset(keys.r_shards(job_id), str(shard), "1")
+        _maybe_enqueue_finalize(ctx, job_id)
+        return "done"
+
+    return _run_guarded(ctx, job_id, work)
+
+
+def _generate_shard_arrays(ctx: WorkerContext, job_id: str, spec: GenerateSpec, shard: int,
+                           n_shards: int) -> dict[str, np.ndarray]:
+    from core.generation import GenerationParams, generate
+
+    diffusion = ctx.models.get("diffusion", spec.model)
+    classifier = ctx.models.get("classifier", spec.classifier)
+    real_images = None
+    if spec.strategy in ("real_positive", "real_negative"):
+        from core.data import load_dataset
+
+        real_images = load_dataset(spec.dataset, "train", root=ctx.data_root).images
+    params = GenerationParams(
+        loss=spec.loss, lam=float(spec.lam or 0.0), tau=float(spec.tau or 1.0), tau_plus=spec.tau_plus,
+        beta=spec.beta, strategy=spec.strategy, embedding_head=spec.embedding_head, steps=spec.steps,
+        schedule=spec.schedule, eta=spec.eta, guidance_window=spec.guidance_window,
+        batch_size=spec.batch_size,
+    )
+    done_before = int(ctx.repo.redis.hlen(keys.r_shards(job_id)))
+    progress = _JobProgress(ctx, job_id, part=lambda f: (done_before + f) / n_shards)
+    started = time.perf_counter()
+    result = generate(diffusion, classifier, params=params, count=shard_size_of(spec, shard, ctx.shard_size),
+                      seed=shard_seed(spec.seed, shard), real_images=real_images, device=ctx.device,
+                      progress=progress)
+    elapsed = time.perf_counter() - started
+    return {
+        "image": np.asarray(result.images, dtype=np.uint8),
+        "label": np.asarray(result.labels, dtype=np.int64),
+        "confidence": np.asarray(result.confidence, dtype=np.float32),
+        "entropy": np.asarray(result.entropy, dtype=np.float32),
+        "elapsed_s": np.asarray(elapsed, dtype=np.float64),
+    }
+
+
+def _maybe_enqueue_finalize(ctx: WorkerContext, job_id: str) -> bool:
+    job = ctx.repo.get(job_id)
+    if job.terminal:
+        return False
+    n_shards = shard_count(job.generate_spec(), ctx.shard_size)
+    present = sum(1 for _ in ctx.store.list(keys.job_prefix(job_id) + "shards/"))
+    if present < n_shards:
+        return False
+    if not ctx.repo.redis.set(keys.r_finalize(job_id), "1", nx=True, ex=7 * 24 * 3600):
+        return False
+    ctx.enqueuer.finalize(job_id)
+    return True
+
+
+def load_shards(store: ObjectStore, job_id: str, n_shards: int) -> dict[str, np.ndarray]:
+    """All shards of a job concatenated in shard order (plus ``elapsed_s``: the summed sampling time)."""
+    parts: dict[str, list[np.ndarray]] = {"image": [], "label": [], "confidence": [], "entropy": []}
+    elapsed = 0.0
+    for shard in range(n_shards):
+        with np.load(io.BytesIO(store.get_bytes(keys.shard_key(job_id, shard)))) as npz:
+            for name in parts:
+                parts[name].append(npz[name])
+            elapsed += float(npz["elapsed_s"]) if "elapsed_s" in npz.files else 0.0
+    out = {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    out["elapsed_s"] = np.asarray(elapsed)
+    return out
+
+
+def preview_png(images: np.ndarray, *, columns: int = 10, max_images: int = 100) -> bytes:
+    """A grid of the first images (uint8 NHWC) as PNG bytes."""
+    from PIL import Image
+
+    images = images[:max_images]
+    n, h, w, c = images.shape
+    rows = max(1, math.ceil(n / columns))
+    grid = np.zeros((rows * (h + 2) + 2, columns * (w + 2) + 2, c), dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + col * (w + 2): 2 + col * (w + 2) + w] = image
+    mode = "L" if c == 1 else "RGB"
+    picture = Image.fromarray(grid[..., 0] if c == 1 else grid, mode=mode)
+    scale = max(1, 256 // max(picture.size))
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_finalize(ctx: WorkerContext, job_id: str) -> str:
+    job = _guard(ctx, job_id, "finalize")
+    if job is None:
+        return "skipped"
+    spec = job.generate_spec()
+
+    def work() -> str:
+        from core.generation import sample_metrics
+
+        ctx.repo.set_progress(job_id, Progress(fraction=0.99, current=0, total=1, stage="finalizing"))
+        data = load_shards(ctx.store, job_id, shard_count(spec, ctx.shard_size))
+        classifier = ctx.models.get("classifier", spec.classifier)
+        images, labels = data["image"], data["label"]
+        if spec.selection is not None:
+            images, labels = _select(ctx, spec, classifier, data)
+            ctx.store.put_bytes(keys.job_prefix(job_id) + "selected.npz",
+                                _npz_bytes(image=images, label=labels))
+        metrics = dict(sample_metrics(classifier, images, labels))
+        elapsed = float(data["elapsed_s"])
+        metrics.update(
+            generated=int(len(data["label"])),
+            mean_confidence_all=float(np.mean(data["confidence"])),
+            mean_entropy_all=float(np.mean(data["entropy"])),
+            sampling_seconds=elapsed,
+            images_per_s=float(len(data["label"]) / elapsed) if elapsed > 0 else None,
+            spec=spec.model_dump(mode="json"),
+        )
+        ctx.store.put_json(keys.metrics_key(job_id), _jsonable(metrics))
+        ctx.store.put_bytes(keys.preview_key(job_id), preview_png(images), content_type="image/png")
+        write_manifest(ctx.store, job_id)
+        ctx.repo.finish(job_id, "succeeded")
+        return "done"
+
+    return _run_guarded(ctx, job_id, work)
+
+
+def _select(ctx: WorkerContext, spec: GenerateSpec, classifier: Any, data: dict[str, np.ndarray]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    from core.contrastive import select_top_k
+
+    assert spec.selection is not None
+    index = select_top_k(classifier, data["image"], data["label"], criterion=spec.selection.criterion,
+                         k=spec.selection.top_k, device=ctx.device)
+    index = np.asarray(index, dtype=np.int64)
+    return data["image"][index], data["label"][index]
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars/arrays and non-finite floats -> plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return _jsonable(value.item())
+    return value
+
+
+def write_manifest(store: ObjectStore, job_id: str) -> dict[str, Any]:
+    """``manifest.json``: every artifact of the job with size and sha256. Written last: its presence means
+    the job's outputs are complete."""
+    prefix = keys.job_prefix(job_id)
+    skip = {keys.record_key(job_id), keys.manifest_key(job_id)}
+    artifacts = []
+    for info in store.list(prefix):
+        if info.key in skip:
+            continue
+        digest = info.sha256 or store.stat(info.key).sha256
+        if digest is None:
+            digest = hashlib.sha256(store.get_bytes(info.key)).hexdigest()
+        artifacts.append({"name": info.key[len(prefix):], "size": info.size, "sha256": digest})
+    manifest = {"job_id": job_id, "artifacts": artifacts}
+    store.put_json(keys.manifest_key(job_id), manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------ training
+def run_train(ctx: WorkerContext, job_id: str) -> str:
+    job = _guard(ctx, job_id, "train")
+    if job is None:
+        return "skipped"
+    spec = job.train_spec()
+
+    def work() -> str:
+        ctx.repo.mark_running(job_id)
+        out_dir = ctx.work_dir / "jobs" / job_id
+        restored = download_prefix(ctx.store, keys.checkpoint_prefix(job_id), out_dir)
+        if restored:
+            log.info("job %s: restored %d checkpoint files, resuming", job_id, restored)
+        sync = DirectorySync(ctx.store, out_dir, keys.checkpoint_prefix(job_id))
+        progress = _TrainProgress(ctx, job_id, sync, epochs=spec.epochs)
+        from core.jobs.training import train_for_spec
+
+        result = train_for_spec(spec, out_dir=out_dir, data_root=ctx.data_root, device=ctx.device,
+                                progress=progress, synthetic_dirs=_synthetic_dirs(ctx, spec))
+        sync()
+        model_dir = result.pop("_model_dir", None)
+        if model_dir is not None:
+            for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+                ctx.store.put_file(keys.model_prefix(job_id) + path.relative_to(model_dir).as_posix(), path)
+        ctx.store.put_json(keys.metrics_key(job_id), _jsonable(result))
+        write_manifest(ctx.store, job_id)
+        ctx.repo.finish(job_id, "succeeded")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return "done"
+
+    return _run_guarded(ctx, job_id, work)
+
+
+class _TrainProgress(_JobProgress):
+    """Progress of a training run; syncs the checkpoint directory to the store whenever an epoch ends."""
+
+    def __init__(self, ctx: WorkerContext, job_id: str, sync: DirectorySync, *, epochs: int) -> None:
+        super().__init__(ctx, job_id, part=lambda f: f)
+        self.sync = sync
+        self._epoch_seen: int | None = None
+
+    def __call__(self, *, stage: str, current: int, total: int, message: str = "",
+                 metrics: dict[str, Any] | None = None) -> None:
+        if stage.startswith("epoch") or stage == "train":
+            if self._epoch_seen is not None and current != self._epoch_seen:
+                self.sync()
+            self._epoch_seen = current
+        super().__call__(stage=stage, current=current, total=total, message=message, metrics=metrics)
+
+
+def _synthetic_dirs(ctx: WorkerContext, spec: TrainSpec) -> list[Path]:
+    """Download the shards of each referenced generation job (once per worker) and return their dirs."""
+    dirs = []
+    for ref in spec.synthetic:
+        job_id = job_id_of(ref)
+        assert job_id is not None
+        target = ctx.work_dir / "synthetic" / job_id
+        if not (target / ".complete").exists():
+            selected = keys.job_prefix(job_id) + "selected.npz"
+            try:
+                ctx.store.download_file(selected, target / "shards" / "0.npz")
+            except ObjectNotFound:
+                download_prefix(ctx.store, keys.job_prefix(job_id) + "shards/", target / "shards")
+            (target / ".complete").write_text("ok")
+        dirs.append(target / "shards")
+    return dirs
+
+
+def manifest_of(store: ObjectStore, job_id: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(store.get_bytes(keys.manifest_key(job_id)))
+    except ObjectNotFound:
+        return None

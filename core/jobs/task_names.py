@@ -1,0 +1,8 @@
+"""Celery task names, shared by the API (which enqueues by name) and worker/ (which registers them)."""
+
+from __future__ import annotations
+
+GENERATE_SHARD = "cdp.generate_shard"
+FINALIZE_GENERATION = "cdp.finalize_generation"
+TRAIN = "cdp.train"
+ALL_TASKS: tuple[str, ...] = (GENERATE_SHARD, FINALIZE_GENERATION, TRAIN)

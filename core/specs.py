@@ -1,0 +1,276 @@
+"""Job specs and the job record: the pydantic models the HTTP API accepts and the worker executes.
+
+Defaults follow the paper (Contrastive-DP, §5 and App. D.2): hard-negative-mining loss with tau = 10,
+lambda = 100k, tau_plus = 0.1, beta = 1; InfoNCE with tau = 0.1, lambda = 20k; DDIM with 200 "quad" steps
+and eta = 0; TRADES with beta = 6, eps = 8/255, 10 PGD steps of 2/255. Every number is bounded; the limits
+that operators tune (count, steps, batch size, epochs, lambda) come from :class:`core.settings.Settings`.
+
+Models are referenced either as ``job:<id>`` (the output of a finished training job) or as a bare name in
+the server's model directory; a name is never a path (no slashes, no ``..``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.settings import get_settings
+
+JOB_ID_PATTERN = r"[0-9a-f]{24}"
+_JOB_REF = re.compile(rf"^job:({JOB_ID_PATTERN})$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+DatasetName = Literal["digits", "cifar10", "gtsrb"]
+JobKind = Literal["generate", "train"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+SelectionCriterion = Literal["separability", "grad_norm", "robust_grad_norm", "entropy"]
+
+
+def _check_model_ref(value: str) -> str:
+    if _JOB_REF.match(value):
+        return value
+    if _MODEL_NAME.match(value) and ".." not in value:
+        return value
+    raise ValueError(
+        f"{value!r} is neither 'job:<24 hex digits>' nor a model name (letters, digits, '.', '_', '-'; "
+        "no paths)"
+    )
+
+
+def _check_job_ref(value: str) -> str:
+    if not _JOB_REF.match(value):
+        raise ValueError(f"{value!r} is not a job reference of the form 'job:<24 hex digits>'")
+    return value
+
+
+ModelRef = Annotated[
+    str,
+    AfterValidator(_check_model_ref),
+    Field(description="`job:<id>` of a finished training job, or a model name from the server's model "
+          "directory", examples=["job:0190a1b2c3d4e5f6a7b8c9d0", "digits-unet"]),
+]
+JobRef = Annotated[str, AfterValidator(_check_job_ref), Field(examples=["job:0190a1b2c3d4e5f6a7b8c9d0"])]
+
+
+def job_id_of(ref: str) -> str | None:
+    """The job id in a ``job:<id>`` reference, or None for a model name."""
+    match = _JOB_REF.match(ref)
+    return match.group(1) if match else None
+
+
+def _at_most(value: float, limit: float, name: str) -> None:
+    if value > limit:
+        raise ValueError(f"{name}={value} exceeds the server limit {limit}")
+
+
+class SelectionSpec(BaseModel):
+    """Keep the top K samples per class by one of the criteria of paper App. D.3."""
+
+    model_config = ConfigDict(extra="forbid")
+    criterion: SelectionCriterion = "separability"
+    top_k: int = Field(ge=1, description="samples kept per class")
+
+
+class GenerateSpec(BaseModel):
+    """A contrastive-guided (or vanilla, ``loss="none"``) DDIM generation job (paper Algorithm 1)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"dataset": "digits", "model": "digits-unet", "classifier": "digits-cnn", "count": 512,
+                 "loss": "hnm", "lam": 1000.0, "steps": 50, "schedule": "uniform", "seed": 0}
+            ]
+        },
+    )
+
+    dataset: DatasetName
+    model: ModelRef
+    classifier: ModelRef
+    count: int = Field(ge=1, description="number of images to generate")
+    loss: Literal["hnm", "infonce", "none"] = "hnm"
+    lam: float | None = Field(
+        default=None, ge=0, description="guidance strength lambda; default 1e5 for hnm, 2e4 for infonce"
+    )
+    tau: float | None = Field(
+        default=None, gt=0, description="temperature; default 10 for hnm, 0.1 for infonce"
+    )
+    tau_plus: float = Field(default=0.1, ge=0, lt=1)
+    beta: float = Field(default=1.0, ge=0, le=100)
+    strategy: Literal["previous", "real_positive", "real_negative", "class_conditional"] = "previous"
+    embedding_head: bool = False
+    steps: int = Field(default=200, ge=1)
+    schedule: Literal["uniform", "quad"] = "quad"
+    eta: float = Field(default=0.0, ge=0, le=1)
+    guidance_window: tuple[int, int] | None = Field(
+        default=None, description="guide only for lo <= t <= hi (DDPM timesteps); default: the whole schedule"
+    )
+    batch_size: int = Field(default=256, ge=1)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    selection: SelectionSpec | None = None
+
+    @field_validator("count")
+    @classmethod
+    def _count_limit(cls, value: int) -> int:
+        _at_most(value, get_settings().max_count, "count")
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_limit(cls, value: int) -> int:
+        _at_most(value, get_settings().max_steps, "steps")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_limit(cls, value: int) -> int:
+        _at_most(value, get_settings().max_batch_size, "batch_size")
+        return value
+
+    @field_validator("lam")
+    @classmethod
+    def _lam_limit(cls, value: float | None) -> float | None:
+        if value is not None:
+            _at_most(value, get_settings().max_lambda, "lam")
+        return value
+
+    @field_validator("guidance_window")
+    @classmethod
+    def _window_order(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 0 <= value[0] <= value[1]:
+            raise ValueError(f"guidance_window={list(value)} must satisfy 0 <= lo <= hi")
+        return value
+
+    @model_validator(mode="after")
+    def _paper_defaults(self) -> GenerateSpec:
+        if self.lam is None:
+            self.lam = {"hnm": 1e5, "infonce": 2e4, "none": 0.0}[self.loss]
+            self.lam = min(self.lam, get_settings().max_lambda)
+        if self.tau is None:
+            self.tau = 0.1 if self.loss == "infonce" else 10.0
+        return self
+
+
+class TrainSpec(BaseModel):
+    """Training of a diffusion model, a classifier (feature extractor / pseudo-labeler), or TRADES."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"kind": "classifier", "dataset": "digits", "epochs": 5},
+                {"kind": "trades", "dataset": "digits", "epochs": 3,
+                 "synthetic": ["job:0190a1b2c3d4e5f6a7b8c9d0"], "synthetic_fraction": 0.7},
+            ]
+        },
+    )
+
+    kind: Literal["diffusion", "classifier", "trades"]
+    dataset: DatasetName
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float | None = Field(default=None, gt=0, le=10, description="learning rate; default: the trainer's")
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    arch: Literal["small_cnn", "wrn"] = Field(default="small_cnn", description="classifier / trades")
+    unet: Literal["tiny", "ddpm_cifar10"] = Field(default="tiny", description="diffusion: UNet preset")
+    # TRADES (Zhang et al. 2019) and the real/synthetic mixing of paper eq. (3).
+    synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
+                                    description="finished generation jobs mixed into TRADES training")
+    synthetic_fraction: float = Field(default=0.7, ge=0, lt=1,
+                                      description="share of each batch drawn from the synthetic set")
+    beta: float = Field(default=6.0, ge=0, le=100, description="TRADES KL weight")
+    eps: float = Field(default=8 / 255, ge=0, le=1, description="L_inf radius")
+    step_size: float = Field(default=2 / 255, gt=0, le=1)
+    attack_steps: int = Field(default=10, ge=1, le=100)
+    eval_attack_steps: int = Field(default=20, ge=1, le=200)
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_limit(cls, value: int) -> int:
+        _at_most(value, get_settings().max_epochs, "epochs")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_limit(cls, value: int) -> int:
+        _at_most(value, get_settings().max_batch_size, "batch_size")
+        return value
+
+    @model_validator(mode="after")
+    def _synthetic_only_for_trades(self) -> TrainSpec:
+        if self.synthetic and self.kind != "trades":
+            raise ValueError(f"synthetic data is only used by kind='trades', not kind={self.kind!r}")
+        return self
+
+
+class Progress(BaseModel):
+    fraction: float = Field(default=0.0, ge=0, le=1)
+    current: int = 0
+    total: int = 0
+    stage: str = ""
+    message: str = ""
+
+
+class JobLinks(BaseModel):
+    self: str
+    metrics: str
+    artifacts: str
+    events: str
+    cancel: str
+
+
+class JobRecord(BaseModel):
+    """A job as stored in ``jobs/<id>/job.json`` and returned by the API."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"id": "0190a1b2c3d4e5f6a7b8c9d0", "kind": "generate", "owner": "anonymous",
+                 "status": "running", "input": {"dataset": "digits", "model": "digits-unet",
+                                                  "classifier": "digits-cnn", "count": 512},
+                 "progress": {"fraction": 0.25, "current": 1, "total": 4, "stage": "sampling",
+                              "message": ""},
+                 "error": None, "created_at": "2026-01-01T00:00:00Z", "started_at": "2026-01-01T00:00:01Z",
+                 "completed_at": None, "attempt": 1, "cancel_requested": False,
+                 "links": {"self": "/jobs/0190a1b2c3d4e5f6a7b8c9d0",
+                           "metrics": "/jobs/0190a1b2c3d4e5f6a7b8c9d0/metrics",
+                           "artifacts": "/jobs/0190a1b2c3d4e5f6a7b8c9d0/artifacts",
+                           "events": "/jobs/0190a1b2c3d4e5f6a7b8c9d0/events",
+                           "cancel": "/jobs/0190a1b2c3d4e5f6a7b8c9d0/cancel"}}
+            ]
+        }
+    )
+
+    id: str = Field(pattern=rf"^{JOB_ID_PATTERN}$")
+    kind: JobKind
+    owner: str
+    status: JobStatus = "queued"
+    input: dict[str, Any]
+    progress: Progress = Field(default_factory=Progress)
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    attempt: int = 0
+    cancel_requested: bool = False
+    links: JobLinks
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def generate_spec(self) -> GenerateSpec:
+        return GenerateSpec.model_validate(self.input)
+
+    def train_spec(self) -> TrainSpec:
+        return TrainSpec.model_validate(self.input)
+
+
+def links_for(job_id: str) -> JobLinks:
+    base = f"/jobs/{job_id}"
+    return JobLinks(self=base, metrics=f"{base}/metrics", artifacts=f"{base}/artifacts",
+                    events=f"{base}/events", cancel=f"{base}/cancel")

@@ -1,0 +1,274 @@
+"""The HTTP API without a worker: validation, problem+json errors, references, idempotency, owners, paging.
+
+A private Redis answers; the tasks the API sends stay in the broker queue, where the tests read them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from core.jobs import task_names
+from core.jobs.queue import QUEUE
+from core.jobs.records import JobRepository
+from core.settings import Settings
+from core.storage import LocalStore
+
+PROBLEM = "application/problem+json"
+
+
+def generate_body(**overrides: object) -> dict:
+    body: dict = {"dataset": "digits", "model": "unet-a", "classifier": "cnn-a", "count": 20, "steps": 10}
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+def named_models(settings: Settings) -> None:
+    for name in ("unet-a", "cnn-a"):
+        (settings.model_dir / name).mkdir()
+
+
+def queued_tasks(redis_client: redis.Redis) -> list[tuple[str, list]]:
+    """(task name, args) of every message waiting in the broker queue, oldest first."""
+    out = []
+    for raw in reversed(redis_client.lrange(QUEUE, 0, -1)):
+        message = json.loads(raw)
+        args = json.loads(__import__("base64").b64decode(message["body"]))[0]
+        out.append((message["headers"]["task"], args))
+    return out
+
+
+def assert_problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["type"].startswith("/problems/")
+    assert body["instance"] == response.request.url.path
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"dataset": "digits"}, {"body.model", "body.classifier", "body.count"}),
+        (generate_body(count=0), {"body.count"}),
+        (generate_body(count=10**6), {"body.count"}),
+        (generate_body(model="../../etc"), {"body.model"}),
+        (generate_body(model="/abs/path"), {"body.model"}),
+        (generate_body(classifier="job:123"), {"body.classifier"}),
+        (generate_body(loss="triplet"), {"body.loss"}),
+        (generate_body(tau_plus=1.0), {"body.tau_plus"}),
+        (generate_body(steps=501), {"body.steps"}),
+        (generate_body(guidance_window=[400, 100]), {"body.guidance_window"}),
+        (generate_body(unknown_field=1), {"body.unknown_field"}),
+    ],
+    ids=["missing", "count-zero", "count-over-limit", "model-path", "model-abs", "bad-job-ref", "loss",
+         "tau-plus", "steps-over-limit", "window-order", "extra-field"],
+)
+def test_generate_validation_errors_name_each_field(client: TestClient, body: dict, fields: set[str]) -> None:
+    problem = assert_problem(client.post("/jobs/generate", json=body), 422)
+    assert {e["field"] for e in problem["errors"]} == fields
+
+
+def test_count_over_limit_says_the_limit(client: TestClient) -> None:
+    problem = assert_problem(client.post("/jobs/generate", json=generate_body(count=6000)), 422)
+    assert "5000" in problem["detail"]
+
+
+def test_train_validation(client: TestClient) -> None:
+    problem = assert_problem(client.post("/jobs/train", json={"kind": "diffusion", "dataset": "digits",
+                                                              "epochs": 1, "synthetic": ["job:" + "a" * 24]}),
+                             422)
+    assert "trades" in problem["detail"]
+    bad = {"kind": "gan", "dataset": "mnist", "epochs": 0}
+    problem = assert_problem(client.post("/jobs/train", json=bad), 422)
+    assert {e["field"] for e in problem["errors"]} == {"body.kind", "body.dataset", "body.epochs"}
+
+
+def test_unknown_job_is_404_problem(client: TestClient) -> None:
+    for path in ("/jobs/" + "0" * 24, "/jobs/" + "0" * 24 + "/metrics", "/jobs/" + "0" * 24 + "/artifacts",
+                 "/jobs/" + "0" * 24 + "/events"):
+        assert_problem(client.get(path), 404)
+    assert_problem(client.post("/jobs/" + "0" * 24 + "/cancel"), 404)
+    assert_problem(client.get("/jobs/not-a-job-id"), 422)
+
+
+def test_submit_generate_enqueues_one_task_per_shard(
+    client: TestClient, named_models: None, redis_client: redis.Redis
+) -> None:
+    response = client.post("/jobs/generate", json=generate_body(count=20))  # shard_size 8 -> 3 shards
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["kind"] == "generate" and job["owner"] == "anonymous"
+    assert job["input"]["lam"] == 1e5 and job["input"]["tau"] == 10.0  # the paper's HNM defaults
+    assert job["links"]["metrics"] == f"/jobs/{job['id']}/metrics"
+    assert queued_tasks(redis_client) == [(task_names.GENERATE_SHARD, [job["id"], k]) for k in range(3)]
+    assert client.get(f"/jobs/{job['id']}").json()["input"] == job["input"]
+    problem = assert_problem(client.get(f"/jobs/{job['id']}/metrics"), 409)
+    assert "queued" in problem["detail"]
+
+
+def test_infonce_defaults(client: TestClient, named_models: None) -> None:
+    job = client.post("/jobs/generate", json=generate_body(loss="infonce")).json()
+    assert (job["input"]["lam"], job["input"]["tau"]) == (2e4, 0.1)
+
+
+def test_references_must_be_finished_jobs_of_the_right_kind(
+    client: TestClient, named_models: None, store: LocalStore, redis_client: redis.Redis
+) -> None:
+    repo = JobRepository(store, redis_client)
+    missing = "job:" + "f" * 24
+    problem = assert_problem(client.post("/jobs/generate", json=generate_body(model=missing)), 422)
+    assert problem["errors"][0]["field"] == "body.model" and "does not exist" in problem["detail"]
+
+    problem = assert_problem(client.post("/jobs/generate", json=generate_body(model="no-such-model")), 422)
+    assert "no model named 'no-such-model'" in problem["detail"]
+
+    classifier_job = repo.create(kind="train", owner="anonymous", input={"kind": "classifier"})
+    repo.finish(classifier_job.id, "succeeded")
+    problem = assert_problem(
+        client.post("/jobs/generate", json=generate_body(model=f"job:{classifier_job.id}")), 422)
+    assert "classifier training job" in problem["detail"] and "diffusion" in problem["detail"]
+
+    diffusion_job = repo.create(kind="train", owner="anonymous", input={"kind": "diffusion"})
+    problem = assert_problem(
+        client.post("/jobs/generate", json=generate_body(model=f"job:{diffusion_job.id}")), 422)
+    assert "is queued, not succeeded" in problem["detail"]
+
+    repo.finish(diffusion_job.id, "succeeded")
+    ok = client.post("/jobs/generate", json=generate_body(model=f"job:{diffusion_job.id}",
+                                                         classifier=f"job:{classifier_job.id}"))
+    assert ok.status_code == 202, ok.text
+
+    problem = assert_problem(client.post("/jobs/train", json={
+        "kind": "trades", "dataset": "digits", "epochs": 1, "synthetic": [f"job:{classifier_job.id}"]}), 422)
+    assert problem["errors"][0]["field"] == "body.synthetic.0" and "generation job" in problem["detail"]
+
+
+def test_idempotency_key(client: TestClient, redis_client: redis.Redis) -> None:
+    body = {"kind": "classifier", "dataset": "digits", "epochs": 2}
+    first = client.post("/jobs/train", json=body, headers={"Idempotency-Key": "k1"})
+    again = client.post("/jobs/train", json=body, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert len(queued_tasks(redis_client)) == 1
+    problem = assert_problem(client.post("/jobs/train", json={**body, "epochs": 3},
+                                         headers={"Idempotency-Key": "k1"}), 422)
+    assert "different request body" in problem["detail"]
+    other = client.post("/jobs/train", json=body, headers={"Idempotency-Key": "k2"})
+    assert other.json()["id"] != first.json()["id"]
+
+
+def test_owners_see_only_their_jobs(
+    monkeypatch: pytest.MonkeyPatch, service_env: dict, store: LocalStore, redis_client: redis.Redis
+) -> None:
+    from api.app import create_app
+    from core.settings import get_settings
+
+    monkeypatch.setenv("CDP_API_TOKENS", json.dumps({"tok-a": "alice", "tok-b": "bob"}))
+    get_settings.cache_clear()
+    client = TestClient(create_app(get_settings(), store=store, redis_client=redis_client))
+    alice, bob = {"Authorization": "Bearer tok-a"}, {"Authorization": "Bearer tok-b"}
+    body = {"kind": "classifier", "dataset": "digits", "epochs": 1}
+
+    assert_problem(client.post("/jobs/train", json=body), 401)
+    assert_problem(client.post("/jobs/train", json=body, headers={"Authorization": "Bearer nope"}), 401)
+    job = client.post("/jobs/train", json=body, headers=alice).json()
+    assert job["owner"] == "alice"
+    assert client.get(f"/jobs/{job['id']}", headers=alice).status_code == 200
+    assert_problem(client.get(f"/jobs/{job['id']}", headers=bob), 404)
+    assert_problem(client.post(f"/jobs/{job['id']}/cancel", headers=bob), 404)
+    assert client.get("/jobs", headers=bob).json()["items"] == []
+    assert [j["id"] for j in client.get("/jobs", headers=alice).json()["items"]] == [job["id"]]
+    # the same idempotency key is per owner
+    a = client.post("/jobs/train", json=body, headers={**alice, "Idempotency-Key": "same"}).json()
+    b = client.post("/jobs/train", json=body, headers={**bob, "Idempotency-Key": "same"}).json()
+    assert a["id"] != b["id"] and b["owner"] == "bob"
+
+
+def test_cancel_queued_job_is_idempotent(client: TestClient) -> None:
+    job = client.post("/jobs/train", json={"kind": "classifier", "dataset": "digits", "epochs": 1}).json()
+    first = client.post(f"/jobs/{job['id']}/cancel")
+    second = client.post(f"/jobs/{job['id']}/cancel")
+    assert first.status_code == second.status_code == 200
+    assert first.json()["status"] == second.json()["status"] == "canceled"
+    assert second.json()["cancel_requested"] is True
+    assert first.json()["completed_at"] == second.json()["completed_at"] is not None
+
+
+def test_list_filters_and_pages(client: TestClient, named_models: None) -> None:
+    train_ids = [client.post("/jobs/train", json={"kind": "classifier", "dataset": "digits", "epochs": e}
+                             ).json()["id"] for e in range(1, 6)]
+    gen_id = client.post("/jobs/generate", json=generate_body()).json()["id"]
+    client.post(f"/jobs/{train_ids[0]}/cancel")
+
+    seen, token = [], None
+    while True:
+        params = {"kind": "train", "page_size": 2} | ({"page_token": token} if token else {})
+        page = client.get("/jobs", params=params).json()
+        seen += [j["id"] for j in page["items"]]
+        assert len(page["items"]) <= 2
+        token = page["next_page_token"]
+        if token is None:
+            break
+    assert seen == list(reversed(train_ids))  # newest first, each once, generation job filtered out
+    canceled = client.get("/jobs", params={"status": "canceled"}).json()["items"]
+    assert [j["id"] for j in canceled] == [train_ids[0]]
+    assert [j["id"] for j in client.get("/jobs", params={"kind": "generate"}).json()["items"]] == [gen_id]
+    assert_problem(client.get("/jobs", params={"status": "sleeping"}), 422)
+    assert_problem(client.get("/jobs", params={"page_size": 0}), 422)
+
+
+def test_health_ready_and_prometheus(client: TestClient) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "storage": "ok"}
+    client.post("/jobs/train", json={"kind": "classifier", "dataset": "digits", "epochs": 1})
+    text = client.get("/metrics").text
+    assert 'cdp_jobs_submitted_total{kind="train"}' in text
+    assert "cdp_http_requests_total" in text
+
+
+def test_readyz_reports_a_dead_redis(settings: Settings, store: LocalStore) -> None:
+    from api.app import create_app
+
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, decode_responses=True)
+    client = TestClient(create_app(settings, store=store, redis_client=dead))
+    problem = assert_problem(client.get("/readyz"), 503)
+    assert problem["detail"].startswith("redis:")
+
+
+def test_openapi_has_stable_operation_ids_and_problem_schema(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    ops = {op["operationId"] for path in document["paths"].values() for op in path.values()}
+    assert {"createGenerateJob", "createTrainJob", "listJobs", "getJob", "cancelJob", "getJobMetrics",
+            "listJobArtifacts", "downloadJobArtifact", "streamJobEvents", "healthz", "readyz"} <= ops
+    generate = document["paths"]["/jobs/generate"]["post"]
+    assert "202" in generate["responses"] and "422" in generate["responses"]
+    assert "Problem" in document["components"]["schemas"]
+    assert document["components"]["schemas"]["GenerateSpec"]["examples"]
+
+
+def test_api_imports_neither_torch_nor_worker() -> None:
+    code = (
+        "import sys\n"
+        "from api.app import create_app\n"
+        "from core.storage import MemoryStore\n"
+        "import redis\n"
+        "create_app(store=MemoryStore(), redis_client=redis.Redis(port=1))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'worker', 'diffusers'))\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
