@@ -10,8 +10,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Credentials from MinIO's documentation and examples; anyone can guess them.
+_WELL_KNOWN_MINIO_CREDENTIALS = {("minioadmin", "minioadmin"), ("minio", "minio123")}
 
 
 class Settings(BaseSettings):
@@ -47,6 +50,47 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=7 * 3600, ge=1)
     # A task redelivered more often than this (worker lost mid-task) fails its job instead of looping.
     max_attempts: int = Field(default=3, ge=1)
+
+    # --- object storage (core/storage) ---
+    # "local": a directory (the embedded default); "minio": a MinIO / S3 server.
+    store_backend: Literal["local", "minio"] = "local"
+    # Root directory of the local store.
+    store_root: Path = Path("var/store")
+    # Where this process reaches MinIO: host:port, or http(s)://host:port (a scheme overrides minio_secure).
+    minio_endpoint: str = "127.0.0.1:9000"
+    minio_access_key: str = ""
+    minio_secret_key: SecretStr = SecretStr("")
+    minio_bucket: str = "cdp"
+    # TLS to minio_endpoint.
+    minio_secure: bool = False
+    minio_region: str = "us-east-1"
+    # Where API clients reach MinIO (presigned URLs are signed for this host); empty = minio_endpoint.
+    minio_public_endpoint: str | None = None
+    # Multipart upload part size in MiB (S3 minimum 5).
+    minio_part_size_mib: int = Field(default=16, ge=5, le=5120)
+    # Lifetime of presigned artifact URLs, seconds (S3 maximum 7 days).
+    presign_expiry_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    # Let the service start with well-known default credentials (minioadmin/minioadmin). Never in production.
+    allow_insecure_defaults: bool = False
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_storage_credentials(self) -> Settings:
+        if self.store_backend != "minio":
+            return self
+        secret = self.minio_secret_key.get_secret_value()
+        if not self.minio_access_key or not secret:
+            raise ValueError(
+                "store_backend='minio' needs credentials: set CDP_MINIO_ACCESS_KEY and CDP_MINIO_SECRET_KEY"
+            )
+        well_known = (self.minio_access_key, secret) in _WELL_KNOWN_MINIO_CREDENTIALS
+        if well_known and not self.allow_insecure_defaults:
+            raise ValueError(
+                "refusing to start with MinIO's well-known credentials "
+                f"(access key {self.minio_access_key!r}): set CDP_MINIO_ACCESS_KEY / CDP_MINIO_SECRET_KEY "
+                "(and MINIO_ROOT_USER / MINIO_ROOT_PASSWORD), or "
+                "set CDP_ALLOW_INSECURE_DEFAULTS=true for a throw-away local setup"
+            )
+        return self
 
     @model_validator(mode="after")
     def _visibility_above_time_limit(self) -> Settings:

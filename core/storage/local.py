@@ -1,0 +1,364 @@
+"""A directory as an object store: the embedded default (``CDP_STORE_BACKEND=local``).
+
+Layout under ``root``: the object ``a/b/c.npz`` is the file ``root/a/b/c.npz``. Next to it, the hidden
+sidecar ``root/a/b/.c.npz.meta.json`` records the sha256 and content type computed while the object was
+written, together with the file's (inode, size, mtime_ns). A sidecar counts only while those three still
+match the data file, so a stale sidecar (a concurrent overwrite, a file copied in by hand) is detected and the
+hash is recomputed once and cached again. Keys never contain a segment starting with ``.``
+(:func:`~core.storage.base.validate_key`), so sidecars and temporary files can never collide with objects and
+are never listed.
+
+Writes are atomic: data goes to a temporary file in the target directory, is fsynced, then renamed over the
+target (``os.replace``), so readers see the old object or the new one, never a partial one. Create-if-absent
+uses ``os.link``, which fails atomically when the target exists.
+
+Limitation of a file system: a key cannot be both an object and a prefix of other objects (``a`` and
+``a/b``); writing the second raises :class:`StorageError` naming the conflict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from core.storage.base import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CONTENT_TYPE,
+    BaseStore,
+    ObjectInfo,
+    ObjectNotFound,
+    StorageError,
+    as_bytes,
+    copy_stream,
+    guess_content_type,
+    sha256_file,
+    validate_chunk_size,
+    validate_expiry,
+    validate_key,
+    validate_prefix,
+)
+
+logger = logging.getLogger(__name__)
+
+_SIDECAR_SUFFIX = ".meta.json"
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{_SIDECAR_SUFFIX}")
+
+
+def _identity(st: os.stat_result) -> dict[str, int]:
+    return {"inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _etag(st: os.stat_result) -> str:
+    # Opaque and cheap: changes whenever the file is replaced (new inode) or rewritten in place.
+    return hashlib.sha256(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:32]
+
+
+class LocalStore(BaseStore):
+    """Objects as files under ``root`` (created on first use). See the module docstring for the layout."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalStore(root={str(self.root)!r})"
+
+    # -- paths -------------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        validate_key(key)
+        path = self.root / key
+        # validate_key already rules out '..' and absolute keys; this also refuses symlinks inside the root
+        # that point outside it.
+        real_root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+            raise StorageError(f"object key {key!r} resolves outside the store root {str(self.root)!r}")
+        return path
+
+    def _make_parent(self, path: Path, key: str) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise StorageError(
+                f"cannot write {key!r}: a parent of it already exists as an object ({exc.filename})"
+            ) from exc
+        except OSError as exc:
+            raise StorageError(f"cannot create the directory for {key!r}: {exc}") from exc
+
+    # -- metadata ----------------------------------------------------------------------------------
+
+    def _write_sidecar(self, path: Path, st: os.stat_result, sha256: str, content_type: str | None) -> None:
+        record = {**_identity(st), "sha256": sha256, "content_type": content_type}
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-meta-{path.name}-")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh)
+            os.replace(tmp, _sidecar_path(path))
+            tmp = None
+        except OSError as exc:  # the sidecar is a cache: losing it costs a re-hash, not data
+            logger.warning("could not write the metadata sidecar of %s: %s", path, exc)
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    @staticmethod
+    def _read_sidecar(path: Path, st: os.stat_result) -> dict | None:
+        """The sidecar record if it describes exactly this file, else ``None``."""
+        try:
+            record = json.loads(_sidecar_path(path).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or any(record.get(k) != v for k, v in _identity(st).items()):
+            return None
+        sha = record.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64:
+            return None
+        return record
+
+    def _stat_file(self, key: str, path: Path) -> os.stat_result:
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(key) from None
+        except OSError as exc:
+            raise StorageError(f"cannot stat {key!r}: {exc}") from exc
+        if not os.path.isfile(path):
+            raise ObjectNotFound(key)
+        return st
+
+    def _info(self, key: str, st: os.stat_result, record: dict | None) -> ObjectInfo:
+        return ObjectInfo(
+            key=key,
+            size=st.st_size,
+            etag=_etag(st),
+            sha256=record["sha256"] if record else None,
+            last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
+            content_type=record.get("content_type") if record else None,
+        )
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def _write(
+        self,
+        key: str,
+        fill: Callable[[BinaryIO], tuple[str, int]],
+        content_type: str,
+        *,
+        exclusive: bool,
+    ) -> ObjectInfo | None:
+        """Write via a temporary file; ``None`` if ``exclusive`` and the key already existed."""
+        path = self._path(key)
+        self._make_parent(path, key)
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
+            with os.fdopen(fd, "wb") as fh:
+                sha256, _ = fill(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            st = os.stat(tmp)  # rename and link keep inode and mtime, so this identifies the final file
+            if exclusive:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return None
+            else:
+                if path.is_dir():
+                    self._remove_empty_dir(path, key)
+                os.replace(tmp, path)
+                tmp = None
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot write {key!r}: {exc}") from exc
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        self._write_sidecar(path, st, sha256, content_type)
+        return self._info(key, st, {"sha256": sha256, "content_type": content_type})
+
+    @staticmethod
+    def _remove_empty_dir(path: Path, key: str) -> None:
+        try:
+            path.rmdir()
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write {key!r}: other objects exist under the prefix '{key}/'"
+            ) from exc
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
+        payload = as_bytes(data)
+
+        def fill(fh: BinaryIO) -> tuple[str, int]:
+            fh.write(payload)
+            return hashlib.sha256(payload).hexdigest(), len(payload)
+
+        info = self._write(key, fill, content_type, exclusive=False)
+        assert info is not None
+        return info
+
+    def put_bytes_if_absent(self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE) -> bool:
+        payload = as_bytes(data)
+
+        def fill(fh: BinaryIO) -> tuple[str, int]:
+            fh.write(payload)
+            return hashlib.sha256(payload).hexdigest(), len(payload)
+
+        return self._write(key, fill, content_type, exclusive=True) is not None
+
+    def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> ObjectInfo:
+        source = Path(path)
+        if not source.is_file():
+            raise FileNotFoundError(f"put_file: no such file {str(source)!r}")
+
+        def fill(fh: BinaryIO) -> tuple[str, int]:
+            with open(source, "rb") as src:
+                return copy_stream(src, fh)
+
+        info = self._write(key, fill, content_type or guess_content_type(key), exclusive=False)
+        assert info is not None
+        return info
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def stat(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        st = self._stat_file(key, path)
+        record = self._read_sidecar(path, st)
+        if record is None:
+            # Unknown or stale hash: compute it once and cache it, if the file did not change meanwhile.
+            try:
+                sha256, _ = sha256_file(path)
+            except FileNotFoundError:
+                raise ObjectNotFound(key) from None
+            except OSError as exc:
+                raise StorageError(f"cannot read {key!r}: {exc}") from exc
+            record = {"sha256": sha256, "content_type": guess_content_type(key)}
+            with contextlib.suppress(OSError):
+                if _identity(os.stat(path)) == _identity(st):
+                    self._write_sidecar(path, st, sha256, record["content_type"])
+        return self._info(key, st, record)
+
+    def get_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {key!r}: {exc}") from exc
+
+    def iter_chunks(self, key: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+        validate_chunk_size(chunk_size)
+        path = self._path(key)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the generator
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {key!r}: {exc}") from exc
+        return _file_chunks(fh, chunk_size, key)
+
+    def download_file(self, key: str, path: Path) -> None:
+        src = self._path(key)
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.part-")
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+                shutil.copyfileobj(fh, out, DEFAULT_CHUNK_SIZE)
+            os.replace(tmp, dest)
+            tmp = None
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            if not src.is_file():
+                raise ObjectNotFound(key) from None
+            raise StorageError(f"cannot download {key!r} to {str(dest)!r}: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot download {key!r} to {str(dest)!r}: {exc}") from exc
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)
+        if prefix == "" or prefix.endswith("/"):
+            base, name_start = self.root / prefix, ""
+        else:
+            head, _, tail = prefix.rpartition("/")
+            base, name_start = self.root / head, tail
+        keys: list[str] = []
+        if base.is_dir():
+            for dirpath, dirnames, filenames in os.walk(base):
+                top = Path(dirpath) == base
+                dirnames[:] = [
+                    d for d in dirnames if not d.startswith(".") and (not top or d.startswith(name_start))
+                ]
+                for name in filenames:
+                    if name.startswith(".") or (top and not name.startswith(name_start)):
+                        continue
+                    keys.append(Path(dirpath, name).relative_to(self.root).as_posix())
+        for key in sorted(keys):
+            path = self.root / key
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:  # deleted while listing
+                continue
+            yield self._info(key, st, self._read_sidecar(path, st))
+
+    # -- the rest ----------------------------------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_dir():
+            return  # a prefix, not an object: nothing to delete (S3 semantics)
+        for target in (path, _sidecar_path(path)):
+            try:
+                os.unlink(target)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError as exc:
+                raise StorageError(f"cannot delete {key!r}: {exc}") from exc
+
+    def presigned_url(self, key: str, *, expires: int) -> str | None:
+        """Always ``None``: files under a directory have no URL; the API streams them instead."""
+        validate_key(key)
+        validate_expiry(expires)
+        return None
+
+    def ping(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"store root {str(self.root)!r} cannot be created: {exc}") from exc
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageError(f"store root {str(self.root)!r} is not writable")
+
+
+def _file_chunks(fh: BinaryIO, chunk_size: int, key: str) -> Iterator[bytes]:
+    with fh:
+        while True:
+            try:
+                chunk = fh.read(chunk_size)
+            except OSError as exc:
+                raise StorageError(f"cannot read {key!r}: {exc}") from exc
+            if not chunk:
+                return
+            yield chunk
