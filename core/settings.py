@@ -20,7 +20,10 @@ _WELL_KNOWN_MINIO_CREDENTIALS = {("minioadmin", "minioadmin"), ("minio", "minio1
 class Settings(BaseSettings):
     """Service settings. Every field can be set as ``CDP_<FIELD>`` (e.g. ``CDP_DATA_ROOT``)."""
 
-    model_config = SettingsConfigDict(env_prefix="CDP_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a validation error must not echo the environment (it holds secrets) into logs.
+    model_config = SettingsConfigDict(
+        env_prefix="CDP_", env_file=None, extra="ignore", hide_input_in_errors=True
+    )
 
     # Where datasets are read from (CIFAR-10 batches, GTSRB folders, npz files).
     data_root: Path = Path("var/data")
