@@ -1,0 +1,1 @@
+"""Trainers (diffusion, classifier, TRADES) and adversarial evaluation. Import from the submodules."""
