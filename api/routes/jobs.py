@@ -150,7 +150,7 @@ def get_job_metrics(job_id: JobId, repo: RepoDep, store: StoreDep, owner: OwnerD
 
 def _artifact_url(request: Request, store: ObjectStore, job_id: str, name: str) -> str:
     url = store.presigned_url(keys.job_prefix(job_id) + name, expires=PRESIGN_EXPIRY_S)
-    return url or str(request.url_for("downloadJobArtifact", job_id=job_id, name=name))
+    return url or str(request.url_for("download_job_artifact", job_id=job_id, name=name))
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, operation_id="listJobArtifacts",

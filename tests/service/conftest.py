@@ -69,3 +69,62 @@ def client(settings: Settings, store: LocalStore, redis_client: redis.Redis) -> 
     app = create_app(settings, store=store, redis_client=redis_client)
     with TestClient(app) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny diffusion UNet and SmallCNN for 16 x 16 x 1 digits, saved as named models."""
+    import torch
+
+    from core.models import build_classifier, build_unet, save_classifier, save_diffusion
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    save_diffusion(build_unet("tiny", image_size=16, channels=1), root / "unet-t")
+    save_classifier(build_classifier("small_cnn", num_classes=10, channels=1, image_size=16, width=8,
+                                     feature_dim=32), root / "cnn-t", config={"test": True})
+    return root
+
+
+@pytest.fixture
+def stack(service_env: dict[str, str], tiny_models: Path, monkeypatch: pytest.MonkeyPatch,
+          redis_client: redis.Redis) -> Iterator[Stack]:
+    """The real service: private Redis, a Celery worker in this process (solo pool, not eager), the API."""
+    import shutil
+
+    from celery.contrib.testing.worker import start_worker
+
+    from api.app import create_app as create_api
+    from core.jobs.queue import QUEUE
+    from worker.app import create_app as create_worker
+    for name in ("unet-t", "cnn-t"):
+        shutil.copytree(tiny_models / name, Path(service_env["CDP_MODEL_DIR"]) / name)
+    get_settings.cache_clear()
+    settings = get_settings()
+    store = LocalStore(settings.store_root)
+    worker_app = create_worker(settings)
+    with start_worker(worker_app, pool="solo", concurrency=1, perform_ping_check=False, queues=[QUEUE],
+                      loglevel="WARNING", shutdown_timeout=60):
+        api = create_api(settings, store=store, redis_client=redis_client)
+        with TestClient(api) as client:
+            yield Stack(client=client, store=store, settings=settings, worker_app=worker_app,
+                        redis=redis_client)
+
+
+class Stack:
+    def __init__(self, *, client: TestClient, store: LocalStore, settings: Settings, worker_app: object,
+                 redis: redis.Redis) -> None:
+        self.client, self.store, self.settings = client, store, settings
+        self.worker_app, self.redis = worker_app, redis
+
+    def wait(self, job_id: str, *, until: set[str], timeout: float = 90.0) -> dict:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.client.get(f"/jobs/{job_id}").json()
+            if job["status"] in until:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
+            time.sleep(0.1)

