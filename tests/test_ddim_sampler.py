@@ -67,8 +67,12 @@ def test_quad_deduplicates() -> None:
 
 @pytest.mark.parametrize(
     ("args", "match"),
-    [((1000, 0, "uniform"), "got 0"), ((1000, 1001, "uniform"), "1001"), ((1000, 10, "cosine"), "cosine"),
-     ((0, 1, "uniform"), "got 0")],
+    [
+        ((1000, 0, "uniform"), "got 0"),
+        ((1000, 1001, "uniform"), "1001"),
+        ((1000, 10, "cosine"), "cosine"),
+        ((0, 1, "uniform"), "got 0"),
+    ],
 )
 def test_ddim_timesteps_bad_args(args: tuple, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -93,8 +97,13 @@ def textbook_ddim(model, x, alphas, timesteps, class_labels=None) -> torch.Tenso
 def test_sample_matches_diffusers_ddim_on_uniform_sequence() -> None:
     # For a uniform ("leading") sequence diffusers' DDIMScheduler.step is correct: an independent check.
     unet = tiny_unet()
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
-                          set_alpha_to_one=True, steps_offset=0)
+    sched = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+    )
     sched.set_timesteps(10)
     x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     x = x_T.clone()
@@ -131,8 +140,14 @@ def test_eta_uses_generator() -> None:
     ts = ddim_timesteps(1000, 10, "uniform")
 
     def run(seed: int) -> torch.Tensor:
-        return sample(PlainEps(), x_T, alphas_cumprod=linear_alphas(), timesteps=ts, eta=1.0,
-                      generator=torch.Generator().manual_seed(seed))
+        return sample(
+            PlainEps(),
+            x_T,
+            alphas_cumprod=linear_alphas(),
+            timesteps=ts,
+            eta=1.0,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     assert torch.equal(run(0), run(0))
     assert not torch.allclose(run(0), run(1))
@@ -152,8 +167,13 @@ def test_callback_called_and_can_cancel() -> None:
             raise Stop
 
     with pytest.raises(Stop):
-        sample(PlainEps(), torch.zeros(2, 2), alphas_cumprod=linear_alphas(),
-               timesteps=ddim_timesteps(1000, 10, "uniform"), callback=cb)
+        sample(
+            PlainEps(),
+            torch.zeros(2, 2),
+            alphas_cumprod=linear_alphas(),
+            timesteps=ddim_timesteps(1000, 10, "uniform"),
+            callback=cb,
+        )
     assert calls == [(1, 10), (2, 10), (3, 10)]
 
 
@@ -207,8 +227,14 @@ def test_load_bare_unet_dir(tmp_path: Path) -> None:
     unet = tiny_unet()
     unet.save_pretrained(tmp_path / "unet")
     (tmp_path / "unet" / "scheduler_config.json").write_text(
-        json.dumps({"num_train_timesteps": 500, "beta_schedule": "scaled_linear", "beta_start": 1e-4,
-                    "beta_end": 0.02})
+        json.dumps(
+            {
+                "num_train_timesteps": 500,
+                "beta_schedule": "scaled_linear",
+                "beta_start": 1e-4,
+                "beta_end": 0.02,
+            }
+        )
     )
     model = load_diffusion_model(tmp_path / "unet")
     assert model.num_classes is None and model.num_train_timesteps == 500

@@ -1,0 +1,358 @@
+"""The contrastive guidance term of Contrastive-DP (paper Algorithm 1, line 6; App. C.1).
+
+At a guided step the sampler's epsilon becomes ``eps + lam * grad_{x_t} L_contra``, where ``L_contra`` is
+the MEAN InfoNCE or HNM loss over the batch (as the authors' code does: the gradient each sample receives
+therefore scales like 1 / batch size), computed on L2-normalised embeddings
+
+    e(x) = normalize(g(f(x)))   (g = optional online-trained embedding head, identity otherwise).
+
+Pair strategies (App. C.1):
+
+- ``previous`` (default): the positive of x_t^(i) is its own previous, noisier state x_{t+1}^(i);
+  negatives are the other samples of the batch (and their previous states, for HNM).
+- ``real_positive``: the positive of each sample is a real sample drawn at random each step; negatives are
+  the rest of the batch (and the other drawn real samples, for HNM).
+- ``real_negative``: positive = previous state, negatives = real samples drawn at random each step.
+- ``class_conditional``: positive = previous state, negatives = batch samples of a different class; labels
+  come from the conditional model (``class_labels`` passed to ``sample``) or from ``label_fn`` applied to the
+  current predicted x_0 (e.g. a pseudo-labelling classifier).
+
+Where the features are taken (``feature_on``): on x_t itself (the paper) or on the predicted clean image
+x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) with eps held fixed, so the gradient reaching x_t is the
+x0-space gradient divided by sqrt(a_t).
+
+The guidance runs outside ``torch.no_grad()`` (the sampler calls it there), on a detached copy of x_t, under
+``torch.enable_grad()``. It is active only at timesteps inside ``window`` = (lo, hi), inclusive at both ends
+(the authors' CIFAR-10 code: t >= 400, i.e. (400, T - 1); their small-image code: 50 < t < 150, i.e.
+(51, 149)), and never on the first step (there is no previous state yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.contrastive.losses import hnm_loss, info_nce_loss
+
+log = logging.getLogger(__name__)
+
+LossName = Literal["hnm", "infonce"]
+Strategy = Literal["previous", "real_positive", "real_negative", "class_conditional"]
+FeatureOn = Literal["x_t", "x0_hat"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+LOSSES: tuple[str, ...] = get_args(LossName)
+FEATURE_ON: tuple[str, ...] = get_args(FeatureOn)
+
+FeatureFn = Callable[[Tensor], Tensor]
+LabelFn = Callable[[Tensor], Tensor]
+
+
+def classifier_feature_fn(classifier: nn.Module) -> FeatureFn:
+    """f(x) = classifier.features((x + 1) / 2) for x in the diffusion model's [-1, 1] range.
+
+    The project's classifiers take inputs in [0, 1] (INTERFACES.md); the authors fed x in [-1, 1] straight
+    into a classifier normalising as if inputs were in [0, 1] (REFERENCE §2). Mapping to [0, 1] first is a
+    deliberate fix: the classifier then sees the range it was trained on.
+    """
+    if not hasattr(classifier, "features"):
+        raise ValueError(f"classifier {type(classifier).__name__} has no features() method")
+
+    def features(x: Tensor) -> Tensor:
+        return classifier.features((x + 1.0) / 2.0)
+
+    return features
+
+
+def classifier_label_fn(classifier: nn.Module) -> LabelFn:
+    """Pseudo-labels argmax classifier((x + 1) / 2) for x in [-1, 1] (no gradient)."""
+
+    def labels(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return classifier(((x + 1.0) / 2.0).clamp(0.0, 1.0)).argmax(dim=1)
+
+    return labels
+
+
+def validate_window(window: tuple[int, int] | None, timesteps: Sequence[int] | None = None) -> None:
+    """Check a guidance window (lo, hi), inclusive; with ``timesteps`` (largest first) also check that at
+    least one timestep after the first lies inside it."""
+    if window is None:
+        return
+    if (
+        not isinstance(window, tuple | list)
+        or len(window) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in window)
+    ):
+        raise ValueError(f"guidance window must be a pair of ints (lo, hi), got {window!r}")
+    lo, hi = window
+    if lo < 0 or hi < lo:
+        raise ValueError(f"guidance window must satisfy 0 <= lo <= hi, got {tuple(window)!r}")
+    if timesteps is not None:
+        ts = list(timesteps)
+        if not any(lo <= t <= hi for t in ts[1:]):
+            raise ValueError(
+                f"guidance window {tuple(window)!r} contains no timestep of the schedule after the first "
+                f"(schedule runs {ts[0]} .. {ts[-1]} in {len(ts)} steps)"
+            )
+
+
+class EmbeddingHead(nn.Module):
+    """g: Linear(k, hidden) - ReLU - Linear(hidden, out); the guidance L2-normalises its output."""
+
+    def __init__(
+        self, in_dim: int, *, hidden: int = 128, out_dim: int = 128, generator: torch.Generator
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.fc2 = nn.Linear(hidden, out_dim)
+        with torch.no_grad():  # PyTorch's default uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), from `generator`
+            for layer in (self.fc1, self.fc2):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                for p in (layer.weight, layer.bias):
+                    u = torch.rand(p.shape, generator=generator, device=generator.device)
+                    p.copy_(u * 2 * bound - bound)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.fc2(F.relu(self.fc1(h)))
+
+
+@dataclass
+class GuidanceStep:
+    """What one guided step did (kept in ``ContrastiveGuidance.history``)."""
+
+    step: int
+    t: int
+    loss: float
+    grad_norm: float  # mean over samples of ||lam * grad||
+
+
+class ContrastiveGuidance:
+    """Callable guidance for ``core.diffusion.sample`` (see the module docstring for the design).
+
+    Args:
+        feature_fn: f, maps a batch in the sampler's space to N x k features (for images use
+            :func:`classifier_feature_fn`; for 2-D points the identity).
+        loss: "hnm" or "infonce"; lam: guidance scale lambda >= 0; tau > 0 temperature;
+        tau_plus in [0, 1), beta >= 0: HNM parameters.
+        strategy: one of App. C.1's pair strategies.
+        window: (lo, hi) inclusive timestep window, or None for every step but the first.
+        feature_on: compute features on x_t or on the predicted x_0.
+        real: real samples in the sampler's space (needed by real_positive / real_negative).
+        real_batch: how many real samples to draw per step (default: the batch size).
+        label_fn: labels for class_conditional when the model is unconditional.
+        embedding_head: train an embedding head online (Adam, ``head_lr``, one step per guided step).
+        generator: the randomness of real-sample draws and of the head's initialisation.
+    """
+
+    def __init__(
+        self,
+        feature_fn: FeatureFn,
+        *,
+        loss: LossName = "hnm",
+        lam: float,
+        tau: float,
+        tau_plus: float = 0.1,
+        beta: float = 1.0,
+        strategy: Strategy = "previous",
+        window: tuple[int, int] | None = None,
+        feature_on: FeatureOn = "x_t",
+        real: Tensor | None = None,
+        real_batch: int | None = None,
+        label_fn: LabelFn | None = None,
+        embedding_head: bool = False,
+        head_hidden: int = 128,
+        head_dim: int = 128,
+        head_lr: float = 1e-2,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        check_guidance_args(loss=loss, lam=lam, tau=tau, tau_plus=tau_plus, beta=beta, strategy=strategy)
+        validate_window(window)
+        if feature_on not in FEATURE_ON:
+            raise ValueError(f"feature_on must be one of {FEATURE_ON}, got {feature_on!r}")
+        if strategy in ("real_positive", "real_negative") and (real is None or real.shape[0] == 0):
+            raise ValueError(f"strategy {strategy!r} needs real samples (real=...), got none")
+        if real_batch is not None and real_batch < 1:
+            raise ValueError(f"real_batch must be >= 1, got {real_batch!r}")
+        if head_lr <= 0:
+            raise ValueError(f"head_lr must be > 0, got {head_lr!r}")
+        self.feature_fn = feature_fn
+        self.loss_name: LossName = loss
+        self.lam = float(lam)
+        self.tau = float(tau)
+        self.tau_plus = float(tau_plus)
+        self.beta = float(beta)
+        self.strategy: Strategy = strategy
+        self.window = tuple(window) if window is not None else None
+        self.feature_on: FeatureOn = feature_on
+        self.real = real
+        self.real_batch = real_batch
+        self.label_fn = label_fn
+        self.use_head = embedding_head
+        self.head_hidden, self.head_dim, self.head_lr = head_hidden, head_dim, head_lr
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.head: EmbeddingHead | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._real_features: Tensor | None = None
+        self._prev_x0: Tensor | None = None
+        self.history: list[GuidanceStep] = []
+
+    # -- sampler hooks -------------------------------------------------------------------------------
+    def prepare(self, timesteps: Sequence[int]) -> None:
+        """Called by ``sample`` before a run: validate the window, reset the head and per-run state."""
+        validate_window(self.window, timesteps)
+        self.head = None
+        self._optimizer = None
+        self._prev_x0 = None
+        self.history = []
+
+    def active(self, t: int, step: int) -> bool:
+        if step == 0 or self.lam == 0.0:
+            return False
+        return self.window is None or self.window[0] <= t <= self.window[1]
+
+    def __call__(
+        self,
+        x_t: Tensor,
+        t: int,
+        *,
+        eps: Tensor,
+        alpha_bar_t: float,
+        x_prev: Tensor | None,
+        step: int,
+        class_labels: Tensor | None,
+    ) -> Tensor | None:
+        x0_hat = ((x_t - math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)).detach()
+        prev_x0, self._prev_x0 = self._prev_x0, x0_hat
+        if not self.active(t, step) or x_prev is None:
+            return None
+        positive_input = x_prev if self.feature_on == "x_t" else prev_x0
+        if positive_input is None:
+            return None
+        with torch.enable_grad():
+            x = x_t.detach().clone().requires_grad_(True)
+            if self.feature_on == "x_t":
+                source = x
+            else:  # predicted x_0 with eps held fixed: d source / d x_t = 1 / sqrt(a_t)
+                source = (x - math.sqrt(1.0 - alpha_bar_t) * eps.detach()) / math.sqrt(alpha_bar_t)
+            loss = self._loss(source, positive_input.detach(), x0_hat=x0_hat, class_labels=class_labels)
+            params = list(self.head.parameters()) if self.head is not None else []
+            grads = torch.autograd.grad(loss, [x, *params], allow_unused=True)
+        if self._optimizer is not None:
+            for p, g in zip(params, grads[1:], strict=True):
+                p.grad = g
+            self._optimizer.step()
+            self._optimizer.zero_grad(set_to_none=True)
+        term = self.lam * grads[0]
+        self.history.append(
+            GuidanceStep(step=step, t=t, loss=float(loss.detach()),
+                         grad_norm=float(term.flatten(1).norm(dim=1).mean()))
+        )
+        return term.detach()
+
+    # -- pieces --------------------------------------------------------------------------------------
+    def embed(self, x: Tensor) -> Tensor:
+        """e(x) = normalize(g(f(x))): the L2-normalised embedding the loss sees."""
+        h = self.feature_fn(x).flatten(1)
+        if self.use_head:
+            if self.head is None:
+                self.head = EmbeddingHead(
+                    h.shape[1], hidden=self.head_hidden, out_dim=self.head_dim, generator=self.generator
+                ).to(device=h.device, dtype=h.dtype)
+                self._optimizer = torch.optim.Adam(self.head.parameters(), lr=self.head_lr)
+            h = self.head(h)
+        return F.normalize(h, dim=1)
+
+    def contrastive_loss(
+        self,
+        anchor: Tensor,
+        positive: Tensor,
+        *,
+        negatives: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> Tensor:
+        """The configured loss on embeddings (mean over rows)."""
+        if self.loss_name == "infonce":
+            return info_nce_loss(anchor, positive, tau=self.tau, negatives=negatives, labels=labels)
+        return hnm_loss(
+            anchor, positive, tau=self.tau, tau_plus=self.tau_plus, beta=self.beta, negatives=negatives,
+            labels=labels,
+        )
+
+    def _draw_real(self, n: int, device: torch.device) -> Tensor:
+        """Embeddings of ``n`` real samples drawn at random (with replacement) from ``real``."""
+        assert self.real is not None
+        if self._real_features is None:  # f is fixed, so the raw real features are computed once
+            with torch.no_grad():
+                self._real_features = self.feature_fn(self.real.to(device)).flatten(1)
+        idx = torch.randint(
+            self._real_features.shape[0], (n,), generator=self.generator, device=self.generator.device
+        ).to(self._real_features.device)
+        chosen = self._real_features[idx].to(device)
+        if self.head is not None:
+            chosen = self.head(chosen)
+        return F.normalize(chosen, dim=1)
+
+    def _loss(
+        self, source: Tensor, positive_input: Tensor, *, x0_hat: Tensor, class_labels: Tensor | None
+    ) -> Tensor:
+        anchor = self.embed(source)  # B x k, carries the gradient to x_t
+        b = anchor.shape[0]
+        if self.strategy == "real_positive":
+            return self.contrastive_loss(anchor, self._draw_real(b, anchor.device))
+        with torch.no_grad():
+            positive_feat = self.feature_fn(positive_input).flatten(1)
+        if self.head is not None:
+            positive_feat = self.head(positive_feat)
+        positive = F.normalize(positive_feat, dim=1)
+        if self.strategy == "previous":
+            return self.contrastive_loss(anchor, positive)
+        if self.strategy == "real_negative":
+            negatives = self._draw_real(self.real_batch or b, anchor.device)
+            return self.contrastive_loss(anchor, positive, negatives=negatives)
+        labels = class_labels
+        if labels is None:
+            if self.label_fn is None:
+                raise ValueError(
+                    "strategy 'class_conditional' needs class_labels from a conditional model or a label_fn"
+                )
+            labels = self.label_fn(x0_hat)
+        return self.contrastive_loss(anchor, positive, labels=labels.to(anchor.device))
+
+
+def check_guidance_args(
+    *, loss: str, lam: float, tau: float, tau_plus: float, beta: float, strategy: str
+) -> None:
+    """ValueError naming the offending value for any out-of-range guidance hyperparameter."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    if not isinstance(tau, int | float) or not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+    if not isinstance(tau_plus, int | float) or not 0.0 <= tau_plus < 1.0:
+        raise ValueError(f"tau_plus must lie in [0, 1), got {tau_plus!r}")
+    if not isinstance(beta, int | float) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+
+
+def batch_contrastive_loss(
+    embeddings: Tensor, *, loss: LossName = "hnm", tau: float, tau_plus: float = 0.1, beta: float = 1.0
+) -> Tensor:
+    """How distinguishable a batch is: the loss with each sample as its own positive (u = v = e).
+
+    The positive term is then the constant exp(1/tau), so the value falls only as the samples' embeddings
+    move apart. Used to compare final batches sampled with and without guidance.
+    """
+    e = F.normalize(embeddings.flatten(1), dim=1)
+    if loss == "infonce":
+        return info_nce_loss(e, e, tau=tau)
+    return hnm_loss(e, e, tau=tau, tau_plus=tau_plus, beta=beta)

@@ -1,0 +1,234 @@
+"""core.generation: GenerationParams validation, generate() determinism/progress/cancel, sample_metrics."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+from core.contrastive import select_top_k
+from core.diffusion import DiffusionModel
+from core.generation import GeneratedSet, GenerationParams, generate, sample_metrics
+from core.progress import Cancelled
+
+
+class TinyClassifier(nn.Module):
+    """features: conv -> pool -> flatten (16-d); forward: linear on the features."""
+
+    def __init__(self, num_classes: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(16, num_classes)
+        self.num_classes, self.feature_dim = num_classes, 16
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 2).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def tiny_diffusion(num_classes: int | None = None) -> DiffusionModel:
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        add_attention=False,
+        num_class_embeds=num_classes,
+    ).eval()
+    alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    return DiffusionModel(
+        unet=unet,
+        alphas_cumprod=alphas,
+        num_train_timesteps=1000,
+        image_size=8,
+        channels=1,
+        num_classes=num_classes,
+    )
+
+
+def params(**kw) -> GenerationParams:
+    base = dict(
+        loss="hnm", lam=50.0, tau=0.5, steps=4, schedule="uniform", guidance_window=None, batch_size=3
+    )
+    return GenerationParams(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def diffusion() -> DiffusionModel:
+    return tiny_diffusion()
+
+
+@pytest.fixture(scope="module")
+def classifier() -> TinyClassifier:
+    return TinyClassifier().eval()
+
+
+def test_generate_shapes_and_determinism(diffusion: DiffusionModel, classifier: TinyClassifier) -> None:
+    a = generate(diffusion, classifier, params=params(), count=5, seed=7)
+    b = generate(diffusion, classifier, params=params(), count=5, seed=7)
+    c = generate(diffusion, classifier, params=params(), count=5, seed=8)
+    assert isinstance(a, GeneratedSet) and len(a) == 5
+    assert a.images.shape == (5, 8, 8, 1) and a.images.dtype == np.uint8
+    assert a.labels.dtype == np.int64 and a.confidence.dtype == np.float32 and a.entropy.dtype == np.float32
+    assert ((a.confidence > 0) & (a.confidence <= 1)).all()
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.images, c.images)
+    # Guidance ran (2 batches x 3 steps after the first) and changed the images.
+    assert len(a.guidance) == 6
+    vanilla = generate(diffusion, classifier, params=params(loss="none"), count=5, seed=7)
+    assert not np.array_equal(a.images, vanilla.images)
+    assert vanilla.guidance == []
+
+
+def test_batches_are_seeded_independently_of_batch_size(
+    diffusion: DiffusionModel, classifier: TinyClassifier
+) -> None:
+    # Batch b's noise comes from (seed, b): the first batch is the same whatever the count.
+    a = generate(diffusion, classifier, params=params(loss="none"), count=3, seed=1)
+    b = generate(diffusion, classifier, params=params(loss="none"), count=6, seed=1)
+    assert np.array_equal(a.images, b.images[:3])
+
+
+def test_progress_and_cancel(diffusion: DiffusionModel, classifier: TinyClassifier) -> None:
+    seen: list[tuple[str, int, int]] = []
+
+    def progress(*, stage, current, total, message="", metrics=None):
+        seen.append((stage, current, total))
+
+    generate(diffusion, classifier, params=params(), count=4, seed=0, progress=progress)
+    sampling = [s for s in seen if s[0] == "sampling"]
+    assert [c for _, c, _ in sampling] == list(range(1, 9)) and {t for *_, t in sampling} == {8}
+
+    calls = []
+
+    def cancel(*, stage, current, total, message="", metrics=None):
+        calls.append(current)
+        if current == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        generate(diffusion, classifier, params=params(), count=4, seed=0, progress=cancel)
+    assert calls == [1, 2]
+
+
+def test_conditional_model_gets_balanced_labels(classifier: TinyClassifier) -> None:
+    model = tiny_diffusion(num_classes=3)
+    out = generate(model, classifier, params=params(strategy="class_conditional"), count=7, seed=0)
+    assert out.class_labels is not None and out.class_labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("strategy", ["real_positive", "real_negative", "class_conditional"])
+def test_other_strategies_run(strategy: str, diffusion: DiffusionModel, classifier: TinyClassifier) -> None:
+    real = np.random.default_rng(0).integers(0, 256, size=(10, 8, 8, 1), dtype=np.uint8)
+    out = generate(
+        diffusion,
+        classifier,
+        params=params(strategy=strategy, embedding_head=True),
+        count=3,
+        seed=0,
+        real_images=real,
+    )
+    assert np.isfinite([g["loss"] for g in out.guidance]).all() and len(out.guidance) == 3
+
+
+def test_real_strategies_need_matching_real_images(
+    diffusion: DiffusionModel, classifier: TinyClassifier
+) -> None:
+    with pytest.raises(ValueError, match="real_images"):
+        generate(diffusion, classifier, params=params(strategy="real_positive"), count=2, seed=0)
+    wrong = np.zeros((4, 16, 16, 1), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"\(1, 16, 16\)"):
+        generate(
+            diffusion, classifier, params=params(strategy="real_negative"), count=2, seed=0, real_images=wrong
+        )
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"lam": -1.0}, "lam .* got -1.0"),
+        ({"tau": 0.0}, "tau .* got 0.0"),
+        ({"tau_plus": 1.0}, "tau_plus .* got 1.0"),
+        ({"tau_plus": -0.2}, "got -0.2"),
+        ({"strategy": "nearest"}, "'nearest'"),
+        ({"loss": "triplet"}, "'triplet'"),
+        ({"schedule": "cosine"}, "'cosine'"),
+        ({"steps": 0}, "steps .* got 0"),
+        ({"batch_size": 0}, "batch_size .* got 0"),
+        ({"eta": -1.0}, "eta .* got -1.0"),
+        ({"guidance_window": (300, 100)}, r"\(300, 100\)"),
+        ({"guidance_window": (-5, 100)}, r"\(-5, 100\)"),
+    ],
+    ids=lambda v: str(v),
+)
+def test_params_validation(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        params(**kw)
+
+
+def test_window_checked_against_schedule(diffusion: DiffusionModel, classifier: TinyClassifier) -> None:
+    # 4 uniform steps: t = 750, 500, 250, 0. A window holding only the first step (or nothing) is refused.
+    with pytest.raises(ValueError, match=r"\(760, 900\)"):
+        generate(diffusion, classifier, params=params(guidance_window=(760, 900)), count=1, seed=0)
+    with pytest.raises(ValueError, match=r"\(700, 999\)"):
+        generate(diffusion, classifier, params=params(guidance_window=(700, 999)), count=1, seed=0)
+    with pytest.raises(ValueError, match="1000"):
+        generate(diffusion, classifier, params=params(guidance_window=(100, 1000)), count=1, seed=0)
+    out = generate(diffusion, classifier, params=params(guidance_window=(200, 600)), count=2, seed=0)
+    assert [g["t"] for g in out.guidance] == [500, 250]
+
+
+def test_params_round_trip() -> None:
+    p = params(guidance_window=[10, 20])
+    assert p.guidance_window == (10, 20)
+    assert GenerationParams(**p.to_dict()) == p
+    assert replace(p, lam=0.0).guided is False and replace(p, loss="none").guided is False
+
+
+def test_sample_metrics(classifier: TinyClassifier) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(12, 8, 8, 1), dtype=np.uint8)
+    labels = np.array([0, 1, 2] * 4, dtype=np.int64)
+    m = sample_metrics(classifier, images, labels)
+    assert m["count"] == 12 and m["class_histogram"] == [4, 4, 4]
+    assert 1 / 3 <= m["mean_confidence"] <= 1 and 0 <= m["mean_entropy"] <= np.log(3) + 1e-6
+    assert -1 <= m["separability_margin"] <= 1 and -1 <= m["mean_feature_cosine"] <= 1
+    # Labels equal to the classifier's own argmax agree fully.
+    own = generate_like_labels(classifier, images)
+    assert sample_metrics(classifier, images, own)["label_agreement"] == 1.0
+    with pytest.raises(ValueError, match=r"\(12,\)"):
+        sample_metrics(classifier, images, labels[:5])
+
+
+def generate_like_labels(classifier: TinyClassifier, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        return classifier(x).argmax(1).numpy()
+
+
+def test_select_top_k_on_generated(
+    classifier: TinyClassifier, diffusion: DiffusionModel, tmp_path: Path
+) -> None:
+    out = generate(diffusion, classifier, params=params(loss="none"), count=9, seed=3)
+    idx = select_top_k(classifier, out.images, out.labels, k=1, criterion="entropy")
+    # One per present class, and it is the lowest-entropy sample of that class.
+    assert len(idx) == len(np.unique(out.labels))
+    for i in idx.tolist():
+        same = out.labels == out.labels[i]
+        assert out.entropy[i] == pytest.approx(out.entropy[same].min(), abs=1e-6)
+    out.save_npz(tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as z:
+        assert np.array_equal(z["image"], out.images) and np.array_equal(z["label"], out.labels)
