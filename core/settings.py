@@ -85,7 +85,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "store_backend='minio' needs credentials: set CDP_MINIO_ACCESS_KEY and CDP_MINIO_SECRET_KEY"
             )
-        well_known = (self.minio_access_key, secret) in _WELL_KNOWN_MINIO_CREDENTIALS
+        placeholder = secret.startswith("change-me")  # the placeholder of .env.example
+        well_known = (self.minio_access_key, secret) in _WELL_KNOWN_MINIO_CREDENTIALS or placeholder
         if well_known and not self.allow_insecure_defaults:
             raise ValueError(
                 "refusing to start with MinIO's well-known credentials "

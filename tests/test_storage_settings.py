@@ -25,7 +25,14 @@ def test_local_backend_is_the_default(tmp_path: Path) -> None:
     assert isinstance(store, LocalStore) and store.root == tmp_path / "s"
 
 
-@pytest.mark.parametrize("access,secret", [("minioadmin", "minioadmin"), ("minio", "minio123")])
+@pytest.mark.parametrize(
+    "access,secret",
+    [
+        ("minioadmin", "minioadmin"),
+        ("minio", "minio123"),
+        ("cdp-service", "change-me-long-random-service-secret"),  # the .env.example placeholder
+    ],
+)
 def test_well_known_minio_credentials_are_refused(
     monkeypatch: pytest.MonkeyPatch, access: str, secret: str
 ) -> None:
