@@ -27,6 +27,7 @@ DatasetName = Literal["digits", "cifar10", "gtsrb"]
 JobKind = Literal["generate", "train"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+ArchOption = Literal["width", "feature_dim", "depth", "widen_factor"]
 SelectionCriterion = Literal["separability", "grad_norm", "robust_grad_norm", "entropy"]
 
 
@@ -176,6 +177,8 @@ class TrainSpec(BaseModel):
     lr: float | None = Field(default=None, gt=0, le=10, description="learning rate; default: the trainer's")
     seed: int = Field(default=0, ge=0, lt=2**63)
     arch: Literal["small_cnn", "wrn"] = Field(default="small_cnn", description="classifier / trades")
+    arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=dict, description="small_cnn: width, feature_dim; wrn: depth, widen_factor")
     unet: Literal["tiny", "ddpm_cifar10"] = Field(default="tiny", description="diffusion: UNet preset")
     # TRADES (Zhang et al. 2019) and the real/synthetic mixing of paper eq. (3).
     synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
@@ -187,6 +190,8 @@ class TrainSpec(BaseModel):
     step_size: float = Field(default=2 / 255, gt=0, le=1)
     attack_steps: int = Field(default=10, ge=1, le=100)
     eval_attack_steps: int = Field(default=20, ge=1, le=200)
+    eval_samples: int | None = Field(default=1000, ge=1, description="test images for the final clean / "
+                                     "robust evaluation (classifier, trades); null = the whole test split")
 
     @field_validator("epochs")
     @classmethod

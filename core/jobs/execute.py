@@ -186,7 +186,7 @@ def _run_guarded(ctx: WorkerContext, job_id: str, work: Callable[[], str]) -> st
 class _JobProgress:
     """The core ProgressFn of one unit of work: checks the cancel flag and mirrors progress to Redis."""
 
-    def __init__(self, ctx: WorkerContext, job_id: str, *, part: Callable[[float], float],
+    def __init__(self, ctx: WorkerContext, job_id: str, *, part: Callable[[str, float], float],
                  min_interval_s: float = 0.25) -> None:
         self.ctx, self.job_id, self.part = ctx, job_id, part
         self.min_interval_s = min_interval_s
@@ -201,7 +201,8 @@ class _JobProgress:
             return
         self._last = now
         local = current / total if total > 0 else 0.0
-        self.ctx.repo.set_progress(self.job_id, Progress(fraction=min(1.0, max(0.0, self.part(local))),
+        fraction = min(1.0, max(0.0, self.part(stage, local)))
+        self.ctx.repo.set_progress(self.job_id, Progress(fraction=fraction,
                                                          current=current, total=total, stage=stage,
                                                          message=message))
 
@@ -249,7 +250,7 @@ def _generate_shard_arrays(ctx: WorkerContext, job_id: str, spec: GenerateSpec, 
         batch_size=spec.batch_size,
     )
     done_before = int(ctx.repo.redis.hlen(keys.r_shards(job_id)))
-    progress = _JobProgress(ctx, job_id, part=lambda f: (done_before + f) / n_shards)
+    progress = _JobProgress(ctx, job_id, part=lambda stage, f: (done_before + f) / n_shards)
     started = time.perf_counter()
     result = generate(diffusion, classifier, params=params, count=shard_size_of(spec, shard, ctx.shard_size),
                       seed=shard_seed(spec.seed, shard), real_images=real_images, device=ctx.device,
@@ -431,16 +432,15 @@ class _TrainProgress(_JobProgress):
     """Progress of a training run; syncs the checkpoint directory to the store whenever an epoch ends."""
 
     def __init__(self, ctx: WorkerContext, job_id: str, sync: DirectorySync, *, epochs: int) -> None:
-        super().__init__(ctx, job_id, part=lambda f: f)
+        # training steps fill 0..90 %, the final evaluation the rest
+        super().__init__(ctx, job_id, part=lambda stage, f: 0.9 * f if stage in ("train", "epoch")
+                         else 0.9 + 0.1 * f)
         self.sync = sync
-        self._epoch_seen: int | None = None
 
     def __call__(self, *, stage: str, current: int, total: int, message: str = "",
                  metrics: dict[str, Any] | None = None) -> None:
-        if stage.startswith("epoch") or stage == "train":
-            if self._epoch_seen is not None and current != self._epoch_seen:
-                self.sync()
-            self._epoch_seen = current
+        if stage == "epoch":  # the trainers report an epoch after its checkpoint is on disk
+            self.sync()
         super().__call__(stage=stage, current=current, total=total, message=message, metrics=metrics)
 
 

@@ -1,0 +1,87 @@
+"""From a :class:`core.specs.TrainSpec` to a trainer call (worker side; imports torch lazily).
+
+Every trainer checkpoints into ``out_dir`` each epoch and resumes from it, so the caller only has to keep
+``out_dir`` in sync with the store. Returns the trainer's metrics with two additions: ``_model_dir`` (the
+directory holding the finished model, uploaded to ``jobs/<id>/model/``) and, for classifiers, ``test``: the
+clean and PGD robust accuracy on the held-out test split at the spec's eps.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.progress import ProgressFn
+from core.specs import TrainSpec
+
+# Files in a trainer's out_dir that are not part of the model it leaves behind.
+NOT_MODEL = ("checkpoint.pt", "metrics.json")
+
+
+def train_for_spec(spec: TrainSpec, *, out_dir: Path, data_root: Path, device: str, progress: ProgressFn,
+                   synthetic_dirs: Sequence[Path] = ()) -> dict[str, Any]:
+    from core.data import load_dataset
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = load_dataset(spec.dataset, "train", root=data_root)
+    if spec.kind == "diffusion":
+        from core.training.diffusion import DiffusionTrainConfig, train_diffusion
+
+        config = DiffusionTrainConfig(preset=spec.unet, epochs=spec.epochs, batch_size=spec.batch_size,
+                                      **({"lr": spec.lr} if spec.lr else {}))
+        metrics = train_diffusion(train, config=config, out_dir=out_dir, seed=spec.seed, device=device,
+                                  progress=progress)
+    elif spec.kind == "classifier":
+        from core.training.classifier import ClassifierTrainConfig, train_classifier
+
+        val = load_dataset(spec.dataset, "val", root=data_root)
+        config = ClassifierTrainConfig(arch=spec.arch, arch_options=dict(spec.arch_options),
+                                       epochs=spec.epochs, batch_size=spec.batch_size,
+                                       **({"lr": spec.lr} if spec.lr else {}))
+        metrics = train_classifier(train, val, config=config, out_dir=out_dir, seed=spec.seed, device=device,
+                                   progress=progress)
+        metrics["test"] = _evaluate(spec, out_dir, data_root=data_root, device=device, progress=progress)
+    else:
+        metrics = _train_trades(spec, train, out_dir=out_dir, data_root=data_root, device=device,
+                                progress=progress, synthetic_dirs=synthetic_dirs)
+    model_dir = out_dir.parent / f"{out_dir.name}-model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.copytree(out_dir, model_dir, ignore=shutil.ignore_patterns(*NOT_MODEL))
+    return {**metrics, "_model_dir": str(model_dir)}
+
+
+def _evaluate(spec: TrainSpec, model_path: Path, *, data_root: Path, device: str,
+              progress: ProgressFn) -> dict[str, Any]:
+    """Clean and PGD (CE and CW) robust accuracy of the saved model on the test split."""
+    from core.data import load_dataset
+    from core.models import load_classifier
+    from core.training.attacks import evaluate_robustness
+
+    test = load_dataset(spec.dataset, "test", root=data_root)
+    x, y = test.to_tensors("cpu")
+    if spec.eval_samples is not None:
+        x, y = x[: spec.eval_samples], y[: spec.eval_samples]
+    model = load_classifier(model_path, device=device)
+    return evaluate_robustness(model, x, y, eps=spec.eps, steps=spec.eval_attack_steps, device=device,
+                               seed=spec.seed, progress=progress)
+
+
+def _train_trades(spec: TrainSpec, train: Any, *, out_dir: Path, data_root: Path, device: str,
+                  progress: ProgressFn, synthetic_dirs: Sequence[Path]) -> dict[str, Any]:
+    from core.data import load_dataset, load_synthetic
+    from core.training.trades import TradesConfig, train_trades
+
+    val = load_dataset(spec.dataset, "val", root=data_root)
+    synthetic = load_synthetic(list(synthetic_dirs)) if synthetic_dirs else None
+    options: dict[str, Any] = dict(arch=spec.arch, epochs=spec.epochs, batch_size=spec.batch_size,
+                                   beta=spec.beta, eps=spec.eps, step_size=spec.step_size,
+                                   attack_steps=spec.attack_steps, synthetic_fraction=spec.synthetic_fraction)
+    if spec.lr:
+        options["lr"] = spec.lr
+    config = TradesConfig(**options)
+    metrics = train_trades(train, val, synthetic=synthetic, config=config, out_dir=out_dir, seed=spec.seed,
+                           device=device, progress=progress)
+    metrics["test"] = _evaluate(spec, out_dir, data_root=data_root, device=device, progress=progress)
+    return metrics
