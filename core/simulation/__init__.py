@@ -1,0 +1,41 @@
+"""The Gaussian theory of the paper's §3 (closed forms, self-training, Proposition 1) and its figures."""
+
+from core.simulation.gaussian import (
+    DIRECTIONS,
+    Direction,
+    GaussianStudy,
+    ResultRow,
+    SelfTrainingResult,
+    batch_accuracies,
+    empirical_accuracies,
+    make_mu,
+    optimal_accuracies,
+    optimal_robust_direction,
+    orthogonal_unit,
+    robust_accuracy,
+    run_gaussian_study,
+    sample_mixture,
+    self_training,
+    standard_accuracy,
+    synthetic_mean,
+)
+
+__all__ = [
+    "DIRECTIONS",
+    "Direction",
+    "GaussianStudy",
+    "ResultRow",
+    "SelfTrainingResult",
+    "batch_accuracies",
+    "empirical_accuracies",
+    "make_mu",
+    "optimal_accuracies",
+    "optimal_robust_direction",
+    "orthogonal_unit",
+    "robust_accuracy",
+    "run_gaussian_study",
+    "sample_mixture",
+    "self_training",
+    "standard_accuracy",
+    "synthetic_mean",
+]
