@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo demo-gaussian clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-demo: $(STAMP)
-	$(BIN)/cdp simulate gaussian --help >/dev/null
+demo: demo-gaussian
+
+# The paper's Table 1 study, d = 2 (§3): prints the table, writes the figures under var/demo/ and names them.
+demo-gaussian: $(STAMP)
+	$(BIN)/cdp simulate gaussian --dim 2 --mu-norm-sq 2 --eps 0.5 --angle 0 --n-real 10 --real-sizes 10,100 \
+		--n-syn 10,20,50,100 --c 0.5,1,1.5 --direction clean --trials 50 --seed 0 --plot var/demo/gaussian.png
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
