@@ -61,11 +61,14 @@ class Settings(BaseSettings):
     store_root: Path = Path("var/store")
     # Where this process reaches MinIO: host:port, or http(s)://host:port (a scheme overrides minio_secure).
     minio_endpoint: str = "127.0.0.1:9000"
+    # Credentials of the service's own MinIO user (not the root account).
     minio_access_key: str = ""
     minio_secret_key: SecretStr = SecretStr("")
+    # Bucket holding every job's objects; created on first use when missing.
     minio_bucket: str = "cdp"
     # TLS to minio_endpoint.
     minio_secure: bool = False
+    # Region requests and presigned URLs are signed for (MinIO's default is us-east-1).
     minio_region: str = "us-east-1"
     # Where API clients reach MinIO (presigned URLs are signed for this host); empty = minio_endpoint.
     minio_public_endpoint: str | None = None
