@@ -429,8 +429,10 @@ def test_local_object_and_prefix_conflict_is_a_storage_error(tmp_path: Path) -> 
     store.put_bytes("c/d", b"x")
     with pytest.raises(StorageError, match="under the prefix"):
         store.put_bytes("c", b"x")
+    with pytest.raises(StorageError, match="under the prefix"):
+        store.put_bytes_if_absent("c", b"x")
     store.delete("c/d")
-    store.put_bytes("c", b"now fine")  # the emptied directory gives way
+    assert store.put_bytes_if_absent("c", b"now fine") is True  # the emptied directory gives way
     assert store.get_bytes("c") == b"now fine"
 
 
@@ -439,3 +441,16 @@ def test_local_ping_fails_on_unusable_root(tmp_path: Path) -> None:
     blocker.write_bytes(b"")
     with pytest.raises(StorageError, match="cannot be created"):
         LocalStore(blocker / "store").ping()
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_put_if_absent_has_one_winner_under_contention(tmp_path: Path, kind: str) -> None:
+    # Not run on moto: its server checks for the key and then writes, which is not atomic.
+    from concurrent.futures import ThreadPoolExecutor
+
+    store: ObjectStore = LocalStore(tmp_path) if kind == "local" else MemoryStore()
+    payloads = [f"writer {i}".encode() for i in range(16)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        won = list(pool.map(lambda p: store.put_bytes_if_absent("race/key", p), payloads))
+    assert won.count(True) == 1
+    assert store.get_bytes("race/key") == payloads[won.index(True)]

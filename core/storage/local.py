@@ -172,14 +172,14 @@ class LocalStore(BaseStore):
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o644)
             st = os.stat(tmp)  # rename and link keep inode and mtime, so this identifies the final file
+            if path.is_dir():  # a prefix of other objects, or an empty directory they left behind
+                self._remove_empty_dir(path, key)
             if exclusive:
                 try:
                     os.link(tmp, path)
                 except FileExistsError:
                     return None
             else:
-                if path.is_dir():
-                    self._remove_empty_dir(path, key)
                 os.replace(tmp, path)
                 tmp = None
         except StorageError:
