@@ -18,10 +18,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import UNet2DModel
+
+if TYPE_CHECKING:  # diffusers is slow to import; load it only when a model is loaded
+    from diffusers import UNet2DModel
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,8 @@ def _sample_size(config: Any) -> int:
 
 def load_diffusion_model(path: str | Path, *, device: str | torch.device = "cpu") -> DiffusionModel:
     """Load a UNet2DModel and its ``alphas_cumprod`` from a local diffusers directory (or a hub id)."""
+    from diffusers import UNet2DModel
+
     local = Path(path)
     if local.exists():
         if not local.is_dir():
