@@ -17,6 +17,15 @@ from core.generation import GeneratedSet, GenerationParams, generate, sample_met
 from core.progress import Cancelled
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is much faster than two on a shared, busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class TinyClassifier(nn.Module):
     """features: conv -> pool -> flatten (16-d); forward: linear on the features."""
 
