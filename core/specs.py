@@ -112,6 +112,8 @@ class GenerateSpec(BaseModel):
     )
     batch_size: int = Field(default=256, ge=1)
     seed: int = Field(default=0, ge=0, lt=2**63)
+    feature_on: Literal["x_t", "x0_hat"] = Field(
+        default="x_t", description="features on x_t (the paper) or on the predicted x_0 (extension)")
     selection: SelectionSpec | None = None
 
     @field_validator("count")

@@ -247,10 +247,11 @@ def _generate_shard_arrays(ctx: WorkerContext, job_id: str, spec: GenerateSpec, 
         loss=spec.loss, lam=float(spec.lam or 0.0), tau=float(spec.tau or 1.0), tau_plus=spec.tau_plus,
         beta=spec.beta, strategy=spec.strategy, embedding_head=spec.embedding_head, steps=spec.steps,
         schedule=spec.schedule, eta=spec.eta, guidance_window=spec.guidance_window,
-        batch_size=spec.batch_size,
+        batch_size=spec.batch_size, feature_on=spec.feature_on,
     )
     done_before = int(ctx.repo.redis.hlen(keys.r_shards(job_id)))
-    progress = _JobProgress(ctx, job_id, part=lambda stage, f: (done_before + f) / n_shards)
+    progress = _JobProgress(ctx, job_id, part=lambda stage, f: (
+        done_before + (0.95 * f if stage == "sampling" else 0.95 + 0.05 * f)) / n_shards)
     started = time.perf_counter()
     result = generate(diffusion, classifier, params=params, count=shard_size_of(spec, shard, ctx.shard_size),
                       seed=shard_seed(spec.seed, shard), real_images=real_images, device=ctx.device,

@@ -14,7 +14,6 @@ import pytest
 from core.jobs import keys, task_names
 from core.jobs.queue import QUEUE
 
-pytest.importorskip("core.generation")  # helper B's sampler; until it lands
 pytestmark = pytest.mark.timeout(240)
 
 
