@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install test lint demo demo-gaussian clean
+.PHONY: install test lint demo demo-gaussian demo-service up clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,15 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-demo: demo-gaussian
+# The service end to end on digits over HTTP (cdp demo: embedded Redis + worker + API), then the Gaussian study.
+demo: demo-service demo-gaussian
+
+demo-service: $(STAMP)
+	$(BIN)/cdp demo
+
+# The embedded stack: Redis, one worker, the API on 127.0.0.1:8000, files under ./var. Ctrl-C stops all.
+up: $(STAMP)
+	$(BIN)/cdp up
 
 # The paper's Table 1 study, d = 2 (§3): prints the table, writes the figures under var/demo/ and names them.
 demo-gaussian: $(STAMP)
