@@ -74,10 +74,15 @@ def _train_trades(spec: TrainSpec, train: Any, *, out_dir: Path, data_root: Path
     from core.training.trades import TradesConfig, train_trades
 
     val = load_dataset(spec.dataset, "val", root=data_root)
-    synthetic = load_synthetic(list(synthetic_dirs)) if synthetic_dirs else None
-    options: dict[str, Any] = dict(arch=spec.arch, epochs=spec.epochs, batch_size=spec.batch_size,
-                                   beta=spec.beta, eps=spec.eps, step_size=spec.step_size,
-                                   attack_steps=spec.attack_steps, synthetic_fraction=spec.synthetic_fraction)
+    synthetic = (load_synthetic(list(synthetic_dirs), num_classes=train.info.num_classes)
+                 if synthetic_dirs else None)
+    options: dict[str, Any] = dict(arch=spec.arch, arch_options=dict(spec.arch_options), epochs=spec.epochs,
+                                   batch_size=spec.batch_size, beta=spec.beta, eps=spec.eps,
+                                   step_size=spec.step_size, steps=spec.attack_steps,
+                                   synthetic_fraction=spec.synthetic_fraction,
+                                   eval_steps=spec.eval_attack_steps)
+    if spec.eval_samples is not None:
+        options["eval_max"] = spec.eval_samples
     if spec.lr:
         options["lr"] = spec.lr
     config = TradesConfig(**options)
