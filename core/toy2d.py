@@ -396,3 +396,39 @@ def plot_toy2d(result: Toy2DResult, path: Path, *, title: str | None = None) -> 
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_toy2d_grid(results: list[Toy2DResult], path: Path, *, columns: int = 4) -> Path:
+    """Vanilla (first panel) and the guided set of each result (all from the same x_T) in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: list[tuple[str, np.ndarray]] = [("vanilla DDIM", results[0].vanilla)]
+    for r in results:
+        if r.guided is not None:
+            g = r.guidance
+            head = "+head" if g.embedding_head else ""
+            panels.append((f"{g.loss}{head}, {g.strategy}, lam={g.lam:g}", r.guided))
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.4 * rows), squeeze=False)
+    mu = np.asarray(results[0].config.mu)
+    lim = 5.0
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (name, x) in zip(axes.flat, panels, strict=False):
+        y = x @ mu >= 0
+        ax.scatter(x[y, 0], x[y, 1], s=2, alpha=0.5, color="tab:red")
+        ax.scatter(x[~y, 0], x[~y, 1], s=2, alpha=0.5, color="tab:blue")
+        ax.plot([-lim * mu[1], lim * mu[1]], [lim * mu[0], -lim * mu[0]], "k--", lw=0.6)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_title(name, fontsize=7)
+        ax.tick_params(labelsize=5)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
