@@ -290,7 +290,11 @@ class ContrastiveGuidance:
         assert self.real is not None
         if self._real_features is None:  # f is fixed, so the raw real features are computed once
             with torch.no_grad():
-                self._real_features = self.feature_fn(self.real.to(device)).flatten(1)
+                chunks = [
+                    self.feature_fn(self.real[i : i + 512].to(device)).flatten(1)
+                    for i in range(0, self.real.shape[0], 512)
+                ]
+            self._real_features = torch.cat(chunks)
         idx = torch.randint(
             self._real_features.shape[0], (n,), generator=self.generator, device=self.generator.device
         ).to(self._real_features.device)
