@@ -1,0 +1,298 @@
+"""Standard (non-robust) classifier training with cross-entropy: the pseudo-labeler and feature extractor of
+the
+guidance (paper §2.1 and §3.2), and the non-robust baseline for the TRADES comparison.
+
+The model with the best validation accuracy is saved as a classifier checkpoint in ``out_dir``
+(``model.safetensors`` + ``config.json``); ``out_dir/checkpoint.pt`` holds the last epoch for resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.data import ImageDataset, channel_stats
+from core.models.classifiers import ARCHS, Arch, build_classifier
+from core.models.io import save_classifier
+from core.progress import ProgressFn
+from core.training.common import (
+    CHECKPOINT_NAME,
+    batch_order,
+    load_checkpoint,
+    report,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.json"
+# Fields a checkpoint must share with the config to be resumed (epochs too under the cosine schedule).
+_RESUME_FIELDS = ("arch", "arch_options", "batch_size", "lr", "optimizer", "schedule", "normalize")
+
+
+@dataclass(frozen=True)
+class ClassifierTrainConfig:
+    """Options of :func:`train_classifier`.
+
+    ``schedule="cosine"`` anneals the learning rate to 0 over ``epochs`` (so it is part of what a resume must
+    match). ``augment`` = random translation by up to ``crop_padding`` pixels (zero padding) and, with
+    ``horizontal_flip``, mirror images. ``normalize="dataset"`` sets the model's input mean/std from the
+    training images, ``"half"`` uses 0.5 / 0.5.
+    """
+
+    arch: Arch = "small_cnn"
+    arch_options: dict[str, int] = field(default_factory=dict)
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    label_smoothing: float = 0.0
+    augment: bool = False
+    crop_padding: int = 2
+    horizontal_flip: bool = False
+    normalize: Literal["dataset", "half"] = "dataset"
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown classifier arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.normalize not in ("dataset", "half"):
+            raise ValueError(f"normalize must be 'dataset' or 'half', got {self.normalize!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.weight_decay < 0 or self.crop_padding < 0:
+            raise ValueError("weight_decay and crop_padding must be >= 0")
+
+
+def augment_batch(
+    x: torch.Tensor, *, padding: int, horizontal_flip: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Random translation by up to ``padding`` pixels (zero fill) and optional mirroring, drawn from
+    ``generator`` on the CPU. x: N x C x H x W."""
+    n, _, h, w = x.shape
+    if padding > 0:
+        padded = F.pad(x, (padding, padding, padding, padding))
+        offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator).tolist()
+        x = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+    if horizontal_flip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    return x
+
+
+def _to_float(images_uint8_nhwc: torch.Tensor) -> torch.Tensor:
+    return images_uint8_nhwc.permute(0, 3, 1, 2).float().div(255.0)  # N x C x H x W in [0, 1]
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module, dataset: ImageDataset, *, batch_size: int = 512, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """Clean accuracy and mean cross-entropy of ``model`` (eval mode) on ``dataset``."""
+    was_training = model.training
+    model.eval()
+    images = torch.from_numpy(dataset.images)
+    labels = torch.from_numpy(dataset.labels)
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(dataset), batch_size):
+        x = _to_float(images[start : start + batch_size]).to(device)
+        y = labels[start : start + batch_size].to(device)
+        logits = model(x)
+        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+    model.train(was_training)
+    return {"accuracy": correct / len(dataset), "loss": loss_sum / len(dataset)}
+
+
+def _make_optimizer(model: nn.Module, config: ClassifierTrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train_classifier(
+    train: ImageDataset,
+    val: ImageDataset,
+    *,
+    config: ClassifierTrainConfig,
+    out_dir: Path | str,
+    seed: int,
+    device: str | torch.device = "cpu",
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train a classifier with cross-entropy; keep the epoch with the best validation accuracy.
+
+    Writes ``out_dir/checkpoint.pt`` every epoch (model, optimizer, scheduler, RNG states, epoch) and resumes
+    from it when present; the best model goes to ``out_dir`` as ``model.safetensors`` + ``config.json``
+    (load it
+    with ``core.models.load_classifier``); ``metrics.json`` holds the per-epoch series. ``progress`` gets
+    stage
+    "train" per step and "epoch" per epoch and may raise ``core.progress.Cancelled``.
+    """
+    if train.info.num_classes != val.info.num_classes or train.info.image_size != val.info.image_size:
+        raise ValueError(f"train ({train.info}) and val ({val.info}) datasets do not match")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    generator = seed_everything(seed)
+    info = train.info
+    mean, std = channel_stats(train) if config.normalize == "dataset" else ([0.5] * info.channels,) * 2
+    model = build_classifier(
+        config.arch,
+        num_classes=info.num_classes,
+        channels=info.channels,
+        image_size=info.image_size,
+        mean=mean,
+        std=std,
+        **config.arch_options,
+    ).to(dev)
+    optimizer = _make_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    if config.schedule == "cosine":
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=total_steps
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+    images = torch.from_numpy(train.images).to(dev)
+    labels = torch.from_numpy(train.labels).to(dev)
+    history: list[dict[str, float]] = []
+    best: dict[str, float] = {"epoch": 0, "val_accuracy": -1.0}
+    start_epoch, step, elapsed = 0, 0, 0.0
+    checkpoint_path = out / CHECKPOINT_NAME
+    if checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, map_location=dev)
+        _check_resumable(state, config, checkpoint_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], {"train": generator})
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        history, best, elapsed = list(state["history"]), dict(state["best"]), float(state["elapsed_s"])
+        logger.info("resuming classifier training from %s at epoch %d", checkpoint_path, start_epoch)
+
+    metadata_base = {"dataset": info.to_dict(), "seed": seed, "train_config": asdict(config)}
+    for epoch in range(start_epoch, config.epochs):
+        began = time.perf_counter()
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for index in batch_order(len(train), config.batch_size, generator=generator):
+            index = index.to(dev)
+            x, y = _to_float(images[index]), labels[index]
+            if config.augment:
+                x = augment_batch(
+                    x,
+                    padding=config.crop_padding,
+                    horizontal_flip=config.horizontal_flip,
+                    generator=generator,
+                )
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            report(progress, stage="train", current=step, total=total_steps,
+                   message=f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")  # fmt: skip
+        elapsed += time.perf_counter() - began
+        val_metrics = evaluate_accuracy(model, val, batch_size=config.eval_batch_size, device=dev)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": val_metrics["loss"],
+            "val_accuracy": val_metrics["accuracy"],
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        history.append(record)
+        if record["val_accuracy"] > best["val_accuracy"]:
+            best = {"epoch": epoch + 1, "val_accuracy": record["val_accuracy"]}
+            save_classifier(model, out, config={**metadata_base, "epoch": epoch + 1, "val": val_metrics})
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "kind": "classifier",
+                "config": asdict(config),
+                "epoch": epoch + 1,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state({"train": generator}),
+                "history": history,
+                "best": best,
+                "elapsed_s": elapsed,
+            },
+        )
+        logger.info("classifier epoch %d/%d: %s", epoch + 1, config.epochs, record)
+        report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
+
+    metrics: dict[str, Any] = {
+        "kind": "classifier",
+        "dataset": info.name,
+        "seed": seed,
+        "arch": config.arch,
+        "epochs": config.epochs,
+        "steps": step,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(elapsed, 2),
+        "best_epoch": int(best["epoch"]),
+        "best_val_accuracy": best["val_accuracy"],
+        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "final_train_accuracy": history[-1]["train_accuracy"] if history else None,
+        "history": history,
+        "config": asdict(config),
+        "model_dir": str(out),
+    }
+    (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _check_resumable(state: dict[str, Any], config: ClassifierTrainConfig, path: Path) -> None:
+    if state.get("kind") != "classifier":
+        raise ValueError(f"{path} is not a classifier training checkpoint (kind={state.get('kind')!r})")
+    saved = state.get("config", {})
+    fields = _RESUME_FIELDS + (("epochs",) if config.schedule == "cosine" else ())
+    for name in fields:
+        if saved.get(name) != getattr(config, name):
+            raise ValueError(
+                f"{path} was made with {name}={saved.get(name)!r}, not {getattr(config, name)!r}; "
+                "use another output directory or the same settings"
+            )

@@ -1,0 +1,272 @@
+"""DDPM training with the epsilon objective (Ho et al. 2020, eq. 14 / Algorithm 1), AdamW and an EMA of
+weights.
+
+One step: x_0 from the data in [-1, 1], t ~ U{0, ..., T-1}, eps ~ N(0, I),
+x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, loss = || eps - eps_theta(x_t, t) ||^2 (mean).
+The EMA weights are what gets saved as the diffusers pipeline (the usual choice for sampling).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+
+from core.data import ImageDataset
+from core.models.unet import UNET_PRESETS, UnetPreset, build_unet, make_scheduler, save_diffusion
+from core.progress import ProgressFn
+from core.training.common import (
+    CHECKPOINT_NAME,
+    EMA,
+    batch_order,
+    load_checkpoint,
+    report,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.json"
+# Fields that fix the network or the objective: a checkpoint made with other values cannot be resumed.
+_RESUME_FIELDS = ("preset", "class_conditional", "num_train_timesteps", "batch_size", "lr", "weight_decay")
+
+
+@dataclass(frozen=True)
+class DiffusionTrainConfig:
+    """Options of :func:`train_diffusion`. ``lr`` warms up linearly over ``warmup_steps`` then stays
+    constant."""
+
+    preset: UnetPreset = "tiny"
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    num_train_timesteps: int = 1000
+    class_conditional: bool = False
+    horizontal_flip: bool = False
+    eval_batch: int = 256
+
+    def __post_init__(self) -> None:
+        if self.preset not in UNET_PRESETS:
+            raise ValueError(
+                f"unknown UNet preset {self.preset!r}; expected one of {', '.join(UNET_PRESETS)}"
+            )
+        for name in ("epochs", "batch_size", "num_train_timesteps", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay, warmup_steps and grad_clip must be >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+def to_model_range(images_uint8_nhwc: torch.Tensor) -> torch.Tensor:
+    """uint8 N x H x W x C -> float N x C x H x W in [-1, 1] (the diffusion model's range)."""
+    return images_uint8_nhwc.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def diffusion_loss(
+    unet: UNet2DModel,
+    x0: torch.Tensor,
+    *,
+    alphas_cumprod: torch.Tensor,
+    generator: torch.Generator,
+    class_labels: torch.Tensor | None = None,
+    timesteps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean squared error between eps and eps_theta(x_t, t) (DDPM eq. 14), with t and eps drawn on the CPU
+    from
+    ``generator`` (so a run is reproducible on any device) unless ``timesteps`` are given."""
+    n = x0.shape[0]
+    if timesteps is None:
+        timesteps = torch.randint(0, alphas_cumprod.numel(), (n,), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    a_bar = alphas_cumprod[timesteps].to(x0.device, torch.float32).view(n, 1, 1, 1)
+    x_t = a_bar.sqrt() * x0 + (1.0 - a_bar).sqrt() * noise
+    eps = unet(x_t, timesteps.to(x0.device), class_labels=class_labels).sample
+    return F.mse_loss(eps, noise)
+
+
+@torch.no_grad()
+def _eval_loss(
+    unet: UNet2DModel,
+    x0: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    alphas_cumprod: torch.Tensor,
+    seed: int,
+) -> float:
+    """The loss on a fixed batch with fixed t and eps (own generator: does not disturb the training
+    stream)."""
+    was_training = unet.training
+    unet.eval()
+    generator = torch.Generator().manual_seed(seed)
+    timesteps = torch.linspace(0, alphas_cumprod.numel() - 1, x0.shape[0]).long()
+    loss = diffusion_loss(
+        unet, x0, alphas_cumprod=alphas_cumprod, generator=generator, class_labels=labels, timesteps=timesteps
+    )
+    unet.train(was_training)
+    return float(loss)
+
+
+def train_diffusion(
+    train: ImageDataset,
+    *,
+    config: DiffusionTrainConfig,
+    out_dir: Path | str,
+    seed: int,
+    device: str | torch.device = "cpu",
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train a DDPM on ``train``; save a checkpoint every epoch and, at the end, the EMA model as a diffusers
+    pipeline in ``out_dir`` (``model_index.json``, ``unet/``, ``scheduler/``) plus ``metrics.json``.
+
+    Resumes from ``out_dir/checkpoint.pt`` when it exists (same result as an uninterrupted run with the same
+    seed). ``progress`` gets stage "train" per optimisation step and "epoch" per epoch; it may raise
+    ``core.progress.Cancelled`` (the last finished epoch's checkpoint stays). Returns the final metrics.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    generator = seed_everything(seed)
+    info = train.info
+    num_classes = info.num_classes if config.class_conditional else None
+    unet = build_unet(
+        config.preset, image_size=info.image_size, channels=info.channels, num_classes=num_classes
+    )
+    unet.to(dev).train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMA(unet, config.ema_decay, warmup=True)
+    alphas_cumprod = torch.from_numpy(
+        make_scheduler(config.num_train_timesteps).alphas_cumprod.numpy()
+    ).double()
+
+    images = torch.from_numpy(train.images).to(dev)  # N x H x W x C uint8, converted per batch
+    labels = torch.from_numpy(train.labels).to(dev)
+    eval_index = torch.arange(min(config.eval_batch, len(train)))
+    eval_x0 = to_model_range(images[eval_index])
+    eval_labels = labels[eval_index] if num_classes is not None else None
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+
+    history: list[dict[str, float]] = []
+    start_epoch, step, elapsed = 0, 0, 0.0
+    initial_eval_loss = _eval_loss(unet, eval_x0, eval_labels, alphas_cumprod=alphas_cumprod, seed=seed)
+    checkpoint_path = out / CHECKPOINT_NAME
+    if checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, map_location=dev)
+        _check_resumable(state, config, checkpoint_path)
+        unet.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"], {"train": generator})
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        history, elapsed = list(state["history"]), float(state["elapsed_s"])
+        initial_eval_loss = float(state["initial_eval_loss"])
+        logger.info("resuming diffusion training from %s at epoch %d", checkpoint_path, start_epoch)
+
+    for epoch in range(start_epoch, config.epochs):
+        began = time.perf_counter()
+        unet.train()
+        losses: list[float] = []
+        for index in batch_order(len(train), config.batch_size, generator=generator):
+            x0 = to_model_range(images[index.to(dev)])
+            if config.horizontal_flip:
+                flip = (torch.rand(x0.shape[0], generator=generator) < 0.5).to(dev)
+                x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(3), x0)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+            loss = diffusion_loss(
+                unet,
+                x0,
+                alphas_cumprod=alphas_cumprod,
+                generator=generator,
+                class_labels=labels[index.to(dev)] if num_classes is not None else None,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+            optimizer.step()
+            ema.update(unet)
+            step += 1
+            losses.append(float(loss.detach()))
+            report(progress, stage="train", current=step, total=total_steps,
+                   message=f"epoch {epoch + 1}/{config.epochs} loss {losses[-1]:.4f}")  # fmt: skip
+        elapsed += time.perf_counter() - began
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": sum(losses) / len(losses),
+            "eval_loss": _eval_loss(unet, eval_x0, eval_labels, alphas_cumprod=alphas_cumprod, seed=seed),
+            "ema_eval_loss": _eval_loss(
+                ema.module, eval_x0, eval_labels, alphas_cumprod=alphas_cumprod, seed=seed
+            ),
+        }
+        history.append(record)
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "kind": "diffusion",
+                "config": asdict(config),
+                "epoch": epoch + 1,
+                "step": step,
+                "model": unet.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict(),
+                "rng": rng_state({"train": generator}),
+                "history": history,
+                "elapsed_s": elapsed,
+                "initial_eval_loss": initial_eval_loss,
+            },
+        )
+        logger.info("diffusion epoch %d/%d: %s", epoch + 1, config.epochs, record)
+        report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
+
+    save_diffusion(ema.module, out, num_train_timesteps=config.num_train_timesteps)
+    metrics: dict[str, Any] = {
+        "kind": "diffusion",
+        "dataset": info.name,
+        "seed": seed,
+        "epochs": config.epochs,
+        "steps": step,
+        "parameters": sum(p.numel() for p in unet.parameters()),
+        "train_seconds": round(elapsed, 2),
+        "initial_eval_loss": initial_eval_loss,
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "final_eval_loss": history[-1]["eval_loss"] if history else None,
+        "final_ema_eval_loss": history[-1]["ema_eval_loss"] if history else None,
+        "history": history,
+        "config": asdict(config),
+        "pipeline_dir": str(out),
+    }
+    (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _check_resumable(state: dict[str, Any], config: DiffusionTrainConfig, path: Path) -> None:
+    if state.get("kind") != "diffusion":
+        raise ValueError(f"{path} is not a diffusion training checkpoint (kind={state.get('kind')!r})")
+    saved = state.get("config", {})
+    for name in _RESUME_FIELDS:
+        if saved.get(name) != getattr(config, name):
+            raise ValueError(
+                f"{path} was made with {name}={saved.get(name)!r}, not {getattr(config, name)!r}; "
+                "use another output directory or the same settings"
+            )
