@@ -11,6 +11,7 @@ the paper's numbers.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -121,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     weights = {"diffusion": 6.0, "classifier": 0.5, "contrastive": 1.5, "vanilla": 1.0,
                 "trades-real": 1.0, "trades-contrastive": 1.0, "trades-vanilla": 1.0}
-    stack = EmbeddedStack(var=Path(args.var), port=args.port or free_port())
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    stack = EmbeddedStack(var=Path(args.var), port=args.port or free_port(), redis_url=args.redis_url,
+                          worker_threads=args.worker_threads)
     print(f"starting the embedded stack (files under {stack.var}) ...", file=sys.stderr)
     with stack, httpx.Client(base_url=stack.base_url, timeout=60) as http, \
             tqdm(total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {n:.0f}/100% "
@@ -185,6 +188,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--var", default="var", help="directory for the store, models and logs")
     parser.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
+    parser.add_argument("--redis-url", default=None, help="use this Redis (default: a private one)")
+    parser.add_argument("--worker-threads", type=int, default=None,
+                        help="torch threads of the worker (default: OMP_NUM_THREADS, else 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--diffusion-epochs", type=int, default=8)
     parser.add_argument("--classifier-epochs", type=int, default=8)

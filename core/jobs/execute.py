@@ -33,7 +33,7 @@ import numpy as np
 
 from core.jobs import keys
 from core.jobs.queue import Enqueuer
-from core.jobs.records import JobRepository
+from core.jobs.records import JobNotFound, JobRepository
 from core.progress import Cancelled
 from core.specs import GenerateSpec, JobRecord, Progress, TrainSpec, job_id_of
 from core.storage import ObjectNotFound, ObjectStore
@@ -156,7 +156,11 @@ def _error_text(exc: BaseException) -> str:
 
 def _guard(ctx: WorkerContext, job_id: str, unit: str) -> JobRecord | None:
     """Common start of every task: None when there is nothing to do (terminal, canceled, attempts used up)."""
-    job = ctx.repo.get(job_id)
+    try:
+        job = ctx.repo.get(job_id)
+    except JobNotFound:  # e.g. a stale message from another store; nothing to do
+        log.warning("task for unknown job %s ignored", job_id)
+        return None
     if job.terminal:
         return None
     if ctx.repo.cancel_requested(job_id):
@@ -267,7 +271,10 @@ def _generate_shard_arrays(ctx: WorkerContext, job_id: str, spec: GenerateSpec, 
 
 
 def _maybe_enqueue_finalize(ctx: WorkerContext, job_id: str) -> bool:
-    job = ctx.repo.get(job_id)
+    try:
+        job = ctx.repo.get(job_id)
+    except JobNotFound:
+        return False
     if job.terminal:
         return False
     n_shards = shard_count(job.generate_spec(), ctx.shard_size)

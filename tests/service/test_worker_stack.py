@@ -67,6 +67,17 @@ def test_generation_job_end_to_end(stack) -> None:
         assert info.last_modified <= manifest_time
         assert entry["size"] == info.size
 
+    # the generated set feeds a (one-epoch, tiny) TRADES job
+    trades = client.post("/jobs/train", json={
+        "kind": "trades", "dataset": "digits", "epochs": 1, "batch_size": 64, "synthetic": [f"job:{job_id}"],
+        "arch_options": {"width": 4, "feature_dim": 16}, "attack_steps": 2, "eval_attack_steps": 2,
+        "eval_samples": 32})
+    assert trades.status_code == 202, trades.text
+    trained = stack.wait(trades.json()["id"], until={"succeeded", "failed", "canceled"}, timeout=120)
+    assert trained["status"] == "succeeded", trained["error"]
+    trades_metrics = client.get(f"/jobs/{trained['id']}/metrics").json()["metrics"]
+    assert 0 <= trades_metrics["test"]["robust_acc"] <= trades_metrics["test"]["clean_acc"] <= 1
+
     # the event stream of a finished job ends with its terminal state
     with client.stream("GET", f"/jobs/{job_id}/events") as events:
         assert events.headers["content-type"].startswith("text/event-stream")
