@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from api import metrics as prom
-from api.deps import OwnerDep, RepoDep, ServiceDep, StoreDep
+from api.deps import OwnerDep, RepoDep, ServiceDep, SettingsDep, StoreDep
 from api.problems import FieldError, ProblemError, responses
 from core.jobs import keys
 from core.jobs.records import JobNotFound, JobRepository
@@ -30,7 +30,6 @@ IdempotencyKey = Annotated[
     Header(alias="Idempotency-Key", max_length=200,
            description="Same key and same body return the same job; a different body is a 422 (kept 48 h)"),
 ]
-PRESIGN_EXPIRY_S = 3600
 
 
 class JobPage(BaseModel):
@@ -148,8 +147,8 @@ def get_job_metrics(job_id: JobId, repo: RepoDep, store: StoreDep, owner: OwnerD
     return JobMetrics(job_id=job_id, kind=job.kind, metrics=metrics)
 
 
-def _artifact_url(request: Request, store: ObjectStore, job_id: str, name: str) -> str:
-    url = store.presigned_url(keys.job_prefix(job_id) + name, expires=PRESIGN_EXPIRY_S)
+def _artifact_url(request: Request, store: ObjectStore, job_id: str, name: str, *, expires: int) -> str:
+    url = store.presigned_url(keys.job_prefix(job_id) + name, expires=expires)
     return url or str(request.url_for("download_job_artifact", job_id=job_id, name=name))
 
 
@@ -157,7 +156,7 @@ def _artifact_url(request: Request, store: ObjectStore, job_id: str, name: str) 
             summary="Files a job produced, with sizes, sha256 and download URLs",
             responses=responses(401, 404))
 def list_job_artifacts(job_id: JobId, request: Request, repo: RepoDep, store: StoreDep,
-                       owner: OwnerDep) -> ArtifactList:
+                       owner: OwnerDep, settings: SettingsDep) -> ArtifactList:
     _job_or_404(repo, job_id, owner)
     prefix = keys.job_prefix(job_id)
     try:
@@ -169,7 +168,8 @@ def list_job_artifacts(job_id: JobId, request: Request, repo: RepoDep, store: St
         entries = [(i.key[len(prefix):], i.size, i.sha256) for i in store.list(prefix)
                    if i.key != keys.record_key(job_id)]
         complete = False
-    items = [Artifact(name=n, size=s, sha256=h, url=_artifact_url(request, store, job_id, n))
+    items = [Artifact(name=n, size=s, sha256=h,
+                      url=_artifact_url(request, store, job_id, n, expires=settings.presign_expiry_s))
              for n, s, h in entries]
     return ArtifactList(job_id=job_id, complete=complete, items=items)
 

@@ -272,3 +272,45 @@ def test_api_imports_neither_torch_nor_worker() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+class PresigningStore(LocalStore):
+    """A local store that answers presigned_url like MinIO would (records the expiry it was asked for)."""
+
+    expiries: list[int] = []
+
+    def presigned_url(self, key: str, *, expires: int) -> str | None:
+        self.expiries.append(expires)
+        return f"https://minio.example/cdp/{key}?X-Amz-Expires={expires}"
+
+
+@pytest.mark.parametrize("presigning", [False, True], ids=["local-route", "presigned"])
+def test_artifact_urls(presigning: bool, settings: Settings, redis_client: redis.Redis,
+                       tmp_path: Path) -> None:
+    from api.app import create_app
+    from core.jobs import keys
+    from core.jobs.execute import write_manifest
+
+    store = PresigningStore(tmp_path / "s") if presigning else LocalStore(tmp_path / "s")
+    client = TestClient(create_app(settings, store=store, redis_client=redis_client))
+    job = JobRepository(store, redis_client).create(kind="generate", owner="anonymous", input={})
+    store.put_bytes(keys.job_prefix(job.id) + "shards/0.npz", b"npz bytes")
+    listing = client.get(f"/jobs/{job.id}/artifacts").json()
+    assert listing["complete"] is False and [a["name"] for a in listing["items"]] == ["shards/0.npz"]
+    write_manifest(store, job.id)
+    listing = client.get(f"/jobs/{job.id}/artifacts").json()
+    assert listing["complete"] is True
+    items = {a["name"]: a for a in listing["items"]}
+    assert set(items) == {"shards/0.npz", "manifest.json"}
+    assert items["shards/0.npz"]["sha256"] == __import__("hashlib").sha256(b"npz bytes").hexdigest()
+    url = items["shards/0.npz"]["url"]
+    if presigning:
+        assert url == f"https://minio.example/cdp/jobs/{job.id}/shards/0.npz?X-Amz-Expires=3600"
+        assert store.expiries[-1] == settings.presign_expiry_s
+    else:
+        assert url == f"http://testserver/jobs/{job.id}/artifacts/shards/0.npz"
+        download = client.get(url)
+        assert download.content == b"npz bytes"
+        assert download.headers["content-disposition"] == 'attachment; filename="0.npz"'
+    assert_problem(client.get(f"/jobs/{job.id}/artifacts/shards/9.npz"), 404)
+    assert_problem(client.get(f"/jobs/{job.id}/artifacts/job.json/../x"), 404)

@@ -128,3 +128,11 @@ def test_cancel_a_running_job(stack) -> None:
     assert not stack.store.exists(keys.manifest_key(job_id))
     assert list(stack.store.list(keys.job_prefix(job_id) + "shards/")) == []
     assert client.get(f"/jobs/{job_id}/metrics").status_code == 409
+
+
+def test_a_failing_job_is_failed_with_its_error(stack) -> None:
+    (stack.settings.model_dir / "empty").mkdir()  # a name that exists but holds no model
+    job_id = stack.client.post("/jobs/generate", json=small_generation(model="empty", count=4)).json()["id"]
+    job = stack.wait(job_id, until={"succeeded", "failed", "canceled"})
+    assert job["status"] == "failed"
+    assert "empty" in job["error"] and job["completed_at"] is not None
