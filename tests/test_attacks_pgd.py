@@ -13,6 +13,15 @@ from core.data import load_dataset
 from core.training.attacks import cw_margin, evaluate_robustness, pgd_attack, run_autoattack
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these small models gain nothing from more and the CI machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     x, y = digits_tensors("train")

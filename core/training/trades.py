@@ -1,0 +1,524 @@
+"""TRADES adversarial training (Zhang et al. 2019) on real plus synthetic data (paper eq. 3; REFERENCE.md §4).
+
+Per sample:  loss = CE(f(x), y) + beta * KL( softmax f(x) || softmax f(x_adv) ),  averaged over the batch,
+where x_adv maximises the KL term in the L-inf ball B(x, eps) ∩ [0, 1] by PGD (k steps of size alpha, signed
+gradient, start x + 0.001 N(0, I) as in the official code, or uniform in the ball as in Gowal et al. 2021),
+with the model in eval mode during the attack like the official implementation.
+
+Real and synthetic data are mixed in one of two ways:
+
+- ``mixing="batch"`` (Wang et al. 2023; Gowal et al. 2021): every batch of B holds floor(f B) synthetic images
+  drawn with replacement plus B - floor(f B) real ones (f = ``synthetic_fraction``, 0.7 by default);
+- ``mixing="loss"`` (paper eq. 3): every step takes B real and B synthetic images and minimises
+  eta * mean_real(loss) + (1 - eta) * mean_synthetic(loss).
+
+Either way one "epoch" is ceil(n_real / B) steps whatever the synthetic set's size, and the real images of an
+epoch follow a fresh permutation (continued by further permutations when the batches need more).
+
+Recipe (Gowal et al. 2021, used by the paper): SGD with Nesterov momentum 0.9, weight decay 5e-4 on weights
+but not on biases and normalisation parameters, a cosine or one-cycle learning-rate schedule, an EMA of the
+weights (0.995, BatchNorm statistics copied) that is what gets evaluated and saved, optional label smoothing,
+and the best epoch chosen by PGD accuracy on a held-out validation set (robust overfitting is real).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.data import ImageDataset
+from core.models import ARCHS, build_classifier, save_classifier
+from core.models.classifiers import Arch
+from core.progress import ProgressFn
+from core.training.attacks import eval_mode, pgd_attack, project_linf, uniform_start
+from core.training.common import (
+    CHECKPOINT_NAME,
+    EMA,
+    load_checkpoint,
+    report,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.json"
+FINAL_DIR = "final"
+# Everything but the bookkeeping must match for a checkpoint to be resumed (the schedule depends on epochs).
+_NOT_RESUME_FIELDS = ("eval_batch_size",)
+
+
+@dataclass(frozen=True)
+class TradesConfig:
+    """Options of :func:`train_trades` (defaults: the official TRADES attack and Gowal et al.'s optimiser).
+
+    ``eps``, ``step_size``: L-inf radius and PGD step in [0, 1] pixel units; ``steps``: PGD steps of the
+    training attack; ``start``: "normal" (x + 0.001 N(0, I), official) or "uniform" (in the ball).
+    ``schedule``: "cosine" (from ``lr`` to 0 over all steps), "onecycle" (linear warm-up from lr/25 over
+    ``warmup_fraction`` of the steps, then cosine to 0) or "constant". ``ema_decay`` 0 disables the EMA;
+    ``ema_warmup`` ramps the decay as min(decay, (1+n)/(10+n)) so short runs are not dominated by the
+    initialisation. ``init="kaiming"`` re-draws conv and linear weights from He et al.'s normal (fan-in, ReLU
+    gain) with zero biases; PyTorch's default init leaves the SiLU SmallCNN on a loss plateau for hundreds of
+    SGD steps (measured on digits), ``"default"`` keeps the architecture's own. ``eval_steps``/``eval_max``:
+    PGD-CE steps and at most this many validation images for the per-epoch robust accuracy (step size
+    2.5 eps / eval_steps), measured on the evaluated model (the EMA when enabled).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_fraction: float = 0.3
+    beta: float = 6.0
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    start: Literal["normal", "uniform"] = "normal"
+    ema_decay: float = 0.995
+    ema_warmup: bool = True
+    label_smoothing: float = 0.0
+    mixing: Literal["batch", "loss"] = "batch"
+    synthetic_fraction: float = 0.7
+    eta: float = 0.3
+    arch: Arch = "small_cnn"
+    arch_options: dict[str, int] = field(default_factory=dict)
+    init: Literal["kaiming", "default"] = "kaiming"
+    eval_steps: int = 10
+    eval_max: int = 1024
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown classifier arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        for name in ("epochs", "batch_size", "eval_max", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("steps", "eval_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("lr", "step_size"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        for name in ("eps", "beta", "weight_decay", "momentum"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if self.eps > 1:
+            raise ValueError(f"eps is in [0, 1] pixel units (8/255 = {8 / 255:.4f}), got {self.eps!r}")
+        if self.schedule not in ("cosine", "onecycle", "constant"):
+            raise ValueError(f"schedule must be 'cosine', 'onecycle' or 'constant', got {self.schedule!r}")
+        if self.start not in ("normal", "uniform"):
+            raise ValueError(f"start must be 'normal' or 'uniform', got {self.start!r}")
+        if self.mixing not in ("batch", "loss"):
+            raise ValueError(f"mixing must be 'batch' or 'loss', got {self.mixing!r}")
+        if not 0.0 <= self.synthetic_fraction < 1.0:
+            raise ValueError(f"synthetic_fraction must be in [0, 1), got {self.synthetic_fraction!r}")
+        if not 0.0 < self.eta <= 1.0:
+            raise ValueError(f"eta (weight of the real data in eq. 3) must be in (0, 1], got {self.eta!r}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.init not in ("kaiming", "default"):
+            raise ValueError(f"init must be 'kaiming' or 'default', got {self.init!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+
+
+# --------------------------------------------------------------------------------------------------- the loss
+
+
+def trades_adversary(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    start: Literal["normal", "uniform"] = "normal",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """x_adv = argmax_{x' in B(x, eps) ∩ [0,1]} KL(softmax f(x) || softmax f(x')) by signed-gradient PGD.
+
+    The model runs in eval mode (each sub-module's flag restored after). x: N x C x H x W in [0, 1].
+    """
+    x = x.detach()
+    with eval_mode(model):
+        with torch.no_grad():
+            p_natural = F.softmax(model(x), dim=1)  # N x K, fixed target of the inner maximisation
+        if start == "normal":
+            noise_device = generator.device if generator is not None else x.device
+            noise = torch.randn(x.shape, generator=generator, device=noise_device, dtype=x.dtype).to(x.device)
+            x_adv = project_linf(x + 0.001 * noise, x, eps=eps)
+        else:
+            x_adv = uniform_start(x, eps=eps, generator=generator)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_natural, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, x_adv)
+            x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, eps=eps)
+    return x_adv.detach()
+
+
+def trades_loss(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    x_adv: Tensor,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+    weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """TRADES objective: sum_i w_i [CE(f(x_i), y_i) + beta * KL(softmax f(x_i) || softmax f(x_adv_i))].
+
+    ``weights`` (N, summing to 1) default to 1/N (the batch mean). Gradients flow through both f(x) and
+    f(x_adv), as in the official code. Returns the loss and its parts (weighted CE, weighted KL, accuracy).
+    """
+    logits = model(x)  # N x K
+    logits_adv = model(x_adv)  # N x K
+    ce = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)  # N
+    log_p = F.log_softmax(logits, dim=1)
+    kl = (log_p.exp() * (log_p - F.log_softmax(logits_adv, dim=1))).sum(dim=1)  # N
+    if weights is None:
+        weights = torch.full_like(ce, 1.0 / ce.shape[0])
+    ce_part, kl_part = (weights * ce).sum(), (weights * kl).sum()
+    loss = ce_part + beta * kl_part
+    parts = {
+        "ce": float(ce_part.detach()),
+        "kl": float(kl_part.detach()),
+        "accuracy": float((logits.argmax(1) == y).float().mean()),
+    }
+    return loss, parts
+
+
+# ------------------------------------------------------------------------------------------------ schedules
+
+
+def learning_rate(step: int, total_steps: int, *, config: TradesConfig) -> float:
+    """The learning rate at optimiser step ``step`` (0-based) of ``total_steps``."""
+    if config.schedule == "constant":
+        return config.lr
+    warmup = int(config.warmup_fraction * total_steps) if config.schedule == "onecycle" else 0
+    if step < warmup:
+        return config.lr * (1 / 25 + (1 - 1 / 25) * step / warmup)
+    progress = (step - warmup) / max(total_steps - warmup, 1)
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * progress))
+
+
+def kaiming_init(model: nn.Module) -> None:
+    """He-normal (fan-in, ReLU gain) weights and zero biases for every conv and linear layer, in place."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def make_optimizer(model: nn.Module, config: TradesConfig) -> torch.optim.SGD:
+    """SGD (Nesterov) with weight decay on weight matrices and kernels only, not on biases or norm scales."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+
+
+# ------------------------------------------------------------------------------------------------ batching
+
+
+def steps_per_epoch(n_real: int, config: TradesConfig) -> int:
+    """ceil(n_real / B), with or without synthetic data."""
+    return math.ceil(n_real / config.batch_size)
+
+
+def epoch_plan(
+    n_real: int, n_synthetic: int, *, config: TradesConfig, generator: torch.Generator
+) -> list[tuple[Tensor, Tensor | None]]:
+    """(real indices, synthetic indices or None) for every step of one epoch, drawn from ``generator``."""
+    steps = steps_per_epoch(n_real, config)
+    batch = config.batch_size
+    if n_synthetic == 0:
+        order = torch.randperm(n_real, generator=generator)
+        return [(order[i * batch : (i + 1) * batch], None) for i in range(steps)]
+    if config.mixing == "batch":
+        n_syn = math.floor(config.synthetic_fraction * batch)
+        n_real_batch = batch - n_syn
+    else:
+        n_syn, n_real_batch = batch, batch
+    need = steps * n_real_batch
+    orders = [torch.randperm(n_real, generator=generator) for _ in range(math.ceil(need / n_real))]
+    real = torch.cat(orders)[:need].view(steps, n_real_batch)
+    synthetic = torch.randint(0, n_synthetic, (steps, n_syn), generator=generator)
+    return [(real[i], synthetic[i] if n_syn > 0 else None) for i in range(steps)]
+
+
+def _to_float(images_uint8_nhwc: Tensor, device: torch.device) -> Tensor:
+    return images_uint8_nhwc.to(device).permute(0, 3, 1, 2).float().div(255.0)  # N x C x H x W in [0, 1]
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def robust_accuracy(
+    model: nn.Module,
+    dataset: ImageDataset,
+    *,
+    eps: float,
+    steps: int,
+    limit: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Clean and PGD-CE accuracy (step 2.5 eps / steps, uniform start) on the first ``limit`` images."""
+    n = min(len(dataset), limit)
+    images = torch.from_numpy(dataset.images[:n])
+    labels = torch.from_numpy(dataset.labels[:n])
+    generator = torch.Generator().manual_seed(seed)
+    clean = robust = 0
+    with eval_mode(model):
+        for start in range(0, n, batch_size):
+            x = _to_float(images[start : start + batch_size], device)
+            y = labels[start : start + batch_size].to(device)
+            with torch.no_grad():
+                clean += int((model(x).argmax(1) == y).sum())
+            if eps > 0 and steps > 0:
+                x = pgd_attack(
+                    model, x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps, generator=generator
+                )
+            with torch.no_grad():
+                robust += int((model(x).argmax(1) == y).sum())
+    return {"clean_acc": clean / n, "pgd_acc": robust / n}
+
+
+# ---------------------------------------------------------------------------------------------- the trainer
+
+
+def _check_compatible(train: ImageDataset, other: ImageDataset, what: str) -> None:
+    a, b = train.info, other.info
+    if (a.num_classes, a.image_size, a.channels) != (b.num_classes, b.image_size, b.channels):
+        raise ValueError(
+            f"{what} set ({b.num_classes} classes, {b.image_size}px, {b.channels} channels) does not match "
+            f"the training set ({a.num_classes} classes, {a.image_size}px, {a.channels} channels)"
+        )
+    if len(other) and (other.labels.min() < 0 or other.labels.max() >= a.num_classes):
+        raise ValueError(f"{what} labels must lie in [0, {a.num_classes}), got [{other.labels.min()}, "
+                         f"{other.labels.max()}]")  # fmt: skip
+
+
+def _check_resumable(state: dict[str, Any], config: TradesConfig, synthetic_count: int, path: Path) -> None:
+    if state.get("kind") != "trades":
+        raise ValueError(f"{path} is not a TRADES training checkpoint (kind={state.get('kind')!r})")
+    saved = state.get("config", {})
+    current = asdict(config)
+    for name, value in current.items():
+        if name not in _NOT_RESUME_FIELDS and saved.get(name) != value:
+            raise ValueError(
+                f"{path} was made with {name}={saved.get(name)!r}, not {value!r}; "
+                "use another output directory or the same settings"
+            )
+    if int(state.get("synthetic_count", -1)) != synthetic_count:
+        raise ValueError(
+            f"{path} was made with {state.get('synthetic_count')} synthetic images, not {synthetic_count}"
+        )
+
+
+def train_trades(
+    train: ImageDataset,
+    val: ImageDataset,
+    *,
+    synthetic: ImageDataset | None = None,
+    config: TradesConfig,
+    out_dir: Path | str,
+    seed: int,
+    device: str | torch.device = "cpu",
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Adversarially train a classifier with TRADES on ``train`` (+ ``synthetic``); return the final metrics.
+
+    Writes ``out_dir/checkpoint.pt`` after every epoch and resumes from it when present (same weights as an
+    uninterrupted run with the same seed). The evaluated model (the EMA when enabled) of the epoch with the
+    best PGD accuracy on ``val`` is saved in ``out_dir`` (``model.safetensors`` + ``config.json``, load it
+    with ``core.models.load_classifier``), the last epoch's in ``out_dir/final``, the metrics in
+    ``metrics.json``.
+    ``progress`` gets stage "train" per step and "epoch" per epoch; raising ``core.progress.Cancelled`` from
+    it stops training (the last finished epoch stays resumable).
+    """
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"train ({len(train)}) and val ({len(val)}) sets must not be empty")
+    _check_compatible(train, val, "validation")
+    if synthetic is not None:
+        _check_compatible(train, synthetic, "synthetic")
+    n_synthetic = len(synthetic) if synthetic is not None else 0
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    data_generator = seed_everything(seed)
+    attack_generator = torch.Generator().manual_seed(seed + 1)
+    info = train.info
+    model = build_classifier(
+        config.arch, num_classes=info.num_classes, channels=info.channels, image_size=info.image_size,
+        **config.arch_options,
+    )
+    if config.init == "kaiming":
+        kaiming_init(model)
+    model = model.to(dev)
+    optimizer = make_optimizer(model, config)
+    ema = EMA(model, config.ema_decay, warmup=config.ema_warmup) if config.ema_decay > 0 else None
+    per_epoch = steps_per_epoch(len(train), config)
+    total_steps = per_epoch * config.epochs
+
+    real_images, real_labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    if synthetic is not None:
+        syn_images, syn_labels = torch.from_numpy(synthetic.images), torch.from_numpy(synthetic.labels)
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": 0, "val_pgd_acc": -1.0, "val_clean_acc": -1.0}
+    start_epoch, step, elapsed = 0, 0, 0.0
+    checkpoint_path = out / CHECKPOINT_NAME
+    generators = {"data": data_generator, "attack": attack_generator}
+    if checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, map_location=dev)
+        _check_resumable(state, config, n_synthetic, checkpoint_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"], generators)
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        history, best, elapsed = list(state["history"]), dict(state["best"]), float(state["elapsed_s"])
+        logger.info("resuming TRADES training from %s at epoch %d", checkpoint_path, start_epoch)
+
+    metadata = {"dataset": info.to_dict(), "seed": seed, "trades_config": asdict(config),
+                "synthetic_count": n_synthetic}  # fmt: skip
+    evaluated = ema.module if ema is not None else model
+    for epoch in range(start_epoch, config.epochs):
+        began = time.perf_counter()
+        sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "accuracy": 0.0}
+        plan = epoch_plan(len(train), n_synthetic, config=config, generator=data_generator)
+        for real_index, syn_index in plan:
+            x = _to_float(real_images[real_index], dev)
+            y = real_labels[real_index].to(dev)
+            weights = None
+            if syn_index is not None:
+                x = torch.cat([x, _to_float(syn_images[syn_index], dev)])
+                y = torch.cat([y, syn_labels[syn_index].to(dev)])
+                if config.mixing == "loss":  # eq. (3): eta * mean over real + (1 - eta) * mean over synthetic
+                    n_r, n_s = len(real_index), len(syn_index)
+                    weights = torch.cat([torch.full((n_r,), config.eta / n_r),
+                                         torch.full((n_s,), (1 - config.eta) / n_s)]).to(dev)  # fmt: skip
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, config=config)
+            x_adv = trades_adversary(
+                model, x, eps=config.eps, step_size=config.step_size, steps=config.steps, start=config.start,
+                generator=attack_generator,
+            )
+            model.train()
+            loss, parts = trades_loss(
+                model, x, y, x_adv, beta=config.beta, label_smoothing=config.label_smoothing, weights=weights
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            sums["loss"] += float(loss.detach())
+            for name in ("ce", "kl", "accuracy"):
+                sums[name] += parts[name]
+            report(progress, stage="train", current=step, total=total_steps,
+                   message=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
+        elapsed += time.perf_counter() - began
+        val_metrics = robust_accuracy(
+            evaluated, val, eps=config.eps, steps=config.eval_steps, limit=config.eval_max,
+            batch_size=config.eval_batch_size, seed=seed, device=dev,
+        )
+        record = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": sums["loss"] / len(plan),
+            "train_ce": sums["ce"] / len(plan),
+            "train_kl": sums["kl"] / len(plan),
+            "train_clean_acc": sums["accuracy"] / len(plan),
+            "val_clean_acc": val_metrics["clean_acc"],
+            "val_pgd_acc": val_metrics["pgd_acc"],
+        }
+        history.append(record)
+        if record["val_pgd_acc"] > best["val_pgd_acc"]:
+            best = {"epoch": epoch + 1, "val_pgd_acc": record["val_pgd_acc"],
+                    "val_clean_acc": record["val_clean_acc"]}  # fmt: skip
+            save_classifier(evaluated, out, config={**metadata, "epoch": epoch + 1, "val": val_metrics})
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "kind": "trades",
+                "config": asdict(config),
+                "synthetic_count": n_synthetic,
+                "epoch": epoch + 1,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "rng": rng_state(generators),
+                "history": history,
+                "best": best,
+                "elapsed_s": elapsed,
+            },
+        )
+        logger.info("TRADES epoch %d/%d: %s", epoch + 1, config.epochs, record)
+        report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
+
+    save_classifier(evaluated, out / FINAL_DIR, config={**metadata, "epoch": config.epochs})
+    final = history[-1] if history else {}
+    metrics: dict[str, Any] = {
+        "kind": "trades",
+        "dataset": info.name,
+        "seed": seed,
+        "arch": config.arch,
+        "epochs": config.epochs,
+        "steps": step,
+        "steps_per_epoch": per_epoch,
+        "real_count": len(train),
+        "synthetic_count": n_synthetic,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(elapsed, 2),
+        "best_epoch": int(best["epoch"]),
+        "best_val_pgd_acc": best["val_pgd_acc"],
+        "best_val_clean_acc": best["val_clean_acc"],
+        "final_val_pgd_acc": final.get("val_pgd_acc"),
+        "final_val_clean_acc": final.get("val_clean_acc"),
+        "history": history,
+        "config": asdict(config),
+        "model_dir": str(out),
+        "final_model_dir": str(out / FINAL_DIR),
+    }
+    (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def synthetic_class_balance(dataset: ImageDataset) -> list[int]:
+    """Images per class of a (pseudo-labelled) synthetic set, for the logs and metrics."""
+    return np.bincount(dataset.labels, minlength=dataset.info.num_classes).astype(int).tolist()
