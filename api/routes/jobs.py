@@ -208,16 +208,21 @@ async def stream_job_events(job_id: JobId, repo: RepoDep, owner: OwnerDep,
     first = await anyio.to_thread.run_sync(lambda: _job_or_404(repo, job_id, owner))
 
     async def events(job: JobRecord) -> AsyncIterator[str]:
+        # the current state first; then progress changes, each state change after the progress that led to it;
+        # the stream ends with the terminal state
         last_status, last_progress = None, None
+        if not job.terminal:
+            yield _sse("state", job.model_dump(mode="json"))
+            last_status = job.status
         idle = 0.0
         while True:
-            if job.status != last_status:
-                yield _sse("state", job.model_dump(mode="json"))
-                last_status = job.status
             progress = job.progress.model_dump(mode="json")
             if progress != last_progress:
                 yield _sse("progress", {"id": job.id, "status": job.status, **progress})
                 last_progress, idle = progress, 0.0
+            if job.status != last_status:
+                yield _sse("state", job.model_dump(mode="json"))
+                last_status = job.status
             if job.terminal:
                 return
             await asyncio.sleep(poll_s)

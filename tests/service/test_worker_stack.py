@@ -82,8 +82,9 @@ def test_generation_job_end_to_end(stack) -> None:
     with client.stream("GET", f"/jobs/{job_id}/events") as events:
         assert events.headers["content-type"].startswith("text/event-stream")
         text = "".join(events.iter_text())
-    state_events = [line for line in text.splitlines() if line.startswith("event: state")]
-    assert state_events and '"status": "succeeded"' in text.split("event: state")[-1]
+    event_names = [line for line in text.splitlines() if line.startswith("event: ")]
+    assert event_names == ["event: progress", "event: state"]
+    assert '"status": "succeeded"' in text.split("event: state")[-1]
 
 
 def test_same_seed_same_images_and_redelivered_shard_is_not_redone(stack) -> None:
@@ -108,22 +109,32 @@ def test_same_seed_same_images_and_redelivered_shard_is_not_redone(stack) -> Non
     assert stack.client.get(f"/jobs/{first['id']}").json()["attempt"] == 1
 
 
-def test_cancel_a_running_job(stack) -> None:
+def test_cancel_a_running_job_while_following_its_events(stack) -> None:
     client = stack.client
     job_id = client.post("/jobs/generate", json=small_generation(count=16, steps=500)).json()["id"]
-    deadline = time.monotonic() + 60
-    while True:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["status"] == "running" and job["progress"]["current"] > 0:
-            break
-        assert time.monotonic() < deadline and job["status"] in ("queued", "running"), job
-        time.sleep(0.05)
-    canceled = client.post(f"/jobs/{job_id}/cancel")
-    assert canceled.status_code == 200 and canceled.json()["cancel_requested"] is True
-    job = stack.wait(job_id, until={"succeeded", "failed", "canceled"})
+    events: list[tuple[str, dict]] = []
+    with client.stream("GET", f"/jobs/{job_id}/events", params={"poll_s": 0.1}) as stream:
+        event = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line[len("event: "):]
+            elif line.startswith("data: "):
+                data = json.loads(line[len("data: "):])
+                events.append((event, data))
+                if event == "progress" and data["status"] == "running" and data["current"] > 0 \
+                        and not any(e == "cancel" for e, _ in events):
+                    canceled = client.post(f"/jobs/{job_id}/cancel")
+                    assert canceled.status_code == 200 and canceled.json()["cancel_requested"] is True
+                    events.append(("cancel", {}))
+    kinds = [e for e, _ in events]
+    assert kinds[0] == "state" and events[0][1]["status"] in ("queued", "running")
+    assert "cancel" in kinds, "no progress event of the running job arrived"
+    # the stream ends with the terminal state
+    assert kinds[-1] == "state" and events[-1][1]["status"] == "canceled"
+    job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "canceled"
     assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "canceled"  # idempotent
-    # the canceled shard was never written, no manifest, and the second shard's task did nothing
+    # the canceled shard was never written, no manifest, and the second shard's task does nothing
     time.sleep(0.5)
     assert not stack.store.exists(keys.manifest_key(job_id))
     assert list(stack.store.list(keys.job_prefix(job_id) + "shards/")) == []
