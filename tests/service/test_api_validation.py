@@ -238,9 +238,13 @@ def test_health_ready_and_prometheus(client: TestClient) -> None:
 
 
 def test_readyz_reports_a_dead_redis(settings: Settings, store: LocalStore) -> None:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     from api.app import create_app
 
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, decode_responses=True)
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, decode_responses=True,
+                       retry=Retry(NoBackoff(), 0))
     client = TestClient(create_app(settings, store=store, redis_client=dead))
     problem = assert_problem(client.get("/readyz"), 503)
     assert problem["detail"].startswith("redis:")
@@ -314,3 +318,11 @@ def test_artifact_urls(presigning: bool, settings: Settings, redis_client: redis
         assert download.headers["content-disposition"] == 'attachment; filename="0.npz"'
     assert_problem(client.get(f"/jobs/{job.id}/artifacts/shards/9.npz"), 404)
     assert_problem(client.get(f"/jobs/{job.id}/artifacts/job.json/../x"), 404)
+
+
+def test_job_records_survive_a_redis_flush(client: TestClient, redis_client: redis.Redis) -> None:
+    job = client.post("/jobs/train", json={"kind": "classifier", "dataset": "digits", "epochs": 1}).json()
+    redis_client.flushall()  # Redis restarted without persistence: the store still has the record
+    again = client.get(f"/jobs/{job['id']}")
+    assert again.status_code == 200 and again.json()["input"] == job["input"]
+    assert [j["id"] for j in client.get("/jobs").json()["items"]] == [job["id"]]
