@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import pickle
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,12 +150,7 @@ def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu
         raise ValueError(f"checkpoint {source} missing")
     try:
         state = torch.load(source, map_location=map_location, weights_only=True)
-    except (
-        RuntimeError,
-        OSError,
-        EOFError,
-        ValueError,
-    ) as exc:  # pickle errors surface as RuntimeError/ValueError
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
         raise ValueError(f"checkpoint {source}: unreadable ({exc})") from exc
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {source}: expected a dict, got {type(state).__name__}")
