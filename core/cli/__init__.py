@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules under core.cli that register sub-commands, in the order `cdp --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("simulate", "config", "toy2d", "up", "demo")
+COMMAND_MODULES: tuple[str, ...] = ("simulate", "config", "toy2d", "up", "demo", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

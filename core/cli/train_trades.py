@@ -1,0 +1,198 @@
+"""``cdp train trades``: TRADES adversarial training on a dataset plus optional synthetic npz files / shards.
+
+``core/cli/train.py`` owns the ``train`` command; its ``trades`` sub-parser is filled by
+:func:`add_trades_arguments` and runs :func:`run_trades`. The final metrics go to stdout (one JSON object with
+``--json``, else a short summary); the progress bar and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from core.models import ARCHS
+
+DEFAULT_EPS = "8/255"
+
+
+def parse_eps(text: str) -> float:
+    """An L-inf radius in [0, 1] pixel units, as a number or a fraction ("0.1", "8/255")."""
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/", 1)
+            value = float(numerator) / float(denominator)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or fraction like 8/255, got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"eps is in [0, 1] pixel units (8/255 = 0.0314), got {text!r}")
+    return value
+
+
+def number(minimum: float, *, strict: bool = False, maximum: float = math.inf) -> Callable[[str], float]:
+    """argparse type: a finite float >= minimum (> with strict) and <= maximum."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        low_ok = value > minimum if strict else value >= minimum
+        if not (math.isfinite(value) and low_ok and value <= maximum):
+            bound = f"{'>' if strict else '>='} {minimum:g}"
+            if maximum < math.inf:
+                bound += f" and <= {maximum:g}"
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def integer(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+class ProgressBar:
+    """A ProgressFn drawing one tqdm bar per stage on stderr (reset when the stage or its total changes)."""
+
+    def __init__(self, *, disable: bool = False) -> None:
+        self.disable = disable
+        self.bar: tqdm | None = None
+        self.key: tuple[str, int] | None = None
+
+    def __call__(
+        self,
+        *,
+        stage: str,
+        current: int,
+        total: int,
+        message: str = "",
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        if stage == "epoch":  # one line per epoch under the step bar
+            if metrics and not self.disable:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+                tqdm.write(f"epoch {current}/{total}: {shown}", file=sys.stderr)
+            return
+        if self.key != (stage, total):
+            self.close()
+            self.bar = tqdm(total=total, desc=stage, file=sys.stderr, disable=self.disable, leave=False)
+            self.key = (stage, total)
+        assert self.bar is not None
+        self.bar.update(current - self.bar.n)
+        if message:
+            self.bar.set_postfix_str(message, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.key = None
+
+
+def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cdp train trades`` (defaults: official TRADES attack, Gowal et al.'s optimiser)."""
+    parser.add_argument("--dataset", required=True, help="digits, cifar10 or gtsrb")
+    parser.add_argument("--data-root", type=Path, default=None, help="data root for cifar10/gtsrb")
+    parser.add_argument("--epochs", type=integer(1), default=10)
+    parser.add_argument("--seed", type=integer(0), default=0)
+    parser.add_argument("--out", type=Path, required=True, help="output dir (resumes its checkpoint)")
+    parser.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto")
+    parser.add_argument("--eps", type=parse_eps, default=parse_eps(DEFAULT_EPS),
+                        help="L-inf radius in [0, 1] pixel units, e.g. 0.1 or 8/255")  # fmt: skip
+    parser.add_argument("--synthetic", type=Path, nargs="+", default=None, metavar="PATH",
+                        help="synthetic npz files or shard directories (keys image/label or arr_0/arr_1)")
+    trades = parser.add_argument_group("TRADES")
+    trades.add_argument("--beta", type=number(0.0), default=6.0, help="weight of the KL term")
+    trades.add_argument("--attack-steps", "--steps", dest="attack_steps", type=integer(0), default=10,
+                        help="PGD steps of the training attack")  # fmt: skip
+    trades.add_argument("--step-size", type=parse_eps, default=None, help="PGD step (default eps / 4)")
+    trades.add_argument("--start", choices=("normal", "uniform"), default="normal",
+                        help="attack start: x + 0.001 N(0, I) (official) or uniform in the ball")  # fmt: skip
+    trades.add_argument("--label-smoothing", type=number(0.0, maximum=0.99), default=0.0)
+    mixing = parser.add_argument_group("real + synthetic mixing")
+    mixing.add_argument("--mixing", choices=("batch", "loss"), default="batch",
+                        help="batch: a fraction of every batch is synthetic; loss: eq. (3)")  # fmt: skip
+    mixing.add_argument("--synthetic-fraction", type=number(0.0, maximum=0.99), default=0.7)
+    mixing.add_argument("--eta", type=number(0.0, strict=True, maximum=1.0), default=0.3,
+                        help="weight of the real data in eq. (3) with --mixing loss")  # fmt: skip
+    optim = parser.add_argument_group("optimiser")
+    optim.add_argument("--batch-size", type=integer(1), default=128)
+    optim.add_argument("--lr", type=number(0.0, strict=True), default=0.1)
+    optim.add_argument("--weight-decay", type=number(0.0), default=5e-4)
+    optim.add_argument("--schedule", choices=("cosine", "onecycle", "constant"), default="cosine")
+    optim.add_argument("--ema-decay", type=number(0.0, maximum=0.9999), default=0.995, help="0 disables")
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", choices=ARCHS, default="small_cnn")
+    model.add_argument("--width", type=integer(1), default=None, help="small_cnn width")
+    model.add_argument("--depth", type=integer(10), default=None, help="wrn depth (6n + 4)")
+    model.add_argument("--widen-factor", type=integer(1), default=None, help="wrn widen factor")
+    evaluation = parser.add_argument_group("checkpoint selection")
+    evaluation.add_argument("--eval-steps", type=integer(0), default=10, help="validation PGD steps")
+    evaluation.add_argument("--eval-max", type=integer(1), default=1024, help="validation images used")
+
+
+def _arch_options(args: argparse.Namespace) -> dict[str, int]:
+    names = {"small_cnn": ("width",), "wrn": ("depth", "widen_factor")}[args.arch]
+    for other in ("width", "depth", "widen_factor"):
+        if other not in names and getattr(args, other) is not None:
+            raise ValueError(f"--{other.replace('_', '-')} does not apply to --arch {args.arch}")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def run_trades(args: argparse.Namespace) -> int:
+    """Load the data, train with TRADES, print the metrics."""
+    from core.data import load_dataset, load_synthetic
+    from core.training.trades import TradesConfig, train_trades
+
+    config = TradesConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        schedule=args.schedule, beta=args.beta, eps=args.eps,
+        step_size=args.step_size if args.step_size is not None else max(args.eps / 4, 1e-12),
+        steps=args.attack_steps, start=args.start, ema_decay=args.ema_decay,
+        label_smoothing=args.label_smoothing,
+        mixing=args.mixing, synthetic_fraction=args.synthetic_fraction, eta=args.eta, arch=args.arch,
+        arch_options=_arch_options(args), eval_steps=args.eval_steps, eval_max=args.eval_max,
+    )
+    train = load_dataset(args.dataset, "train", root=args.data_root)
+    val = load_dataset(args.dataset, "val", root=args.data_root)
+    synthetic = None
+    if args.synthetic:
+        synthetic = load_synthetic(args.synthetic, num_classes=train.info.num_classes)
+    bar = ProgressBar()
+    try:
+        metrics = train_trades(
+            train, val, synthetic=synthetic, config=config, out_dir=args.out, seed=args.seed,
+            device=args.device, progress=bar,
+        )
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(
+            f"TRADES on {args.dataset}: best epoch {metrics['best_epoch']}, validation clean "
+            f"{metrics['best_val_clean_acc']:.4f}, PGD-{config.eval_steps} {metrics['best_val_pgd_acc']:.4f} "
+            f"at eps {config.eps:.4g}; model in {metrics['model_dir']}"
+        )
+    return 0
