@@ -27,6 +27,7 @@ DatasetName = Literal["digits", "cifar10", "gtsrb"]
 JobKind = Literal["generate", "train"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+Timestep = Annotated[int, Field(ge=0, le=100_000)]
 ArchOption = Literal["width", "feature_dim", "depth", "widen_factor"]
 SelectionCriterion = Literal["separability", "grad_norm", "robust_grad_norm", "entropy"]
 
@@ -75,6 +76,12 @@ class SelectionSpec(BaseModel):
     criterion: SelectionCriterion = "separability"
     top_k: int = Field(ge=1, description="samples kept per class")
 
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_limit(cls, value: int) -> int:
+        _at_most(value, get_settings().max_count, "top_k")
+        return value
+
 
 class GenerateSpec(BaseModel):
     """A contrastive-guided (or vanilla, ``loss="none"``) DDIM generation job (paper Algorithm 1)."""
@@ -98,7 +105,7 @@ class GenerateSpec(BaseModel):
         default=None, ge=0, description="guidance strength lambda; default 1e5 for hnm, 2e4 for infonce"
     )
     tau: float | None = Field(
-        default=None, gt=0, description="temperature; default 10 for hnm, 0.1 for infonce"
+        default=None, gt=0, le=1e4, description="temperature; default 10 for hnm, 0.1 for infonce"
     )
     tau_plus: float = Field(default=0.1, ge=0, lt=1)
     beta: float = Field(default=1.0, ge=0, le=100)
@@ -107,7 +114,7 @@ class GenerateSpec(BaseModel):
     steps: int = Field(default=200, ge=1)
     schedule: Literal["uniform", "quad"] = "quad"
     eta: float = Field(default=0.0, ge=0, le=1)
-    guidance_window: tuple[int, int] | None = Field(
+    guidance_window: tuple[Timestep, Timestep] | None = Field(
         default=None, description="guide only for lo <= t <= hi (DDPM timesteps); default: the whole schedule"
     )
     batch_size: int = Field(default=256, ge=1)

@@ -1,0 +1,60 @@
+"""core.specs: paper defaults, model references (never paths), bounds from settings."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from core.settings import get_settings
+from core.specs import GenerateSpec, TrainSpec, job_id_of
+
+BASE = {"dataset": "digits", "model": "m", "classifier": "c", "count": 10}
+
+
+@pytest.mark.parametrize("ref", ["digits-unet", "ddpm_cifar10.v2", "job:" + "0" * 24, "A"],
+                         ids=["name", "dots", "job", "short"])
+def test_valid_model_references(ref: str) -> None:
+    assert GenerateSpec(**{**BASE, "model": ref}).model == ref
+
+
+@pytest.mark.parametrize("ref", ["../x", "a/b", "/abs", "a..b", ".hidden", "job:xyz", "job:" + "0" * 25, "",
+                                 "x" * 65, "a b"],
+                         ids=["parent", "slash", "abs", "dotdot", "hidden", "bad-job", "long-job", "empty",
+                              "too-long", "space"])
+def test_invalid_model_references_name_the_value(ref: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        GenerateSpec(**{**BASE, "model": ref})
+    assert info.value.errors()[0]["loc"] == ("model",)
+    assert repr(ref) in str(info.value)
+
+
+def test_paper_defaults() -> None:
+    hnm = GenerateSpec(**BASE)
+    assert (hnm.loss, hnm.lam, hnm.tau, hnm.tau_plus, hnm.beta) == ("hnm", 1e5, 10.0, 0.1, 1.0)
+    assert (hnm.steps, hnm.schedule, hnm.eta, hnm.strategy) == (200, "quad", 0.0, "previous")
+    infonce = GenerateSpec(**BASE, loss="infonce")
+    assert (infonce.lam, infonce.tau) == (2e4, 0.1)
+    assert GenerateSpec(**BASE, loss="none").lam == 0.0
+    assert GenerateSpec(**BASE, lam=5.0, tau=2.0).lam == 5.0
+    trades = TrainSpec(kind="trades", dataset="digits", epochs=1)
+    assert (trades.beta, trades.eps, trades.step_size, trades.attack_steps) == (6.0, 8 / 255, 2 / 255, 10)
+
+
+def test_bounds_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDP_MAX_COUNT", "50")
+    monkeypatch.setenv("CDP_MAX_EPOCHS", "3")
+    monkeypatch.setenv("CDP_MAX_LAMBDA", "1000")
+    get_settings.cache_clear()
+    GenerateSpec(**{**BASE, "count": 50})
+    with pytest.raises(ValidationError, match="count=51 exceeds the server limit 50"):
+        GenerateSpec(**{**BASE, "count": 51})
+    with pytest.raises(ValidationError, match="epochs=4 exceeds the server limit 3"):
+        TrainSpec(kind="classifier", dataset="digits", epochs=4)
+    with pytest.raises(ValidationError, match="lam=2000.0 exceeds"):
+        GenerateSpec(**BASE, lam=2000.0)
+    assert GenerateSpec(**BASE).lam == 1000.0  # the paper's default, capped at the server's limit
+
+
+def test_job_id_of() -> None:
+    assert job_id_of("job:" + "ab" * 12) == "ab" * 12
+    assert job_id_of("digits-unet") is None
