@@ -82,11 +82,15 @@ def run_arm(
     slug = {"real only": "real", "+ vanilla DDIM": "vanilla", "+ Contrastive-DP": "cdp"}[arm]
     out = args.work / "trades" / f"{slug}-seed{seed}"
     done = out / "result.json"
+    config = trades_config(args)
     if done.exists():
-        return json.loads(done.read_text())
+        row = json.loads(done.read_text())
+        if row.get("trades_config") != json.loads(json.dumps(asdict(config))):
+            raise SystemExit(f"{done} was made with other TRADES settings; use another --work directory")
+        return row
     started = time.perf_counter()
     metrics = train_trades(
-        splits["train"], splits["val"], synthetic=synthetic, config=trades_config(args), out_dir=out,
+        splits["train"], splits["val"], synthetic=synthetic, config=config, out_dir=out,
         seed=seed,
     )
     model = load_classifier(metrics["model_dir"])
@@ -99,6 +103,7 @@ def run_arm(
         "wall_seconds": round(time.perf_counter() - started, 1),
         "val_pgd_acc": metrics["best_val_pgd_acc"],
         "test": test,
+        "trades_config": asdict(config),
     }
     done.write_text(json.dumps(row, indent=2) + "\n")
     log.info("%s seed %d: %s", arm, seed, {k: test[k] for k in ("clean_acc", "pgd_ce_acc", "robust_acc")})

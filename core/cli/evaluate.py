@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli.train_trades import ProgressBar, integer, parse_eps
+from core.cli.train_trades import ProgressBar, integer, parse_eps, resolve_data_root_and_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", type=Path, help="classifier directory (model.safetensors + config.json)")
     parser.add_argument("--dataset", required=True, help="digits, cifar10 or gtsrb")
-    parser.add_argument("--data-root", type=Path, default=None, help="data root for cifar10/gtsrb")
+    parser.add_argument("--data-root", type=Path, default=None, help="data root (default: CDP_DATA_ROOT)")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--eps", type=parse_eps, required=True, help="L-inf radius in [0, 1], e.g. 8/255")
     parser.add_argument("--steps", type=integer(1), default=20, help="PGD steps")
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=integer(1), default=None, help="evaluate the first N images only")
     parser.add_argument("--batch-size", type=integer(1), default=256)
     parser.add_argument("--seed", type=integer(0), default=0)
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: CDP_DEVICE)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(func=run)
 
@@ -52,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
     from core.training.attacks import GradientMaskingWarning, evaluate_robustness
     from core.training.common import resolve_device
 
-    device = resolve_device(args.device)
+    root, device_name = resolve_data_root_and_device(args)
+    device = resolve_device(device_name)
     model = load_classifier(args.model, device=device)
-    data = load_dataset(args.dataset, args.split, root=args.data_root)
+    data = load_dataset(args.dataset, args.split, root=root)
     if args.limit is not None:
         data = data.subset(np.arange(min(args.limit, len(data))))
     if model.num_classes != data.info.num_classes or getattr(model, "channels", data.info.channels) != (

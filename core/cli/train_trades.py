@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from core.models import ARCHS
+from core.settings import get_settings
 
 DEFAULT_EPS = "8/255"
 
@@ -112,12 +113,12 @@ class ProgressBar:
 def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``cdp train trades`` (defaults: official TRADES attack, Gowal et al.'s optimiser)."""
     parser.add_argument("--dataset", required=True, help="digits, cifar10 or gtsrb")
-    parser.add_argument("--data-root", type=Path, default=None, help="data root for cifar10/gtsrb")
+    parser.add_argument("--data-root", type=Path, default=None, help="data root (default: CDP_DATA_ROOT)")
     parser.add_argument("--epochs", type=integer(1), default=10)
     parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--out", type=Path, required=True, help="output dir (resumes its checkpoint)")
     parser.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: CDP_DEVICE)")
     parser.add_argument("--eps", type=parse_eps, default=parse_eps(DEFAULT_EPS),
                         help="L-inf radius in [0, 1] pixel units, e.g. 0.1 or 8/255")  # fmt: skip
     parser.add_argument("--synthetic", type=Path, nargs="+", default=None, metavar="PATH",
@@ -160,10 +161,19 @@ def _arch_options(args: argparse.Namespace) -> dict[str, int]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def resolve_data_root_and_device(args: argparse.Namespace) -> tuple[Path, str]:
+    """``--data-root`` / ``--device``, else the settings (CDP_DATA_ROOT, CDP_DEVICE)."""
+    settings = get_settings()
+    root = args.data_root if args.data_root is not None else settings.data_root
+    return root, args.device if args.device is not None else settings.device
+
+
 def run_trades(args: argparse.Namespace) -> int:
     """Load the data, train with TRADES, print the metrics."""
     from core.data import load_dataset, load_synthetic
     from core.training.trades import TradesConfig, train_trades
+
+    root, device = resolve_data_root_and_device(args)
 
     config = TradesConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -174,8 +184,8 @@ def run_trades(args: argparse.Namespace) -> int:
         mixing=args.mixing, synthetic_fraction=args.synthetic_fraction, eta=args.eta, arch=args.arch,
         arch_options=_arch_options(args), eval_steps=args.eval_steps, eval_max=args.eval_max,
     )
-    train = load_dataset(args.dataset, "train", root=args.data_root)
-    val = load_dataset(args.dataset, "val", root=args.data_root)
+    train = load_dataset(args.dataset, "train", root=root)
+    val = load_dataset(args.dataset, "val", root=root)
     synthetic = None
     if args.synthetic:
         synthetic = load_synthetic(args.synthetic, num_classes=train.info.num_classes)
@@ -183,7 +193,7 @@ def run_trades(args: argparse.Namespace) -> int:
     try:
         metrics = train_trades(
             train, val, synthetic=synthetic, config=config, out_dir=args.out, seed=args.seed,
-            device=args.device, progress=bar,
+            device=device, progress=bar,
         )
     finally:
         bar.close()

@@ -261,7 +261,8 @@ def run_autoattack(
         adversary = AutoAttack(
             model, norm="Linf", eps=float(eps), version="standard", device=device, seed=seed
         )
-        x_adv, _ = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
+        # AutoAttack moves each batch to ``device`` itself; the full set stays where it is.
+        x_adv, _ = adversary.run_standard_evaluation(x.detach(), y.detach(), batch_size=batch_size)
     return x_adv.detach()
 
 
