@@ -25,6 +25,20 @@ from core.jobs.embedded import RedisServer, free_port, redis_answers
 log = logging.getLogger(__name__)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_signals() -> dict[int, object]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, so the stack's ``with`` block stops the children. (SIGINT
+    is set explicitly: a shell starting us in the background would have it ignored.) Returns the previous
+    handlers."""
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, _interrupt)
+    return previous
+
+
 class EmbeddedStack:
     """Redis + worker + API as child processes; a context manager that stops them all on exit."""
 
@@ -122,11 +136,24 @@ class EmbeddedStack:
             self.redis = None
 
     def __enter__(self) -> EmbeddedStack:
-        return self.start()
+        self._previous_handlers = stop_on_signals()
+        try:
+            return self.start()
+        except BaseException:
+            self._restore_handlers()
+            raise
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in getattr(self, "_previous_handlers", {}).items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._previous_handlers = {}
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self._restore_handlers()
 
 
 def run(args: argparse.Namespace) -> int:
