@@ -177,12 +177,44 @@ def experiment2(seeds: int) -> dict:
     return table
 
 
+def reference_prop1(seeds: int) -> dict:
+    """What Proposition 1 promises here: eq.-5 accuracy with n~ = 32 samples drawn from 0.5 N(+-c mu, I)."""
+    from core.simulation.gaussian import sample_mixture
+    from core.toy2d import set_metrics
+
+    cfg = Toy2DConfig(model="exact")
+    mu = np.asarray(cfg.mu)
+    out = {}
+    for c in (0.5, 1.0, 1.5, 2.0, 3.0):
+        acc, rob = [], []
+        for seed in range(seeds):
+            rng = np.random.default_rng(5000 + seed)
+            reals = [sample_mixture(mu, cfg.n_real, rng=rng) for _ in range(cfg.real_trials)]
+            x, _ = sample_mixture(c * mu, 32, rng=rng)
+            m = set_metrics(x, cfg, real_sets=reals)
+            acc.append(m["accuracy"])
+            rob.append(m["robust_accuracy"])
+        out[f"c={c:g}"] = {"accuracy": stats(acc), "robust_accuracy": stats(rob)}
+    return out
+
+
+def class_conditional_figure(out: Path) -> None:
+    """Class-conditional HNM (pseudo-labels) over lambda, seed 0, same x_T: docs/img/toy2d-classcond.png."""
+    base = Toy2DConfig()
+    model = build_eps_model(base, seed=0)
+    runs = [
+        run_toy2d(base, G(strategy="class_conditional", lam=lam), seed=0, n=512, model=model)
+        for lam in (10, 30, 100, 300, 1000)
+    ]
+    plot_toy2d_grid(runs, out / "img" / "toy2d-classcond.png", columns=6)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--seeds2", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("docs"))
-    parser.add_argument("--only", choices=("1", "2"), default=None)
+    parser.add_argument("--only", choices=("1", "2", "3", "4"), default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
@@ -190,6 +222,10 @@ def main() -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "2"):
         (data_dir / "toy2d-exp2.json").write_text(json.dumps(experiment2(args.seeds2), indent=1))
+    if args.only in (None, "3"):
+        (data_dir / "toy2d-prop1.json").write_text(json.dumps(reference_prop1(args.seeds2 * 10), indent=1))
+    if args.only in (None, "4"):
+        class_conditional_figure(args.out)
     if args.only in (None, "1"):
         (data_dir / "toy2d-exp1.json").write_text(json.dumps(experiment1(args.seeds, args.out), indent=1))
 
