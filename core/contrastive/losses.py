@@ -97,14 +97,14 @@ def _hnm_rows(
     # Rows without negatives are dropped by the caller; give them all columns so nothing is -inf/NaN.
     valid = valid | ~has_neg[:, None]
     n_eff = valid.sum(dim=1).to(pos_logit.dtype)
-    masked = neg_logits.masked_fill(~valid, -math.inf)
-    shift = torch.maximum(masked.max(dim=1).values, pos_logit).detach()
+    bias = torch.zeros_like(neg_logits).masked_fill_(~valid, -math.inf)  # 0 on negatives, -inf elsewhere
+    shift = torch.maximum((neg_logits.detach() + bias).amax(dim=1), pos_logit.detach())
     d = neg_logits - shift[:, None]  # log(neg_ij) - shift_i <= 0 on valid entries
     # reweight_i = N * sum_j neg_ij^(beta+1) / sum_j neg_ij^beta, in logs and shifted by -shift_i.
     log_reweight = (
         torch.log(n_eff)
-        + torch.logsumexp(((beta + 1.0) * d).masked_fill(~valid, -math.inf), dim=1)
-        - torch.logsumexp((beta * d).masked_fill(~valid, -math.inf), dim=1)
+        + torch.logsumexp((beta + 1.0) * d + bias, dim=1)
+        - torch.logsumexp(beta * d + bias, dim=1)
     )
     pos_s = torch.exp(pos_logit - shift)  # pos_i * exp(-shift_i) <= 1
     first = (torch.exp(log_reweight) - tau_plus * n_eff * pos_s) / (1.0 - tau_plus)
