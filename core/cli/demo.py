@@ -196,7 +196,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--worker-threads", type=int, default=None,
                         help="torch threads of the worker (default: OMP_NUM_THREADS, else 1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--diffusion-epochs", type=int, default=20)
+    parser.add_argument("--diffusion-epochs", type=int, default=40)
     parser.add_argument("--classifier-epochs", type=int, default=8)
     parser.add_argument("--count", type=int, default=512, help="images per generated set")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
