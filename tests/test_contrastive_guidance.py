@@ -196,3 +196,25 @@ def test_window_outside_schedule() -> None:
             timesteps=ddim_timesteps(1000, 10, "uniform"),
             guidance=g,
         )
+
+
+def test_classifier_feature_fn_maps_to_unit_range() -> None:
+    from core.contrastive import classifier_feature_fn, classifier_label_fn
+
+    seen: list[torch.Tensor] = []
+
+    class Spy(nn.Module):
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x)
+            return x.flatten(1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x)
+            return x.flatten(1)[:, :2]
+
+    x = torch.tensor([[[[-1.0, 1.0], [0.0, 0.5]]]])
+    classifier_feature_fn(Spy())(x)
+    torch.testing.assert_close(seen[-1], torch.tensor([[[[0.0, 1.0], [0.5, 0.75]]]]))
+    assert classifier_label_fn(Spy())(x).tolist() == [1]
+    with pytest.raises(ValueError, match="features"):
+        classifier_feature_fn(nn.Linear(2, 2))
