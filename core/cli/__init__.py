@@ -14,7 +14,9 @@ import sys
 from collections.abc import Sequence
 
 # Modules under core.cli that register sub-commands, in the order `cdp --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("simulate", "config", "toy2d", "up", "demo", "evaluate")
+COMMAND_MODULES: tuple[str, ...] = (
+    "simulate", "config", "toy2d", "up", "demo", "evaluate", "train", "generate",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,11 +2,12 @@
 
 Presets:
 
-- ``tiny``: three resolution levels (32, 64, 64 channels, one ResNet block each, self-attention at the middle
-  level), for 16 x 16 digits; trains in minutes on a CPU.
+- ``tiny``: three resolution levels (16, 32, 32 channels, one ResNet block each, self-attention only in the
+  middle block at 4 x 4), 0.27 M parameters, for 16 x 16 digits; chosen for steps per CPU-second: on the
+  shared 2-core machine a wider (32, 64, 64) variant reached a worse sample confidence in the same wall time.
 - ``ddpm_cifar10``: the shape of ``google/ddpm-cifar10-32`` (Ho et al. 2020): block_out_channels
-128/256/256/256,
-  two ResNet blocks per level, attention in the second down block (16 x 16) and the matching up block.
+  128/256/256/256, two ResNet blocks per level, attention in the second down block (16 x 16) and the
+  matching up block.
 
 Both predict the noise epsilon (the DDPM objective) and work on images in [-1, 1].
 """
@@ -32,12 +33,11 @@ BETA_END = 0.02
 def _preset_config(preset: UnetPreset) -> dict[str, Any]:
     if preset == "tiny":
         return {
-            "block_out_channels": (32, 64, 64),
-            "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-            "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+            "block_out_channels": (16, 32, 32),
+            "down_block_types": ("DownBlock2D", "DownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "UpBlock2D", "UpBlock2D"),
             "layers_per_block": 1,
             "norm_num_groups": 8,
-            "attention_head_dim": 32,
         }
     if preset == "ddpm_cifar10":
         return {

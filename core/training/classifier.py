@@ -190,7 +190,7 @@ def train_classifier(
     images = torch.from_numpy(train.images).to(dev)
     labels = torch.from_numpy(train.labels).to(dev)
     history: list[dict[str, float]] = []
-    best: dict[str, float] = {"epoch": 0, "val_accuracy": -1.0}
+    best: dict[str, float] = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf")}
     start_epoch, step, elapsed = 0, 0, 0.0
     checkpoint_path = out / CHECKPOINT_NAME
     if checkpoint_path.exists():
@@ -242,8 +242,13 @@ def train_classifier(
             "lr": optimizer.param_groups[0]["lr"],
         }
         history.append(record)
-        if record["val_accuracy"] > best["val_accuracy"]:
-            best = {"epoch": epoch + 1, "val_accuracy": record["val_accuracy"]}
+        # best = highest validation accuracy; ties (common on small validation sets) go to the lower loss
+        if (record["val_accuracy"], -record["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
+            best = {
+                "epoch": epoch + 1,
+                "val_accuracy": record["val_accuracy"],
+                "val_loss": record["val_loss"],
+            }
             save_classifier(model, out, config={**metadata_base, "epoch": epoch + 1, "val": val_metrics})
         save_checkpoint(
             checkpoint_path,

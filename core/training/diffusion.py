@@ -60,6 +60,9 @@ class DiffusionTrainConfig:
     class_conditional: bool = False
     horizontal_flip: bool = False
     eval_batch: int = 256
+    # Stop after the epoch in which the training time (summed over resumed runs) passes this many seconds.
+    # None = all epochs. A time-limited run is not reproducible step for step (it depends on machine speed).
+    time_limit_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in UNET_PRESETS:
@@ -75,6 +78,8 @@ class DiffusionTrainConfig:
             raise ValueError("weight_decay, warmup_steps and grad_clip must be >= 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be positive or None, got {self.time_limit_s}")
 
 
 def to_model_range(images_uint8_nhwc: torch.Tensor) -> torch.Tensor:
@@ -182,7 +187,12 @@ def train_diffusion(
         initial_eval_loss = float(state["initial_eval_loss"])
         logger.info("resuming diffusion training from %s at epoch %d", checkpoint_path, start_epoch)
 
+    stopped_early = False
     for epoch in range(start_epoch, config.epochs):
+        if config.time_limit_s is not None and elapsed >= config.time_limit_s:
+            stopped_early = True
+            logger.info("time limit %.0f s reached after %d epochs", config.time_limit_s, epoch)
+            break
         began = time.perf_counter()
         unet.train()
         losses: list[float] = []
@@ -210,7 +220,6 @@ def train_diffusion(
             losses.append(float(loss.detach()))
             report(progress, stage="train", current=step, total=total_steps,
                    message=f"epoch {epoch + 1}/{config.epochs} loss {losses[-1]:.4f}")  # fmt: skip
-        elapsed += time.perf_counter() - began
         record = {
             "epoch": epoch + 1,
             "train_loss": sum(losses) / len(losses),
@@ -219,6 +228,7 @@ def train_diffusion(
                 ema.module, eval_x0, eval_labels, alphas_cumprod=alphas_cumprod, seed=seed
             ),
         }
+        elapsed += time.perf_counter() - began  # training steps and the per-epoch evaluation
         history.append(record)
         save_checkpoint(
             checkpoint_path,
@@ -244,7 +254,8 @@ def train_diffusion(
         "kind": "diffusion",
         "dataset": info.name,
         "seed": seed,
-        "epochs": config.epochs,
+        "epochs": len(history),
+        "stopped_early": stopped_early,
         "steps": step,
         "parameters": sum(p.numel() for p in unet.parameters()),
         "train_seconds": round(elapsed, 2),

@@ -1,0 +1,171 @@
+"""``cdp train diffusion|classifier|trades``: train a DDPM, a standard classifier, or a TRADES model.
+
+Every sub-command takes ``--dataset NAME --epochs N --seed S --out DIR [--json]``; re-running with the same
+``--out`` resumes from the checkpoint there. The final metrics go to stdout (one JSON object with ``--json``,
+else a short summary); the progress bar and logs go to stderr. The ``trades`` options live in
+:mod:`core.cli.train_trades`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.cli.train_trades import ProgressBar, add_trades_arguments, integer, number, run_trades
+from core.models import ARCHS, UNET_PRESETS
+from core.settings import get_settings
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="digits, cifar10 or gtsrb")
+    parser.add_argument("--data-root", type=Path, default=None, help="data root (default: CDP_DATA_ROOT)")
+    parser.add_argument("--epochs", type=integer(1), required=True)
+    parser.add_argument("--seed", type=integer(0), default=0)
+    parser.add_argument("--out", type=Path, required=True, help="output directory (resumes its checkpoint)")
+    parser.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: CDP_DEVICE)")
+    parser.add_argument("--batch-size", type=integer(1), default=None)
+    parser.add_argument("--lr", type=number(0.0, strict=True), default=None)
+    parser.add_argument("--limit", type=integer(1), default=None, help="use only the first N training images")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a diffusion model, a classifier or a TRADES model")
+    sub = parser.add_subparsers(dest="train_kind", metavar="KIND")
+    sub.required = True
+
+    diffusion = sub.add_parser(
+        "diffusion", help="DDPM (epsilon objective, EMA) saved as a diffusers pipeline"
+    )
+    _common_arguments(diffusion)
+    diffusion.add_argument("--preset", choices=UNET_PRESETS, default="tiny", help="UNet shape")
+    diffusion.add_argument("--class-conditional", action="store_true", help="learn a class embedding")
+    diffusion.add_argument("--ema-decay", type=number(0.0, maximum=0.9999), default=0.999)
+    diffusion.add_argument("--warmup-steps", type=integer(0), default=100, help="linear lr warm-up")
+    diffusion.add_argument("--flip", action="store_true", help="random horizontal flips (not for digits)")
+    diffusion.add_argument("--time-limit", type=number(0.0, strict=True), default=None, metavar="SECONDS",
+                           help="stop after the epoch in which training time passes this")  # fmt: skip
+    diffusion.set_defaults(func=run_diffusion)
+
+    classifier = sub.add_parser("classifier", help="standard cross-entropy classifier (pseudo-labeler)")
+    _common_arguments(classifier)
+    classifier.add_argument("--arch", choices=ARCHS, default="small_cnn")
+    classifier.add_argument("--width", type=integer(1), default=None, help="small_cnn width")
+    classifier.add_argument("--feature-dim", type=integer(1), default=None, help="small_cnn feature size")
+    classifier.add_argument("--depth", type=integer(10), default=None, help="wrn depth (6n + 4)")
+    classifier.add_argument("--widen-factor", type=integer(1), default=None, help="wrn widen factor")
+    classifier.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    classifier.add_argument("--weight-decay", type=number(0.0), default=5e-4)
+    classifier.add_argument("--augment", action="store_true", help="random translations (+ --flip)")
+    classifier.add_argument("--flip", action="store_true", help="random horizontal flips with --augment")
+    classifier.add_argument("--label-smoothing", type=number(0.0, maximum=0.99), default=0.0)
+    classifier.set_defaults(func=run_classifier)
+
+    trades = sub.add_parser("trades", help="TRADES adversarial training on real (+ synthetic) data")
+    add_trades_arguments(trades)
+    trades.set_defaults(func=run_trades)
+
+
+def _resolve(args: argparse.Namespace) -> tuple[Path | None, torch.device]:
+    """The data root and the device (``auto`` resolved) from the arguments, else from the settings."""
+    from core.training.common import resolve_device
+
+    settings = get_settings()
+    root = args.data_root if args.data_root is not None else settings.data_root
+    return root, resolve_device(args.device if args.device is not None else settings.device)
+
+
+def _load(args: argparse.Namespace, split: str, root: Path | None):  # type: ignore[no-untyped-def]
+    from core.data import load_dataset
+
+    dataset = load_dataset(args.dataset, split, root=root)  # type: ignore[arg-type]
+    if split == "train" and args.limit is not None:
+        dataset = dataset.subset(range(min(args.limit, len(dataset))))
+    return dataset
+
+
+def _emit(args: argparse.Namespace, metrics: dict[str, Any], summary: str) -> int:
+    print(json.dumps(metrics) if args.json else summary)
+    return 0
+
+
+def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def run_diffusion(args: argparse.Namespace) -> int:
+    from core.training.diffusion import DiffusionTrainConfig, train_diffusion
+
+    root, device = _resolve(args)
+    config = DiffusionTrainConfig(
+        preset=args.preset,
+        epochs=args.epochs,
+        class_conditional=args.class_conditional,
+        ema_decay=args.ema_decay,
+        warmup_steps=args.warmup_steps,
+        horizontal_flip=args.flip,
+        time_limit_s=args.time_limit,
+        **_options(args, ("batch_size", "lr")),
+    )
+    train = _load(args, "train", root)
+    bar = ProgressBar()
+    began = time.perf_counter()
+    try:
+        metrics = train_diffusion(train, config=config, out_dir=args.out, seed=args.seed, device=device,
+                                  progress=bar)  # fmt: skip
+    finally:
+        bar.close()
+    metrics["wall_seconds"] = round(time.perf_counter() - began, 2)
+    summary = (
+        f"diffusion on {args.dataset}: {metrics['epochs']} epochs, {metrics['steps']} steps, "
+        f"EMA eval loss {metrics['initial_eval_loss']:.4f} -> {metrics['final_ema_eval_loss']:.4f}; "
+        f"pipeline in {metrics['pipeline_dir']}"
+    )
+    return _emit(args, metrics, summary)
+
+
+def run_classifier(args: argparse.Namespace) -> int:
+    from core.models import load_classifier
+    from core.training.classifier import ClassifierTrainConfig, evaluate_accuracy, train_classifier
+
+    names = {"small_cnn": ("width", "feature_dim"), "wrn": ("depth", "widen_factor")}[args.arch]
+    for other in ("width", "feature_dim", "depth", "widen_factor"):
+        if other not in names and getattr(args, other) is not None:
+            raise ValueError(f"--{other.replace('_', '-')} does not apply to --arch {args.arch}")
+    root, device = _resolve(args)
+    config = ClassifierTrainConfig(
+        arch=args.arch,
+        arch_options=_options(args, names),
+        epochs=args.epochs,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        augment=args.augment,
+        horizontal_flip=args.flip,
+        label_smoothing=args.label_smoothing,
+        **_options(args, ("batch_size", "lr")),
+    )
+    train, val = _load(args, "train", root), _load(args, "val", root)
+    bar = ProgressBar()
+    began = time.perf_counter()
+    try:
+        metrics = train_classifier(train, val, config=config, out_dir=args.out, seed=args.seed, device=device,
+                                   progress=bar)  # fmt: skip
+    finally:
+        bar.close()
+    test = evaluate_accuracy(
+        load_classifier(args.out, device=device), _load(args, "test", root), device=device
+    )
+    metrics["test_accuracy"] = test["accuracy"]
+    metrics["wall_seconds"] = round(time.perf_counter() - began, 2)
+    summary = (
+        f"classifier on {args.dataset}: best epoch {metrics['best_epoch']}, validation accuracy "
+        f"{metrics['best_val_accuracy']:.4f}, test accuracy {test['accuracy']:.4f}; "
+        f"model in {metrics['model_dir']}"
+    )
+    return _emit(args, metrics, summary)
