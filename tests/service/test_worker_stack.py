@@ -147,3 +147,18 @@ def test_a_failing_job_is_failed_with_its_error(stack) -> None:
     job = stack.wait(job_id, until={"succeeded", "failed", "canceled"})
     assert job["status"] == "failed"
     assert "empty" in job["error"] and job["completed_at"] is not None
+
+
+def test_selection_keeps_the_top_k_per_class(stack) -> None:
+    body = small_generation(count=16, selection={"criterion": "entropy", "top_k": 1})
+    job = stack.wait(stack.client.post("/jobs/generate", json=body).json()["id"],
+                     until={"succeeded", "failed", "canceled"})
+    assert job["status"] == "succeeded", job["error"]
+    metrics = stack.client.get(f"/jobs/{job['id']}/metrics").json()["metrics"]
+    with np.load(io.BytesIO(stack.store.get_bytes(keys.job_prefix(job["id"]) + "selected.npz"))) as npz:
+        labels = npz["label"]
+    assert metrics["generated"] == 16 and metrics["count"] == len(labels)
+    assert np.bincount(labels).max() == 1  # one image per pseudo-label class present
+    shards = [np.load(io.BytesIO(stack.store.get_bytes(keys.shard_key(job["id"], k)))) for k in range(2)]
+    all_labels = np.concatenate([shard["label"] for shard in shards])
+    assert set(labels.tolist()) == set(all_labels.tolist())
