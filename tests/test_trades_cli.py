@@ -72,17 +72,16 @@ def test_parse_eps(text: str, value: float) -> None:
     assert parse_eps(text) == pytest.approx(value)
 
 
-def test_train_trades_options_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser()
-    add_trades_arguments(parser)
+def test_cdp_train_trades_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     digits = load_dataset("digits", "train")
     np.savez(tmp_path / "syn.npz", image=digits.images[:64], label=digits.labels[:64])
-    args = parser.parse_args([
-        "--dataset", "digits", "--epochs", "1", "--seed", "1", "--out", str(tmp_path / "run"), "--json",
-        "--eps", "0.1", "--synthetic", str(tmp_path / "syn.npz"), "--steps", "1", "--batch-size", "128",
-        "--width", "4", "--eval-steps", "1", "--eval-max", "32", "--device", "cpu",
+    code = main([
+        "train", "trades", "--dataset", "digits", "--epochs", "1", "--seed", "1",
+        "--out", str(tmp_path / "run"), "--json", "--eps", "0.1", "--synthetic", str(tmp_path / "syn.npz"),
+        "--steps", "1", "--batch-size", "128", "--width", "4", "--eval-steps", "1", "--eval-max", "32",
+        "--device", "cpu",
     ])  # fmt: skip
-    assert run_trades(args) == 0
+    assert code == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["synthetic_count"] == 64
     assert metrics["config"]["eps"] == pytest.approx(0.1)
