@@ -1,6 +1,5 @@
-"""Classifiers (WideResNet with Swish, SmallCNN) with penultimate features, their safetensors checkpoints,
-and the
-diffusion UNet presets saved in the diffusers pipeline layout."""
+"""Classifiers (WideResNet with Swish, SmallCNN) with penultimate features, their safetensors checkpoints, and
+the diffusion UNet presets saved in the diffusers pipeline layout."""
 
 from core.models.classifiers import ARCHS, ImageClassifier, SmallCNN, WideResNet, build_classifier
 from core.models.io import load_classifier, read_classifier_config, save_classifier

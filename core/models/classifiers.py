@@ -1,7 +1,7 @@
 """Image classifiers: a Wide ResNet WRN-d-k with Swish (the paper's feature extractor and TRADES model) and
 a small CNN for small images. Both take float N x C x H x W in [0, 1], normalise inside, and expose the
-penultimate
-features the contrastive guidance uses (paper §3.2: f is the classifier without its last linear layer).
+penultimate features the contrastive guidance uses (paper §3.2: f is the classifier without its last linear
+layer).
 """
 
 from __future__ import annotations
@@ -108,8 +108,7 @@ class SmallCNN(ImageClassifier):
 
 
 class _WideBlock(nn.Module):
-    """Pre-activation residual block: BN - Swish - conv3x3(stride) - BN - Swish - conv3x3, 1x1 shortcut on
-    change."""
+    """Pre-activation residual block: BN - Swish - conv3x3(stride) - BN - Swish - conv3x3 (+ 1x1 shortcut)."""
 
     def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
         super().__init__()
@@ -130,8 +129,7 @@ class _WideBlock(nn.Module):
 
 
 class WideResNet(ImageClassifier):
-    """WRN-depth-width (Zagoruyko & Komodakis) with Swish/SiLU activations, as in Gowal et al. 2021 and the
-    paper.
+    """WRN-depth-width (Zagoruyko & Komodakis) with Swish/SiLU activations, as in Gowal et al. and the paper.
 
     (depth - 4) / 6 blocks per group, widths 16, 16k, 32k, 64k; strides 1, 2, 2; global average pooling.
     WRN-28-10 on 32 x 32 gives 640 features.
@@ -194,8 +192,7 @@ def build_classifier(
 
     ``mean``/``std`` (per channel, in [0, 1] units; default 0.5 / 0.5) are the normalisation applied inside.
     Extra keyword arguments go to the architecture: ``small_cnn`` takes ``width``, ``feature_dim``; ``wrn``
-    takes
-    ``depth``, ``widen_factor`` (WRN-28-10 by default).
+    takes ``depth``, ``widen_factor`` (WRN-28-10 by default).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown classifier arch {arch!r}; expected one of {', '.join(ARCHS)}")

@@ -1,7 +1,6 @@
 """Classifier checkpoints: a directory with ``model.safetensors`` (weights and buffers) and ``config.json``
-(what
-``build_classifier`` needs, plus free-form metadata). No pickle anywhere, so loading a checkpoint runs no
-code."""
+(what ``build_classifier`` needs, plus free-form metadata). No pickle anywhere, so loading a checkpoint runs
+no code."""
 
 from __future__ import annotations
 

@@ -24,8 +24,7 @@ logger = logging.getLogger(__name__)
 
 UnetPreset = Literal["tiny", "ddpm_cifar10"]
 UNET_PRESETS: tuple[str, ...] = ("tiny", "ddpm_cifar10")
-# DDPM's schedule (Ho et al. 2020), used by the paper's CIFAR-10 model: linear betas 1e-4 .. 0.02 over T
-# steps.
+# DDPM's schedule (Ho et al. 2020), used by the paper's CIFAR-10 model: linear betas 1e-4 .. 0.02 over T.
 BETA_START = 1e-4
 BETA_END = 0.02
 
@@ -98,8 +97,7 @@ def make_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
 
 def save_diffusion(unet: UNet2DModel, path: Path | str, *, num_train_timesteps: int = 1000) -> None:
     """Save ``unet`` with its DDPM scheduler as a diffusers pipeline directory (``model_index.json``,
-    ``unet/``,
-    ``scheduler/``), loadable by ``DDPMPipeline.from_pretrained(path)`` and ``core.diffusion``."""
+    ``unet/``, ``scheduler/``), loadable by ``DDPMPipeline.from_pretrained(path)`` and ``core.diffusion``."""
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     pipeline = DDPMPipeline(unet=unet, scheduler=make_scheduler(num_train_timesteps))

@@ -1,6 +1,5 @@
 """Standard (non-robust) classifier training with cross-entropy: the pseudo-labeler and feature extractor of
-the
-guidance (paper §2.1 and §3.2), and the non-robust baseline for the TRADES comparison.
+the guidance (paper §2.1 and §3.2), and the non-robust baseline for the TRADES comparison.
 
 The model with the best validation accuracy is saved as a classifier checkpoint in ``out_dir``
 (``model.safetensors`` + ``config.json``); ``out_dir/checkpoint.pt`` holds the last epoch for resuming.
@@ -154,11 +153,9 @@ def train_classifier(
     """Train a classifier with cross-entropy; keep the epoch with the best validation accuracy.
 
     Writes ``out_dir/checkpoint.pt`` every epoch (model, optimizer, scheduler, RNG states, epoch) and resumes
-    from it when present; the best model goes to ``out_dir`` as ``model.safetensors`` + ``config.json``
-    (load it
-    with ``core.models.load_classifier``); ``metrics.json`` holds the per-epoch series. ``progress`` gets
-    stage
-    "train" per step and "epoch" per epoch and may raise ``core.progress.Cancelled``.
+    from it when present; the best model goes to ``out_dir`` as ``model.safetensors`` + ``config.json`` (load
+    it with ``core.models.load_classifier``); ``metrics.json`` holds the per-epoch series. ``progress`` gets
+    stage "train" per step and "epoch" per epoch and may raise ``core.progress.Cancelled``.
     """
     if train.info.num_classes != val.info.num_classes or train.info.image_size != val.info.image_size:
         raise ValueError(f"train ({train.info}) and val ({val.info}) datasets do not match")

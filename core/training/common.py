@@ -25,8 +25,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python's, numpy's and torch's global generators; return a CPU ``torch.Generator`` seeded with
-    ``seed``.
+    """Seed Python's, numpy's and torch's global RNGs; return a CPU ``torch.Generator`` seeded with ``seed``.
 
     Trainers draw every random number they use from explicit generators (the returned one and its
     descendants);
@@ -62,8 +61,7 @@ class EMA:
     ``self.module`` is a full copy of the model (eval mode, no gradients) holding the averaged parameters;
     buffers (BatchNorm running statistics) are copied from the live model at each update, as in Gowal et al.
     With ``warmup`` the decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates, so short runs are
-    not
-    dominated by the random initialisation.
+    not dominated by the random initialisation.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, *, warmup: bool = False) -> None:

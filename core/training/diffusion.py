@@ -1,5 +1,4 @@
-"""DDPM training with the epsilon objective (Ho et al. 2020, eq. 14 / Algorithm 1), AdamW and an EMA of
-weights.
+"""DDPM training with the epsilon objective (Ho et al. 2020, eq. 14 / Algorithm 1), AdamW, EMA of weights.
 
 One step: x_0 from the data in [-1, 1], t ~ U{0, ..., T-1}, eps ~ N(0, I),
 x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, loss = || eps - eps_theta(x_t, t) ||^2 (mean).
@@ -97,8 +96,7 @@ def diffusion_loss(
     timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error between eps and eps_theta(x_t, t) (DDPM eq. 14), with t and eps drawn on the CPU
-    from
-    ``generator`` (so a run is reproducible on any device) unless ``timesteps`` are given."""
+    from ``generator`` (so a run is reproducible on any device) unless ``timesteps`` are given."""
     n = x0.shape[0]
     if timesteps is None:
         timesteps = torch.randint(0, alphas_cumprod.numel(), (n,), generator=generator)
