@@ -41,6 +41,11 @@ log = logging.getLogger("results_digits")
 ARMS = ("real only", "+ vanilla DDIM", "+ Contrastive-DP")
 
 
+def cdp_name(args: argparse.Namespace) -> str:
+    """File and run name of the guided arm; the default guidance (lambda 1e3, tau 0.5) is plain "cdp"."""
+    return "cdp" if (args.lam, args.tau) == (1e3, 0.5) else f"cdp-lam{args.lam:g}-tau{args.tau:g}"
+
+
 def generate_set(args: argparse.Namespace, *, guided: bool, out: Path) -> dict[str, Any]:
     """Generate (or reuse) one synthetic set; returns its sample metrics and timing."""
     meta_path = out.with_suffix(".json")
@@ -68,8 +73,17 @@ def trades_config(args: argparse.Namespace) -> TradesConfig:
     return TradesConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eps=args.eps, step_size=args.eps / 4,
         steps=args.attack_steps, beta=6.0, arch="small_cnn", arch_options={"width": args.width},
-        eval_steps=10, eval_max=1024, synthetic_fraction=0.7, mixing="batch",
+        eval_steps=10, eval_max=1024, synthetic_fraction=args.synthetic_fraction, mixing="batch",
     )
+
+
+def _same_run(saved: dict[str, Any], current: dict[str, Any], *, real_only: bool) -> bool:
+    """Whether a cached run used these settings (the mixing options do not matter without synthetic data)."""
+    ignored = {"synthetic_fraction", "mixing", "eta"} if real_only else set()
+    current = json.loads(json.dumps(current))  # tuples -> lists, as read back from JSON
+    return {k: v for k, v in saved.items() if k not in ignored} == {
+        k: v for k, v in current.items() if k not in ignored
+    }
 
 
 def run_arm(
@@ -79,13 +93,15 @@ def run_arm(
     synthetic: ImageDataset | None,
     splits: dict[str, ImageDataset],
 ) -> dict[str, Any]:
-    slug = {"real only": "real", "+ vanilla DDIM": "vanilla", "+ Contrastive-DP": "cdp"}[arm]
+    slug = {"real only": "real", "+ vanilla DDIM": "vanilla", "+ Contrastive-DP": cdp_name(args)}[arm]
+    if synthetic is not None and args.synthetic_fraction != 0.7:
+        slug += f"-f{args.synthetic_fraction:g}"
     out = args.work / "trades" / f"{slug}-seed{seed}"
     done = out / "result.json"
     config = trades_config(args)
     if done.exists():
         row = json.loads(done.read_text())
-        if row.get("trades_config") != json.loads(json.dumps(asdict(config))):
+        if not _same_run(row.get("trades_config", {}), asdict(config), real_only=synthetic is None):
             raise SystemExit(f"{done} was made with other TRADES settings; use another --work directory")
         return row
     started = time.perf_counter()
@@ -136,6 +152,20 @@ def markdown(table: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run, every option spelled out."""
+    parts = ["OMP_NUM_THREADS=1 .venv/bin/python scripts/results_digits.py"]
+    for key, value in vars(args).items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+        elif isinstance(value, list):
+            parts.append(f"{flag} {' '.join(map(str, value))}")
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -161,6 +191,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--eval-steps", type=int, default=20)
     parser.add_argument("--real-only", action="store_true", help="run only the real-data arm and stop")
+    parser.add_argument("--synthetic-fraction", type=float, default=0.7, help="synthetic share of a batch")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -169,9 +200,10 @@ def main() -> None:
     rows = [run_arm(args, "real only", seed, None, splits) for seed in args.seeds]  # needs no samples
     if args.real_only:
         return
+    samples = args.work / "samples"
     generated = {
-        "+ vanilla DDIM": generate_set(args, guided=False, out=args.work / "samples" / "vanilla.npz"),
-        "+ Contrastive-DP": generate_set(args, guided=True, out=args.work / "samples" / "cdp.npz"),
+        "+ vanilla DDIM": generate_set(args, guided=False, out=samples / "vanilla.npz"),
+        "+ Contrastive-DP": generate_set(args, guided=True, out=samples / f"{cdp_name(args)}.npz"),
     }
     synthetic = {
         arm: load_npz(meta["path"], num_classes=10, name=arm) for arm, meta in generated.items()
@@ -192,10 +224,7 @@ def main() -> None:
                                        for arm, d in synthetic.items()},  # fmt: skip
         "summary": table,
         "runs": rows,
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python scripts/results_digits.py " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items()
-        ),
+        "command": command_line(args),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2, default=float) + "\n")
