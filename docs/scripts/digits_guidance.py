@@ -151,8 +151,11 @@ def figure(work: Path, path: Path, names: list[str]) -> None:
         ax.set_yticks([])
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=70)
     plt.close(fig)
+    from PIL import Image
+
+    Image.open(path).convert("L").save(path, optimize=True)  # grayscale content: keep the PNG small
 
 
 def main() -> None:
