@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -517,8 +516,3 @@ def train_trades(
     }
     (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def synthetic_class_balance(dataset: ImageDataset) -> list[int]:
-    """Images per class of a (pseudo-labelled) synthetic set, for the logs and metrics."""
-    return np.bincount(dataset.labels, minlength=dataset.info.num_classes).astype(int).tolist()
