@@ -76,3 +76,56 @@ def test_generated_client_submits_a_job_and_reads_its_metrics(stack) -> None:
     artifacts = api.call("listJobArtifacts", job_id=job["id"]).json()
     names = {a["name"] for a in artifacts["items"]}
     assert {"model/model.safetensors", "metrics.json", "manifest.json"} <= names
+
+
+def test_openapi_python_client_generated_package_submits_a_job_and_reads_its_metrics(
+    stack, tmp_path, monkeypatch
+) -> None:
+    """What other teams do: run openapi-python-client on /openapi.json and call the service through the
+    package it writes (typed models, one module per operation id)."""
+    import importlib
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = tmp_path / "openapi.json"
+    spec.write_text(json.dumps(stack.client.get("/openapi.json").json()))
+    generator = Path(sys.executable).with_name("openapi-python-client")
+    done = subprocess.run(
+        [str(generator), "generate", "--path", str(spec), "--meta", "none", "--output-path",
+         str(tmp_path / "cdp_client")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    monkeypatch.syspath_prepend(str(tmp_path))
+    client_mod = importlib.import_module("cdp_client.client")
+    create_train_job = importlib.import_module("cdp_client.api.jobs.create_train_job")
+    get_job = importlib.import_module("cdp_client.api.jobs.get_job")
+    get_job_metrics = importlib.import_module("cdp_client.api.jobs.get_job_metrics")
+    models = importlib.import_module("cdp_client.models")
+
+    client = client_mod.Client(base_url="http://testserver")
+    client.set_httpx_client(stack.client)  # the TestClient is an httpx.Client bound to the app
+    body = models.TrainSpec.from_dict({"kind": "classifier", "dataset": "digits", "epochs": 1,
+                                       "arch_options": {"width": 4, "feature_dim": 16}, "eval_samples": 32,
+                                       "eval_attack_steps": 2})
+    created = create_train_job.sync_detailed(client=client, body=body, idempotency_key="generated-1")
+    assert created.status_code == 202, created.content
+    assert isinstance(created.parsed, models.JobRecord)
+    job_id = created.parsed.id
+
+    job = stack.wait(job_id, until={"succeeded", "failed", "canceled"}, timeout=120)
+    assert job["status"] == "succeeded", job["error"]
+    record = get_job.sync(client=client, job_id=job_id)
+    assert isinstance(record, models.JobRecord)
+    assert record.status == models.JobRecordStatus.SUCCEEDED
+
+    metrics = get_job_metrics.sync(client=client, job_id=job_id)
+    assert isinstance(metrics, models.JobMetrics), metrics
+    values = metrics.metrics.to_dict()
+    assert {"clean_acc", "robust_acc"} <= set(values["test"])
+    assert 0.0 <= values["test"]["clean_acc"] <= 1.0
+
+    missing = get_job.sync_detailed(client=client, job_id="0" * 24)
+    assert missing.status_code == 404
