@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli.train_trades import ProgressBar, integer, parse_eps, resolve_data_root_and_device
+from core.cli.common import ProgressBar, integer, parse_eps, resolve_data_root_and_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

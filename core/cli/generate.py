@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from core.cli.train_trades import ProgressBar, integer, number
+from core.cli.common import ProgressBar, integer, number
 from core.settings import get_settings
 
 # Paper defaults for tau (App. C): InfoNCE 0.1, HNM 10.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -18,6 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from core.cli.common import integer, number
 from core.simulation.gaussian import (
     DIRECTIONS,
     GaussianStudy,
@@ -28,37 +28,6 @@ from core.simulation.gaussian import (
 
 FORMATS = ("table", "json", "csv")
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
-
-
-def _int_type(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _float_type(minimum: float, *, strict: bool, maximum: float = math.inf) -> Callable[[str], float]:
-    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-    if maximum < math.inf:
-        bound += f" and <= {maximum:g}"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
-        too_small = value <= minimum if strict else value < minimum
-        if not math.isfinite(value) or too_small or value > maximum:
-            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
-        return value
-
-    return parse
 
 
 def _list_type(item: Callable[[str], Any], what: str) -> Callable[[str], tuple[Any, ...]]:
@@ -99,47 +68,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g.add_argument("--dim", type=_int_type(1), default=2, help="dimension d")
-    g.add_argument("--mu-norm-sq", type=_float_type(0.0, strict=True), default=2.0, help="|mu|^2")
-    g.add_argument("--eps", type=_float_type(0.0, strict=False), default=0.5, help="l_inf attack radius")
+    g.add_argument("--dim", type=integer(1), default=2, help="dimension d")
+    g.add_argument("--mu-norm-sq", type=number(0.0, strict=True), default=2.0, help="|mu|^2")
+    g.add_argument("--eps", type=number(0.0), default=0.5, help="l_inf attack radius")
     g.add_argument(
         "--angle",
-        type=_float_type(0.0, strict=False, maximum=180.0),
+        type=number(0.0, maximum=180.0),
         default=0.0,
         help="angle in degrees between mu and the all-ones vector (0, 30, 60, 90 in the paper)",
     )
     g.add_argument(
-        "--sigma", type=_float_type(0.0, strict=True), default=1.0, help="noise standard deviation"
+        "--sigma", type=number(0.0, strict=True), default=1.0, help="noise standard deviation"
     )
     g.add_argument(
         "--n-real",
-        type=_int_type(1),
+        type=integer(1),
         default=10,
         help="real samples behind every synthetic row (theta_inter)",
     )
     g.add_argument(
         "--real-sizes",
-        type=_list_type(_int_type(1), "integers >= 1"),
+        type=_list_type(integer(1), "integers >= 1"),
         default=(10, 100),
         help="comma-separated sizes n of the real-only rows",
     )
     g.add_argument(
         "--n-syn",
-        type=_list_type(_int_type(0), "integers >= 0"),
+        type=_list_type(integer(0), "integers >= 0"),
         default=(10, 100),
         help="comma-separated numbers of synthetic samples",
     )
     g.add_argument(
         "--c",
-        type=_list_type(_float_type(0.0, strict=False), "numbers >= 0"),
+        type=_list_type(number(0.0), "numbers >= 0"),
         default=(0.5, 1.0, 1.5),
         help="comma-separated scales c of the synthetic mean",
     )
     g.add_argument(
         "--direction", choices=DIRECTIONS, default="clean", help="synthetic family of Proposition 1"
     )
-    g.add_argument("--trials", type=_int_type(1), default=50, help="independent seeded trials")
-    g.add_argument("--seed", type=_int_type(0), default=0, help="random seed")
+    g.add_argument("--trials", type=integer(1), default=50, help="independent seeded trials")
+    g.add_argument("--seed", type=integer(0), default=0, help="random seed")
     g.add_argument("--format", choices=FORMATS, default="table", help="output format on stdout")
     g.add_argument(
         "--plot",

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from core.cli.common import integer, number
 from core.contrastive import STRATEGIES
 from core.toy2d import GuidanceSettings, Toy2DConfig, Toy2DResult, plot_toy2d, run_toy2d
 
@@ -33,31 +32,6 @@ METRICS = (
 )
 
 
-def _number(minimum: float, *, strict: bool) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or (value <= minimum if strict else value < minimum):
-            op = ">" if strict else ">="
-            raise argparse.ArgumentTypeError(f"expected a number {op} {minimum:g}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _int(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,11 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--loss", choices=("hnm", "infonce", "none"), default="hnm")
     p.add_argument("--strategy", choices=STRATEGIES, default="previous")
-    p.add_argument("--lam", type=_number(0, strict=False), default=100.0, help="guidance scale lambda")
-    p.add_argument("--tau", type=_number(0, strict=True), default=0.5, help="temperature")
-    p.add_argument("--tau-plus", type=_number(0, strict=False), default=0.1, help="HNM tau+, in [0, 1)")
-    p.add_argument("--beta", type=_number(0, strict=False), default=1.0, help="HNM hardness")
-    p.add_argument("--window", type=_int(0), nargs=2, metavar=("LO", "HI"), default=None,
+    p.add_argument("--lam", type=number(0, strict=False), default=100.0, help="guidance scale lambda")
+    p.add_argument("--tau", type=number(0, strict=True), default=0.5, help="temperature")
+    p.add_argument("--tau-plus", type=number(0, strict=False), default=0.1, help="HNM tau+, in [0, 1)")
+    p.add_argument("--beta", type=number(0, strict=False), default=1.0, help="HNM hardness")
+    p.add_argument("--window", type=integer(0), nargs=2, metavar=("LO", "HI"), default=None,
                    help="guide only for LO <= t <= HI (default: every step but the first)")
     p.add_argument("--embedding-head", action="store_true", help="train an embedding head online")
     p.add_argument("--feature-on", choices=("x_t", "x0_hat"), default="x_t")
@@ -83,13 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="labels for class_conditional: from the eq.-5 labeller or the Bayes rule")
     p.add_argument("--model", choices=("mlp", "exact"), default="mlp",
                    help="trained MLP eps-model, or the exact optimal denoiser of the mixture")
-    p.add_argument("--steps", type=_int(2), default=50, help="DDIM steps")
-    p.add_argument("--init-scale", type=_number(0, strict=True), default=1.0, help="x_T ~ N(0, s^2 I)")
-    p.add_argument("--train-steps", type=_int(1), default=1000, help="MLP training steps")
-    p.add_argument("--n-real", type=_int(1), default=10, help="real samples for eq. 5")
-    p.add_argument("--seed", type=_int(0), default=0)
-    p.add_argument("--repeats", type=_int(1), default=1, help="run seeds SEED .. SEED+K-1 and summarise")
-    p.add_argument("--n", type=_int(2), default=512, help="synthetic samples (one guided batch)")
+    p.add_argument("--steps", type=integer(2), default=50, help="DDIM steps")
+    p.add_argument("--init-scale", type=number(0, strict=True), default=1.0, help="x_T ~ N(0, s^2 I)")
+    p.add_argument("--train-steps", type=integer(1), default=1000, help="MLP training steps")
+    p.add_argument("--n-real", type=integer(1), default=10, help="real samples for eq. 5")
+    p.add_argument("--seed", type=integer(0), default=0)
+    p.add_argument("--repeats", type=integer(1), default=1, help="run seeds SEED .. SEED+K-1 and summarise")
+    p.add_argument("--n", type=integer(2), default=512, help="synthetic samples (one guided batch)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--plot", type=Path, default=None, help="write a scatter plot (PNG) of the first seed")
     p.set_defaults(func=run)

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.cli.train_trades import ProgressBar, add_trades_arguments, integer, number, run_trades
+from core.cli.common import ProgressBar, integer, number
+from core.cli.train_trades import add_trades_arguments, run_trades
 from core.models import ARCHS, UNET_PRESETS
 from core.settings import get_settings
 

@@ -9,105 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from tqdm import tqdm
-
+from core.cli.common import ProgressBar, integer, number, parse_eps, resolve_data_root_and_device
 from core.models import ARCHS
-from core.settings import get_settings
 
 DEFAULT_EPS = "8/255"
-
-
-def parse_eps(text: str) -> float:
-    """An L-inf radius in [0, 1] pixel units, as a number or a fraction ("0.1", "8/255")."""
-    try:
-        if "/" in text:
-            numerator, denominator = text.split("/", 1)
-            value = float(numerator) / float(denominator)
-        else:
-            value = float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number or fraction like 8/255, got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"eps is in [0, 1] pixel units (8/255 = 0.0314), got {text!r}")
-    return value
-
-
-def number(minimum: float, *, strict: bool = False, maximum: float = math.inf) -> Callable[[str], float]:
-    """argparse type: a finite float >= minimum (> with strict) and <= maximum."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        low_ok = value > minimum if strict else value >= minimum
-        if not (math.isfinite(value) and low_ok and value <= maximum):
-            bound = f"{'>' if strict else '>='} {minimum:g}"
-            if maximum < math.inf:
-                bound += f" and <= {maximum:g}"
-            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
-        return value
-
-    return parse
-
-
-def integer(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer >= minimum."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
-class ProgressBar:
-    """A ProgressFn drawing one tqdm bar per stage on stderr (reset when the stage or its total changes)."""
-
-    def __init__(self, *, disable: bool = False) -> None:
-        self.disable = disable
-        self.bar: tqdm | None = None
-        self.key: tuple[str, int] | None = None
-
-    def __call__(
-        self,
-        *,
-        stage: str,
-        current: int,
-        total: int,
-        message: str = "",
-        metrics: dict[str, Any] | None = None,
-    ) -> None:
-        if stage == "epoch":  # one line per epoch under the step bar
-            if metrics and not self.disable:
-                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-                tqdm.write(f"epoch {current}/{total}: {shown}", file=sys.stderr)
-            return
-        if self.key != (stage, total):
-            self.close()
-            self.bar = tqdm(total=total, desc=stage, file=sys.stderr, disable=self.disable, leave=False)
-            self.key = (stage, total)
-        assert self.bar is not None
-        self.bar.update(current - self.bar.n)
-        if message:
-            self.bar.set_postfix_str(message, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-            self.key = None
 
 
 def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,13 +66,6 @@ def _arch_options(args: argparse.Namespace) -> dict[str, int]:
         if other not in names and getattr(args, other) is not None:
             raise ValueError(f"--{other.replace('_', '-')} does not apply to --arch {args.arch}")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
-def resolve_data_root_and_device(args: argparse.Namespace) -> tuple[Path, str]:
-    """``--data-root`` / ``--device``, else the settings (CDP_DATA_ROOT, CDP_DEVICE)."""
-    settings = get_settings()
-    root = args.data_root if args.data_root is not None else settings.data_root
-    return root, args.device if args.device is not None else settings.device
 
 
 def run_trades(args: argparse.Namespace) -> int:
