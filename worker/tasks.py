@@ -16,16 +16,9 @@ from core.jobs.queue import Enqueuer
 from core.jobs.records import JobRepository
 from core.settings import Settings
 from core.storage import store_from_settings
+from core.training.common import resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def context(app: Celery) -> WorkerContext:
@@ -38,7 +31,7 @@ def context(app: Celery) -> WorkerContext:
         ctx = WorkerContext(
             repo=JobRepository(store, client), store=store, enqueuer=Enqueuer(app),
             model_dir=settings.model_dir, work_dir=settings.work_dir, data_root=settings.data_root,
-            device=resolve_device(settings.device), shard_size=settings.shard_size,
+            device=str(resolve_device(settings.device)), shard_size=settings.shard_size,
             max_attempts=settings.max_attempts,
         )
         app._cdp_context = ctx  # type: ignore[attr-defined]
