@@ -108,3 +108,12 @@ def test_augmentation_translates_within_padding_and_is_seeded() -> None:
         a.sum(dim=(1, 2, 3)) == 4
     )  # the 2x2 blob moves by <= 2 pixels and never leaves the frame
     assert not all(torch.equal(a[i], x[i]) for i in range(6))
+
+
+def test_resume_refuses_another_kind_of_checkpoint(tmp_path: Path, digits) -> None:  # type: ignore[no-untyped-def]
+    from core.training.diffusion import DiffusionTrainConfig, train_diffusion
+
+    train, val = digits
+    train_classifier(train, val, config=replace(CONFIG, epochs=1), out_dir=tmp_path, seed=0)
+    with pytest.raises(ValueError, match="not a diffusion training checkpoint"):
+        train_diffusion(train, config=DiffusionTrainConfig(epochs=1, batch_size=32), out_dir=tmp_path, seed=0)

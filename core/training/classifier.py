@@ -26,6 +26,7 @@ from core.progress import ProgressFn
 from core.training.common import (
     CHECKPOINT_NAME,
     batch_order,
+    check_resumable,
     load_checkpoint,
     report,
     resolve_device,
@@ -192,7 +193,8 @@ def train_classifier(
     checkpoint_path = out / CHECKPOINT_NAME
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, map_location=dev)
-        _check_resumable(state, config, checkpoint_path)
+        check_resumable(state, kind="classifier", config=asdict(config), path=checkpoint_path,
+                        fields=_RESUME_FIELDS + (("epochs",) if config.schedule == "cosine" else ()))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -285,16 +287,3 @@ def train_classifier(
     }
     (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def _check_resumable(state: dict[str, Any], config: ClassifierTrainConfig, path: Path) -> None:
-    if state.get("kind") != "classifier":
-        raise ValueError(f"{path} is not a classifier training checkpoint (kind={state.get('kind')!r})")
-    saved = state.get("config", {})
-    fields = _RESUME_FIELDS + (("epochs",) if config.schedule == "cosine" else ())
-    for name in fields:
-        if saved.get(name) != getattr(config, name):
-            raise ValueError(
-                f"{path} was made with {name}={saved.get(name)!r}, not {getattr(config, name)!r}; "
-                "use another output directory or the same settings"
-            )

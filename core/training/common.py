@@ -9,7 +9,7 @@ import logging
 import os
 import pickle
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +179,21 @@ def report(
     """Call ``progress`` if given (it may raise ``core.progress.Cancelled`` to stop the caller)."""
     if progress is not None:
         progress(stage=stage, current=current, total=total, message=message, metrics=metrics)
+
+
+def check_resumable(
+    state: dict[str, Any], *, kind: str, config: dict[str, Any], fields: Iterable[str], path: Path
+) -> None:
+    """Refuse to resume from a checkpoint of another kind of training or made with other settings.
+
+    ``config`` is the current configuration as a dict; every name in ``fields`` must equal the saved value.
+    """
+    if state.get("kind") != kind:
+        raise ValueError(f"{path} is not a {kind} training checkpoint (kind={state.get('kind')!r})")
+    saved = state.get("config", {})
+    for name in fields:
+        if saved.get(name) != config.get(name):
+            raise ValueError(
+                f"{path} was made with {name}={saved.get(name)!r}, not {config.get(name)!r}; "
+                "use another output directory or the same settings"
+            )

@@ -26,6 +26,7 @@ from core.training.common import (
     CHECKPOINT_NAME,
     EMA,
     batch_order,
+    check_resumable,
     load_checkpoint,
     report,
     resolve_device,
@@ -175,7 +176,8 @@ def train_diffusion(
     checkpoint_path = out / CHECKPOINT_NAME
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, map_location=dev)
-        _check_resumable(state, config, checkpoint_path)
+        check_resumable(state, kind="diffusion", config=asdict(config), fields=_RESUME_FIELDS,
+                        path=checkpoint_path)
         unet.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
@@ -267,15 +269,3 @@ def train_diffusion(
     }
     (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def _check_resumable(state: dict[str, Any], config: DiffusionTrainConfig, path: Path) -> None:
-    if state.get("kind") != "diffusion":
-        raise ValueError(f"{path} is not a diffusion training checkpoint (kind={state.get('kind')!r})")
-    saved = state.get("config", {})
-    for name in _RESUME_FIELDS:
-        if saved.get(name) != getattr(config, name):
-            raise ValueError(
-                f"{path} was made with {name}={saved.get(name)!r}, not {getattr(config, name)!r}; "
-                "use another output directory or the same settings"
-            )

@@ -43,6 +43,7 @@ from core.training.attacks import eval_mode, pgd_attack, project_linf, uniform_s
 from core.training.common import (
     CHECKPOINT_NAME,
     EMA,
+    check_resumable,
     load_checkpoint,
     report,
     resolve_device,
@@ -329,16 +330,9 @@ def _check_compatible(train: ImageDataset, other: ImageDataset, what: str) -> No
 
 
 def _check_resumable(state: dict[str, Any], config: TradesConfig, synthetic_count: int, path: Path) -> None:
-    if state.get("kind") != "trades":
-        raise ValueError(f"{path} is not a TRADES training checkpoint (kind={state.get('kind')!r})")
-    saved = state.get("config", {})
     current = asdict(config)
-    for name, value in current.items():
-        if name not in _NOT_RESUME_FIELDS and saved.get(name) != value:
-            raise ValueError(
-                f"{path} was made with {name}={saved.get(name)!r}, not {value!r}; "
-                "use another output directory or the same settings"
-            )
+    check_resumable(state, kind="trades", config=current, path=path,
+                    fields=[name for name in current if name not in _NOT_RESUME_FIELDS])
     if int(state.get("synthetic_count", -1)) != synthetic_count:
         raise ValueError(
             f"{path} was made with {state.get('synthetic_count')} synthetic images, not {synthetic_count}"
