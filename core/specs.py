@@ -15,7 +15,15 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from core.settings import get_settings
 
@@ -64,9 +72,20 @@ def job_id_of(ref: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _at_most(value: float, limit: float, name: str) -> None:
-    if value > limit:
+# Which setting bounds each numeric spec field (the server's limits, CDP_MAX_*).
+_SERVER_LIMITS = {
+    "count": "max_count", "top_k": "max_count", "steps": "max_steps", "batch_size": "max_batch_size",
+    "lam": "max_lambda", "epochs": "max_epochs",
+}
+
+
+def _within_server_limit(value: float | None, info: ValidationInfo) -> float | None:
+    """A field validator: ``value`` must not exceed the setting named for its field in _SERVER_LIMITS."""
+    name = info.field_name or ""
+    limit = getattr(get_settings(), _SERVER_LIMITS[name])
+    if value is not None and value > limit:
         raise ValueError(f"{name}={value} exceeds the server limit {limit}")
+    return value
 
 
 class SelectionSpec(BaseModel):
@@ -76,11 +95,7 @@ class SelectionSpec(BaseModel):
     criterion: SelectionCriterion = "separability"
     top_k: int = Field(ge=1, description="samples kept per class")
 
-    @field_validator("top_k")
-    @classmethod
-    def _top_k_limit(cls, value: int) -> int:
-        _at_most(value, get_settings().max_count, "top_k")
-        return value
+    _limits = field_validator("top_k")(_within_server_limit)
 
 
 class GenerateSpec(BaseModel):
@@ -88,6 +103,7 @@ class GenerateSpec(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        validate_default=True,  # a default above a server limit is refused too
         json_schema_extra={
             "examples": [
                 {"dataset": "digits", "model": "digits-unet", "classifier": "digits-cnn", "count": 512,
@@ -123,30 +139,7 @@ class GenerateSpec(BaseModel):
         default="x_t", description="features on x_t (the paper) or on the predicted x_0 (extension)")
     selection: SelectionSpec | None = None
 
-    @field_validator("count")
-    @classmethod
-    def _count_limit(cls, value: int) -> int:
-        _at_most(value, get_settings().max_count, "count")
-        return value
-
-    @field_validator("steps")
-    @classmethod
-    def _steps_limit(cls, value: int) -> int:
-        _at_most(value, get_settings().max_steps, "steps")
-        return value
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch_limit(cls, value: int) -> int:
-        _at_most(value, get_settings().max_batch_size, "batch_size")
-        return value
-
-    @field_validator("lam")
-    @classmethod
-    def _lam_limit(cls, value: float | None) -> float | None:
-        if value is not None:
-            _at_most(value, get_settings().max_lambda, "lam")
-        return value
+    _limits = field_validator("count", "steps", "batch_size", "lam")(_within_server_limit)
 
     @field_validator("guidance_window")
     @classmethod
@@ -170,6 +163,7 @@ class TrainSpec(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        validate_default=True,  # a default above a server limit is refused too
         json_schema_extra={
             "examples": [
                 {"kind": "classifier", "dataset": "digits", "epochs": 5},
@@ -202,17 +196,7 @@ class TrainSpec(BaseModel):
     eval_samples: int | None = Field(default=1000, ge=1, description="test images for the final clean / "
                                      "robust evaluation (classifier, trades); null = the whole test split")
 
-    @field_validator("epochs")
-    @classmethod
-    def _epochs_limit(cls, value: int) -> int:
-        _at_most(value, get_settings().max_epochs, "epochs")
-        return value
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch_limit(cls, value: int) -> int:
-        _at_most(value, get_settings().max_batch_size, "batch_size")
-        return value
+    _limits = field_validator("epochs", "batch_size")(_within_server_limit)
 
     @model_validator(mode="after")
     def _synthetic_only_for_trades(self) -> TrainSpec:

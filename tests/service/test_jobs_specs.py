@@ -58,3 +58,11 @@ def test_bounds_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_job_id_of() -> None:
     assert job_id_of("job:" + "ab" * 12) == "ab" * 12
     assert job_id_of("digits-unet") is None
+
+
+def test_a_default_above_the_server_limit_is_refused_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDP_MAX_STEPS", "50")
+    get_settings.cache_clear()
+    with pytest.raises(ValidationError, match="steps=200 exceeds the server limit 50"):
+        GenerateSpec(**BASE)  # the paper's 200 DDIM steps, not asked for explicitly
+    assert GenerateSpec(**BASE, steps=50).steps == 50
