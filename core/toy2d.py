@@ -365,6 +365,20 @@ def run_toy2d(
     return result
 
 
+def _draw_panel(ax: Any, name: str, x: np.ndarray, mu: np.ndarray, *, lim: float, small: bool) -> None:
+    """One scatter panel: samples coloured by the Bayes label sign(mu.x), the Bayes boundary dashed."""
+    y = x @ mu >= 0
+    size = 2 if small else 3
+    ax.scatter(x[y, 0], x[y, 1], s=size, alpha=0.5, color="tab:red")
+    ax.scatter(x[~y, 0], x[~y, 1], s=size, alpha=0.5, color="tab:blue")
+    ax.plot([-lim * mu[1], lim * mu[1]], [lim * mu[0], -lim * mu[0]], "k--", lw=0.6 if small else 0.7)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_title(name, fontsize=7 if small else 8)
+    ax.tick_params(labelsize=5 if small else 6)
+
+
 def plot_toy2d(result: Toy2DResult, path: Path, *, title: str | None = None) -> Path:
     """Scatter of vanilla vs guided samples (same x_T) with the Bayes boundary mu^T x = 0."""
     import matplotlib
@@ -380,15 +394,7 @@ def plot_toy2d(result: Toy2DResult, path: Path, *, title: str | None = None) -> 
     mu = np.asarray(result.config.mu)
     lim = 5.0
     for ax, (name, x) in zip(axes[0], panels, strict=True):
-        y = x @ mu >= 0
-        ax.scatter(x[y, 0], x[y, 1], s=3, alpha=0.5, color="tab:red")
-        ax.scatter(x[~y, 0], x[~y, 1], s=3, alpha=0.5, color="tab:blue")
-        ax.plot([-lim * mu[1], lim * mu[1]], [lim * mu[0], -lim * mu[0]], "k--", lw=0.7)
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.set_title(name, fontsize=8)
-        ax.tick_params(labelsize=6)
+        _draw_panel(ax, name, x, mu, lim=lim, small=False)
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
@@ -418,15 +424,7 @@ def plot_toy2d_grid(results: list[Toy2DResult], path: Path, *, columns: int = 4)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (name, x) in zip(axes.flat, panels, strict=False):
-        y = x @ mu >= 0
-        ax.scatter(x[y, 0], x[y, 1], s=2, alpha=0.5, color="tab:red")
-        ax.scatter(x[~y, 0], x[~y, 1], s=2, alpha=0.5, color="tab:blue")
-        ax.plot([-lim * mu[1], lim * mu[1]], [lim * mu[0], -lim * mu[0]], "k--", lw=0.6)
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.set_title(name, fontsize=7)
-        ax.tick_params(labelsize=5)
+        _draw_panel(ax, name, x, mu, lim=lim, small=True)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
