@@ -8,13 +8,13 @@ neither torch nor ``worker`` is imported here.
 
 from __future__ import annotations
 
-import redis
 from fastapi import FastAPI
 
 from api import metrics, problems
 from api.routes import health, jobs
 from core.jobs.queue import Enqueuer, make_celery
 from core.jobs.records import JobRepository
+from core.jobs.records import redis_client as redis_client_for
 from core.jobs.service import JobService
 from core.settings import Settings, get_settings
 from core.storage import ObjectStore, store_from_settings
@@ -30,14 +30,15 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
                redis_client: object | None = None) -> FastAPI:
     settings = settings or get_settings()
     store = store or store_from_settings(settings)
-    client = redis_client or redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client or redis_client_for(settings.redis_url)
     celery_app = make_celery(settings, main="cdp-api")
+    repo = JobRepository(store, client, lease_ttl_s=settings.lease_ttl_s)
 
     app = FastAPI(title="Contrastive-DP service", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
     app.state.store = store
     app.state.redis = client
-    app.state.service = JobService(repo=JobRepository(store, client), enqueuer=Enqueuer(celery_app),
+    app.state.service = JobService(repo=repo, enqueuer=Enqueuer(celery_app, repo.leases),
                                    model_dir=settings.model_dir, shard_size=settings.shard_size)
     problems.install(app)
     metrics.install(app)

@@ -2,19 +2,33 @@
 
 Body: ``type``, ``title``, ``status``, ``detail``, ``instance``; validation errors add ``errors``, one entry
 per bad field with its path (``body.count``, ``query.page_size``, ...).
+
+A dependency that cannot be reached (Redis, the object store) is a 503 with ``Retry-After``, naming which
+one but not where it lives. Any other unexpected error is a 500 answered by :class:`CatchAll`, a plain ASGI
+middleware that, unlike Starlette's outermost error middleware, does not re-raise afterwards, so the
+server keeps the keep-alive connection usable for the client's next request.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.jobs.records import REDIS_ERRORS, DependencyUnavailable, is_dependency_error
+from core.storage import StorageError
+
+log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_S = 5
 
 
 class FieldError(BaseModel):
@@ -81,16 +95,74 @@ def install(app: FastAPI) -> None:
         return problem_response(request, exc.status_code, title, str(exc.detail or ""),
                                 slug=title.lower().replace(" ", "-"), headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return problem_response(request, 500, "Internal server error", type(exc).__name__, slug="internal")
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if not is_dependency_error(exc):  # a missing object or a bad key that a route did not expect
+            return _internal(request, exc)
+        return unavailable_response(request, exc)
+
+    for error in (*REDIS_ERRORS, StorageError, DependencyUnavailable, OperationalError):
+        app.add_exception_handler(error, _unavailable)
+    app.add_middleware(CatchAll)
+
+
+def dependency_of(exc: BaseException) -> str:
+    if isinstance(exc, DependencyUnavailable):
+        return exc.dependency
+    return "storage" if isinstance(exc, StorageError) else "redis"
+
+
+def unavailable_response(request: Request, exc: BaseException) -> JSONResponse:
+    dependency = dependency_of(exc)
+    log.warning("%s %s: %s unavailable: %s: %s", request.method, request.url.path, dependency,
+                type(exc).__name__, exc)
+    what = {"redis": "the job queue (Redis)", "storage": "the object store"}[dependency]
+    return problem_response(request, 503, "Service unavailable",
+                            f"{what} is unavailable; nothing was changed, retry in a few seconds",
+                            slug=f"{dependency}-unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _internal(request: Request, exc: BaseException) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return problem_response(request, 500, "Internal server error", type(exc).__name__, slug="internal")
+
+
+class CatchAll:
+    """Answers an unexpected exception with a 500 problem document and does not re-raise it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:  # a streamed body failed midway: nothing sensible can follow on this connection
+                log.error("%s failed after the response started", scope.get("path"), exc_info=exc)
+                raise
+            request = Request(scope)
+            response = (unavailable_response(request, exc) if is_dependency_error(exc)
+                        else _internal(request, exc))
+            await response(scope, receive, send)
 
 
 # Documented error responses for the OpenAPI document.
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {401: "Missing or unknown bearer token", 404: "No such job (or not yours)",
-            409: "Not available in the job's current state", 422: "Invalid request (see `errors`)",
-            503: "A dependency (Redis or storage) is unavailable"}
+            409: "Not available in the job's current state (or a request with the same Idempotency-Key "
+                 "is still being processed)",
+            422: "Invalid request (see `errors`)",
+            503: "A dependency (Redis or storage) is unavailable; retry after `Retry-After` seconds"}
     return {s: {"model": Problem, "description": text.get(s, "Error"),
                 "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
             for s in statuses}

@@ -48,11 +48,21 @@ class Settings(BaseSettings):
     # Bearer token -> owner (user or team). When empty, auth is off and every caller is "anonymous".
     # Set as JSON: CDP_API_TOKENS='{"s3cret": "team-a"}'.
     api_tokens: dict[str, str] = Field(default_factory=dict)
-    # Longest a single task may run; the broker's visibility timeout is set above it.
+    # Longest one unit of work (a shard, a finalize, a training run) may run. Enforced cooperatively by the
+    # progress callback on every pool (and by Celery's hard limit under prefork); past it the job fails.
     task_time_limit_s: int = Field(default=6 * 3600, ge=1)
-    visibility_timeout_s: int = Field(default=7 * 3600, ge=1)
-    # A task redelivered more often than this (worker lost mid-task) fails its job instead of looping.
+    # Backstop only: Redis hands an unacknowledged message to another worker after this long. Leases make a
+    # redelivered unit that is still running a no-op, so this need not exceed the time limit.
+    visibility_timeout_s: int = Field(default=3600, ge=1)
+    # A unit started more often than this (its worker lost each time) fails its job instead of looping.
     max_attempts: int = Field(default=3, ge=1)
+    # A running unit holds a lease in Redis for this long; its worker renews it (see lease_renew_s). When the
+    # worker dies, the reconciler re-enqueues the unit once the lease has expired.
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+    # How often a worker renews the lease of the unit it runs (must be well below lease_ttl_s).
+    lease_renew_s: float = Field(default=5.0, gt=0)
+    # How often the reconciler (Celery beat -> the control queue) scans the non-terminal jobs in the store.
+    reconcile_interval_s: float = Field(default=15.0, gt=0)
 
     # --- object storage (core/storage) ---
     # "local": a directory (the embedded default); "minio": a MinIO / S3 server.
@@ -100,11 +110,11 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _visibility_above_time_limit(self) -> Settings:
-        if self.visibility_timeout_s <= self.task_time_limit_s:
+    def _renew_well_below_lease(self) -> Settings:
+        if self.lease_renew_s * 2 > self.lease_ttl_s:
             raise ValueError(
-                f"visibility_timeout_s={self.visibility_timeout_s} must exceed task_time_limit_s="
-                f"{self.task_time_limit_s}, or Redis redelivers tasks that are still running"
+                f"lease_renew_s={self.lease_renew_s} must be at most half of lease_ttl_s={self.lease_ttl_s}, "
+                "or a healthy worker loses its lease between two renewals"
             )
         return self
 

@@ -79,10 +79,21 @@ _SERVER_LIMITS = {
 }
 
 
+def server_limits() -> dict[str, float]:
+    """The limits in force now (CDP_MAX_*), as frozen into a job's plan at submission."""
+    settings = get_settings()
+    return {name: getattr(settings, name) for name in sorted(set(_SERVER_LIMITS.values()))}
+
+
 def _within_server_limit(value: float | None, info: ValidationInfo) -> float | None:
-    """A field validator: ``value`` must not exceed the setting named for its field in _SERVER_LIMITS."""
+    """A field validator: ``value`` must not exceed the setting named for its field in _SERVER_LIMITS.
+
+    A worker re-reading an accepted spec passes the limits frozen at submission as the validation context
+    (``{"limits": {...}}``), so a worker with other settings never rejects a job the API accepted."""
     name = info.field_name or ""
-    limit = getattr(get_settings(), _SERVER_LIMITS[name])
+    setting = _SERVER_LIMITS[name]
+    frozen = (info.context or {}).get("limits") if isinstance(info.context, dict) else None
+    limit = frozen[setting] if frozen and setting in frozen else getattr(get_settings(), setting)
     if value is not None and value > limit:
         raise ValueError(f"{name}={value} exceeds the server limit {limit}")
     return value
@@ -221,6 +232,15 @@ class JobLinks(BaseModel):
     cancel: str
 
 
+class JobPlan(BaseModel):
+    """What the API decided at submission and every worker follows, never re-deriving it from its own
+    settings: the shard layout of a generation job and the limits its spec was checked against."""
+
+    shards: int = Field(default=0, ge=0, description="generation: number of shards (0 for training)")
+    shard_size: int = Field(default=0, ge=0, description="generation: images per shard")
+    limits: dict[str, float] = Field(default_factory=dict, description="the CDP_MAX_* limits in force")
+
+
 class JobRecord(BaseModel):
     """A job as stored in ``jobs/<id>/job.json`` and returned by the API."""
 
@@ -253,8 +273,11 @@ class JobRecord(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
-    attempt: int = 0
+    attempt: int = Field(default=0, description="the most times any unit of this job was started")
+    attempts: dict[str, int] = Field(default_factory=dict,
+                                     description="unit (shard-<k>, finalize, train) -> times started")
     cancel_requested: bool = False
+    plan: JobPlan = Field(default_factory=JobPlan)
     links: JobLinks
 
     @property
@@ -262,10 +285,13 @@ class JobRecord(BaseModel):
         return self.status in TERMINAL_STATUSES
 
     def generate_spec(self) -> GenerateSpec:
-        return GenerateSpec.model_validate(self.input)
+        return GenerateSpec.model_validate(self.input, context=self._context())
 
     def train_spec(self) -> TrainSpec:
-        return TrainSpec.model_validate(self.input)
+        return TrainSpec.model_validate(self.input, context=self._context())
+
+    def _context(self) -> dict[str, Any] | None:
+        return {"limits": self.plan.limits} if self.plan.limits else None
 
 
 def links_for(job_id: str) -> JobLinks:

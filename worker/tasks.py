@@ -1,54 +1,107 @@
-"""Thin Celery tasks: each deserialises ids, calls one function of :mod:`core.jobs.execute`, and returns a
-short string. They pass ids, never tensors; the functions they call are idempotent (at-least-once delivery).
+"""Thin Celery tasks: each deserialises ids, calls one function of :mod:`core.jobs.execute` (or the
+reconciler), and returns a short string. They pass ids, never tensors; the functions they call are
+idempotent (at-least-once delivery) and run each unit under a lease.
+
+A dependency failing before a unit could take its lease (Redis unreachable, the store failing) retries the
+same message with backoff (``self.retry``: the same task id, so the unit's pending mark stays true); once a
+unit holds its lease, :func:`core.jobs.execute._run_unit` handles every failure itself.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-import redis
 from celery import Celery
 
 from core.jobs import task_names
 from core.jobs.execute import WorkerContext, run_finalize, run_generate_shard, run_train
 from core.jobs.queue import Enqueuer
-from core.jobs.records import JobRepository
+from core.jobs.reconcile import reconcile
+from core.jobs.records import JobRepository, is_dependency_error, redis_client
 from core.settings import Settings
 from core.storage import store_from_settings
-from core.training.common import resolve_device
 
 log = logging.getLogger(__name__)
+
+RETRY_BACKOFF_MAX_S = 30
 
 
 def context(app: Celery) -> WorkerContext:
     """The worker process's context, built on first use (after the fork, so CUDA starts in the child)."""
     ctx: WorkerContext | None = getattr(app, "_cdp_context", None)
     if ctx is None:
+        from core.training.common import resolve_device
+
         settings: Settings = app.cdp_settings  # type: ignore[attr-defined]
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         store = store_from_settings(settings)
+        repo = JobRepository(store, redis_client(settings.redis_url), lease_ttl_s=settings.lease_ttl_s)
         ctx = WorkerContext(
-            repo=JobRepository(store, client), store=store, enqueuer=Enqueuer(app),
+            repo=repo, store=store, enqueuer=Enqueuer(app, repo.leases),
             model_dir=settings.model_dir, work_dir=settings.work_dir, data_root=settings.data_root,
             device=str(resolve_device(settings.device)), shard_size=settings.shard_size,
-            max_attempts=settings.max_attempts,
+            max_attempts=settings.max_attempts, lease_renew_s=settings.lease_renew_s,
+            time_limit_s=settings.task_time_limit_s,
         )
         app._cdp_context = ctx  # type: ignore[attr-defined]
     return ctx
 
 
+def _control(app: Celery) -> tuple[JobRepository, Enqueuer, Settings]:
+    """What the reconciler needs: no model cache, no torch (the control worker stays small)."""
+    found = getattr(app, "_cdp_control", None)
+    if found is None:
+        settings: Settings = app.cdp_settings  # type: ignore[attr-defined]
+        repo = JobRepository(store_from_settings(settings), redis_client(settings.redis_url),
+                             lease_ttl_s=settings.lease_ttl_s)
+        found = (repo, Enqueuer(app, repo.leases), settings)
+        app._cdp_control = found  # type: ignore[attr-defined]
+    return found
+
+
+def _retrying(task: Any, run: Callable[[], str]) -> str:
+    try:
+        return run()
+    except Exception as exc:
+        if not is_dependency_error(exc):
+            raise
+        countdown = min(RETRY_BACKOFF_MAX_S, 2 ** task.request.retries)
+        log.warning("task %s: a dependency failed (%s: %s); retrying in %d s", task.request.id,
+                    type(exc).__name__, exc, countdown)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from None
+
+
 def register(app: Celery) -> dict[str, Any]:
     @app.task(name=task_names.GENERATE_SHARD, bind=True)
     def generate_shard(self: Any, job_id: str, shard: int) -> str:
-        return run_generate_shard(context(self.app), job_id, int(shard))
+        return _retrying(self, lambda: run_generate_shard(context(self.app), job_id, int(shard),
+                                                          message_id=self.request.id or "direct"))
 
     @app.task(name=task_names.FINALIZE_GENERATION, bind=True)
     def finalize_generation(self: Any, job_id: str) -> str:
-        return run_finalize(context(self.app), job_id)
+        return _retrying(self, lambda: run_finalize(context(self.app), job_id,
+                                                    message_id=self.request.id or "direct"))
 
     @app.task(name=task_names.TRAIN, bind=True)
     def train(self: Any, job_id: str) -> str:
-        return run_train(context(self.app), job_id)
+        return _retrying(self, lambda: run_train(context(self.app), job_id,
+                                                 message_id=self.request.id or "direct"))
 
-    return {"generate_shard": generate_shard, "finalize_generation": finalize_generation, "train": train}
+    @app.task(name=task_names.RECONCILE, bind=True, ignore_result=True)
+    def reconcile_jobs(self: Any) -> dict[str, object]:
+        repo, enqueuer, settings = _control(self.app)
+        try:
+            report = reconcile(repo, enqueuer, max_attempts=settings.max_attempts,
+                               default_shard_size=settings.shard_size, model_dir=settings.model_dir,
+                               lock_timeout_s=max(60.0, settings.reconcile_interval_s * 4))
+        except Exception as exc:
+            if not is_dependency_error(exc):
+                raise
+            log.warning("reconcile: a dependency is unavailable (%s: %s); next pass in %g s",
+                        type(exc).__name__, exc, settings.reconcile_interval_s)
+            return {"error": type(exc).__name__}
+        return report.summary()
+
+    return {"generate_shard": generate_shard, "finalize_generation": finalize_generation, "train": train,
+            "reconcile": reconcile_jobs}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from fastapi import APIRouter
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 from api.deps import RedisDep, StoreDep
 from api.problems import ProblemError, responses
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
@@ -27,14 +29,18 @@ def healthz() -> Health:
             summary="Redis and the object store answer", responses=responses(503))
 def readyz(redis: RedisDep, store: StoreDep) -> Health:
     failures = []
+    # The reasons name the dependency and the kind of error, never its address or path (logged instead).
     try:
         redis.ping()
     except Exception as exc:  # any client error means "not ready"
-        failures.append(f"redis: {type(exc).__name__}: {exc}")
+        log.warning("readyz: redis: %s: %s", type(exc).__name__, exc)
+        failures.append(f"redis: unreachable ({type(exc).__name__})")
     try:
         store.ping()
     except Exception as exc:
-        failures.append(f"storage: {type(exc).__name__}: {exc}")
+        log.warning("readyz: storage: %s: %s", type(exc).__name__, exc)
+        failures.append(f"storage: unavailable ({type(exc).__name__})")
     if failures:
-        raise ProblemError(503, "Not ready", "; ".join(failures), slug="not-ready")
+        raise ProblemError(503, "Not ready", "; ".join(failures), slug="not-ready",
+                           headers={"Retry-After": "5"})
     return Health(checks={"redis": "ok", "storage": "ok"})

@@ -16,7 +16,7 @@ from api import metrics as prom
 from api.deps import OwnerDep, RepoDep, ServiceDep, SettingsDep, StoreDep
 from api.problems import FieldError, ProblemError, responses
 from core.jobs import keys
-from core.jobs.records import JobNotFound, JobRepository
+from core.jobs.records import IdempotencyBusy, JobNotFound, JobRepository
 from core.jobs.service import IdempotencyConflict, InvalidReference
 from core.specs import JOB_ID_PATTERN, GenerateSpec, JobKind, JobRecord, JobStatus, TrainSpec
 from core.storage import ObjectNotFound, ObjectStore
@@ -27,8 +27,9 @@ JobId = Annotated[str, Path(pattern=rf"^{JOB_ID_PATTERN}$", description="job id 
                             examples=["0190a1b2c3d4e5f6a7b8c9d0"])]
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", max_length=200,
-           description="Same key and same body return the same job; a different body is a 422 (kept 48 h)"),
+    Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+           description="Same key and same body return the same job; a different body is a 422 (kept 48 h). "
+                       "1 to 200 visible ASCII characters."),
 ]
 
 
@@ -72,6 +73,9 @@ def _created(response: Response, job: JobRecord) -> JobRecord:
 
 
 def _submit_errors(exc: Exception) -> ProblemError:
+    if isinstance(exc, IdempotencyBusy):
+        return ProblemError(409, "Request in progress", str(exc), slug="idempotency-in-progress",
+                            headers={"Retry-After": "1"})
     if isinstance(exc, InvalidReference):
         field = "body." + ".".join(str(p) for p in exc.loc)
         return ProblemError(422, "Invalid reference", exc.message, slug="invalid-reference",
@@ -81,12 +85,13 @@ def _submit_errors(exc: Exception) -> ProblemError:
 
 
 @router.post("/generate", status_code=202, response_model=JobRecord, operation_id="createGenerateJob",
-             summary="Generate synthetic images with contrastive guidance", responses=responses(401, 422))
+             summary="Generate synthetic images with contrastive guidance",
+             responses=responses(401, 409, 422, 503))
 def create_generate_job(spec: Annotated[GenerateSpec, Body()], service: ServiceDep, owner: OwnerDep,
                         response: Response, idempotency_key: IdempotencyKey = None) -> JobRecord:
     try:
         job, created = service.submit_generate(spec, owner=owner, idempotency_key=idempotency_key)
-    except (InvalidReference, IdempotencyConflict) as exc:
+    except (InvalidReference, IdempotencyConflict, IdempotencyBusy) as exc:
         raise _submit_errors(exc) from None
     if created:
         prom.JOBS_SUBMITTED.labels(kind="generate").inc()
@@ -94,12 +99,13 @@ def create_generate_job(spec: Annotated[GenerateSpec, Body()], service: ServiceD
 
 
 @router.post("/train", status_code=202, response_model=JobRecord, operation_id="createTrainJob",
-             summary="Train a diffusion model, a classifier, or TRADES", responses=responses(401, 422))
+             summary="Train a diffusion model, a classifier, or TRADES",
+             responses=responses(401, 409, 422, 503))
 def create_train_job(spec: Annotated[TrainSpec, Body()], service: ServiceDep, owner: OwnerDep,
                      response: Response, idempotency_key: IdempotencyKey = None) -> JobRecord:
     try:
         job, created = service.submit_train(spec, owner=owner, idempotency_key=idempotency_key)
-    except (InvalidReference, IdempotencyConflict) as exc:
+    except (InvalidReference, IdempotencyConflict, IdempotencyBusy) as exc:
         raise _submit_errors(exc) from None
     if created:
         prom.JOBS_SUBMITTED.labels(kind="train").inc()
@@ -132,6 +138,8 @@ def cancel_job(job_id: JobId, repo: RepoDep, owner: OwnerDep) -> JobRecord:
     if job.terminal:
         return job
     repo.request_cancel(job_id)
+    # A running job stops at its next progress callback; one whose worker is gone is finished by the
+    # reconciler once the leases of its units have expired (CDP_LEASE_TTL_S).
     return repo.get(job_id, owner=owner)
 
 

@@ -1,27 +1,34 @@
 """What the worker's tasks do: compose the science in core/ with the store and the job record.
 
-Delivery is at-least-once, so every function here is idempotent:
+Delivery is at-least-once, so every function here is idempotent, and each runs one *unit* under a lease
+(:mod:`core.jobs.leases`): a message for a unit that another executor holds does nothing.
 
 - ``run_generate_shard``: shard k of a generation job, seeded from (job seed, k); a shard already in the
   store is complete (objects appear atomically) and is not redone. When the last shard lands, the finalize
-  task is enqueued once (a Redis SET NX guards it; a redelivered shard re-checks).
+  unit is enqueued (unless it already has a message; a duplicate would find the job finished).
 - ``run_finalize``: metrics, preview grid, then the manifest, written LAST, then the job succeeds.
 - ``run_train``: trains in a local work directory that mirrors ``jobs/<id>/checkpoints/`` in the store; a
   redelivered task restores the checkpoints and the trainer resumes from the last epoch.
 
-Cancellation is cooperative: the progress callable checks the job's cancel flag between DDIM steps and
-epochs and raises :class:`core.progress.Cancelled`. Heavy imports (torch, diffusers, the trainers) happen
-inside the functions, so importing this module stays cheap.
+Every unit runs inside :func:`_run_unit`, which ends each way a unit can end in a defined state: done; the
+job canceled (the progress callable checks the cancel flag between DDIM steps and epochs and raises
+:class:`core.progress.Cancelled`); the job failed with its error (any exception of the job itself, the
+time limit ``CDP_TASK_TIME_LIMIT_S`` checked in the progress callable, the attempt cap); or, when a
+dependency failed (Redis unreachable, the store failing), the lease given up so that the reconciler hands
+the unit on, counted as an attempt. Nothing is acknowledged and forgotten. Heavy imports (torch,
+diffusers, the trainers) happen inside the functions, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import math
+import os
 import shutil
+import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -32,10 +39,12 @@ from typing import Any
 import numpy as np
 
 from core.jobs import keys
+from core.jobs.leases import DeadlineExceeded, Lease, LeaseLost
 from core.jobs.queue import Enqueuer
-from core.jobs.records import JobNotFound, JobRepository
+from core.jobs.reconcile import shard_count
+from core.jobs.records import JobNotFound, JobRepository, is_dependency_error
 from core.progress import Cancelled
-from core.specs import GenerateSpec, JobRecord, Progress, TrainSpec, job_id_of
+from core.specs import GenerateSpec, JobRecord, JobStatus, Progress, TrainSpec, job_id_of
 from core.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -43,7 +52,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class WorkerContext:
-    """Everything a task needs, built once per worker process (see worker/app.py)."""
+    """Everything a task needs, built once per worker process (see worker/tasks.py)."""
 
     repo: JobRepository
     store: ObjectStore
@@ -52,8 +61,11 @@ class WorkerContext:
     work_dir: Path
     data_root: Path
     device: str
-    shard_size: int
+    shard_size: int  # only for records written before plans froze the shard size
     max_attempts: int
+    lease_renew_s: float = 5.0
+    time_limit_s: float = 6 * 3600
+    holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     models: ModelCache = field(init=False)
 
     def __post_init__(self) -> None:
@@ -136,12 +148,9 @@ def shard_seed(seed: int, shard: int) -> int:
     return int(np.random.SeedSequence([seed, shard]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def shard_count(spec: GenerateSpec, shard_size: int) -> int:
-    return math.ceil(spec.count / shard_size)
-
-
-def shard_size_of(spec: GenerateSpec, shard: int, shard_size: int) -> int:
-    return min(shard_size, spec.count - shard * shard_size)
+def shard_size_of(job: JobRecord, spec: GenerateSpec, shard: int, default_shard_size: int) -> int:
+    size = job.plan.shard_size or default_shard_size
+    return min(size, spec.count - shard * size)
 
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:
@@ -154,37 +163,93 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
-def _guard(ctx: WorkerContext, job_id: str, unit: str) -> JobRecord | None:
-    """Common start of every task: None when there is nothing to do (terminal, canceled, attempts used up)."""
+def _run_unit(ctx: WorkerContext, job_id: str, unit: str, message_id: str,
+              work: Callable[[JobRecord, Lease], str]) -> str:
+    """Run one unit under its lease; returns what happened ("done", "skipped", "busy", "canceled",
+    "failed", "lease-lost", "released")."""
+    lease: Lease | None = None
     try:
-        job = ctx.repo.get(job_id)
-    except JobNotFound:  # e.g. a stale message from another store; nothing to do
-        log.warning("task for unknown job %s ignored", job_id)
-        return None
-    if job.terminal:
-        return None
-    if ctx.repo.cancel_requested(job_id):
-        ctx.repo.finish(job_id, "canceled")
-        return None
-    attempt = ctx.repo.bump_attempt(job_id, unit)
-    if attempt > ctx.max_attempts:
-        ctx.repo.finish(job_id, "failed", error=f"{unit} was delivered {attempt} times (limit "
-                                                f"{ctx.max_attempts}); a worker probably died running it")
-        return None
-    return job
-
-
-def _run_guarded(ctx: WorkerContext, job_id: str, work: Callable[[], str]) -> str:
-    """Run ``work``; Cancelled -> job canceled, any other error -> job failed (logged, not re-raised)."""
-    try:
-        return work()
+        try:
+            job = ctx.repo.get(job_id)
+        except JobNotFound:  # e.g. a stale message from another store; nothing to do
+            log.warning("task for unknown job %s ignored", job_id)
+            return "skipped"
+        if job.terminal:
+            return "skipped"
+        if job.cancel_requested or ctx.repo.cancel_requested(job_id):
+            ctx.repo.finish(job_id, "canceled")
+            return "canceled"
+        lease = ctx.repo.leases.acquire(job_id, unit, message_id=message_id, holder=ctx.holder)
+        if lease is None:
+            log.info("job %s: %s is held by %s; message %s dropped", job_id, unit,
+                     ctx.repo.leases.holder(job_id, unit), message_id)
+            return "busy"
+        deadline = time.monotonic() + ctx.time_limit_s
+        lease.start_heartbeat(ctx.lease_renew_s, deadline=deadline + ctx.repo.leases.ttl_ms / 1000)
+        attempt = ctx.repo.count_attempt(job_id, unit)
+        if attempt > ctx.max_attempts:
+            last = ctx.repo.unit_error(job_id, unit)
+            ctx.repo.finish(job_id, "failed", error=f"{unit} was started {attempt} times (limit "
+                            f"{ctx.max_attempts}); " + (f"last error: {last}" if last else
+                                                          "its worker was lost each time"))
+            return "failed"
+        log.info("job %s: %s started (attempt %d, lease %d, %s)", job_id, unit, attempt, lease.token,
+                 ctx.holder)
+        _UNIT.lease, _UNIT.deadline = lease, deadline
+        try:
+            return work(job, lease)
+        finally:
+            _UNIT.lease, _UNIT.deadline = None, None
     except Cancelled:
-        ctx.repo.finish(job_id, "canceled")
-        return "canceled"
+        return _settle(ctx, job_id, unit, lease, "canceled")
+    except LeaseLost as exc:
+        log.warning("job %s: %s", job_id, exc)
+        return "lease-lost"
     except Exception as exc:
-        log.exception("job %s failed", job_id)
-        ctx.repo.finish(job_id, "failed", error=_error_text(exc))
-        return "failed"
+        if is_dependency_error(exc):
+            if lease is None:  # this message still stands for the unit: the task retries it (worker/tasks.py)
+                raise
+            return _give_up(ctx, job_id, unit, exc)
+        log.exception("job %s failed in %s", job_id, unit)
+        return _settle(ctx, job_id, unit, lease, "failed", error=_error_text(exc))
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _settle(ctx: WorkerContext, job_id: str, unit: str, lease: Lease | None, status: JobStatus, *,
+            error: str | None = None) -> str:
+    """Finish the job, unless this executor lost the unit meanwhile; a store that cannot take the final
+    write makes the unit give up its lease instead (the next attempt meets the same error and writes it)."""
+    try:
+        if lease is not None:
+            lease.check()
+        ctx.repo.finish(job_id, status, error=error)
+        return status
+    except LeaseLost as exc:
+        log.warning("job %s: %s", job_id, exc)
+        return "lease-lost"
+    except Exception as exc:
+        if is_dependency_error(exc):
+            return _give_up(ctx, job_id, unit, exc)
+        raise
+
+
+def _give_up(ctx: WorkerContext, job_id: str, unit: str, exc: BaseException) -> str:
+    """A dependency failed: remember why and release the unit; the reconciler re-enqueues it."""
+    text = _error_text(exc)
+    log.warning("job %s: %s gives up its lease, a dependency failed (%s); the reconciler retries it",
+                job_id, unit, text)
+    ctx.repo.note_unit_error(job_id, unit, text)
+    return "released"
+
+
+class _UnitContext(threading.local):
+    lease: Lease | None = None
+    deadline: float | None = None
+
+
+_UNIT = _UnitContext()  # the unit this thread runs: its progress callbacks check lease and deadline
 
 
 class _JobProgress:
@@ -198,6 +263,11 @@ class _JobProgress:
 
     def __call__(self, *, stage: str, current: int, total: int, message: str = "",
                  metrics: dict[str, Any] | None = None) -> None:
+        if _UNIT.lease is not None:
+            _UNIT.lease.check()
+        if _UNIT.deadline is not None and time.monotonic() > _UNIT.deadline:
+            raise DeadlineExceeded(f"the unit ran longer than the time limit of {self.ctx.time_limit_s:g} s "
+                                   "(CDP_TASK_TIME_LIMIT_S)")
         if self.ctx.repo.cancel_requested(self.job_id):
             raise Cancelled(f"job {self.job_id} was canceled")
         now = time.monotonic()
@@ -212,31 +282,31 @@ class _JobProgress:
 
 
 # ---------------------------------------------------------------------------------------- generation
-def run_generate_shard(ctx: WorkerContext, job_id: str, shard: int) -> str:
+def run_generate_shard(ctx: WorkerContext, job_id: str, shard: int, message_id: str = "direct") -> str:
     key = keys.shard_key(job_id, shard)
     if ctx.store.exists(key):  # a redelivered, already complete shard: never redone
         _maybe_enqueue_finalize(ctx, job_id)
         return "exists"
-    job = _guard(ctx, job_id, f"shard-{shard}")
-    if job is None:
-        return "skipped"
-    spec = job.generate_spec()
-    n_shards = shard_count(spec, ctx.shard_size)
-    if not 0 <= shard < n_shards:
-        raise ValueError(f"shard={shard} outside 0..{n_shards - 1} for job {job_id}")
 
-    def work() -> str:
+    def work(job: JobRecord, lease: Lease) -> str:
+        spec = job.generate_spec()
+        n_shards = shard_count(job, ctx.shard_size)
+        if not 0 <= shard < n_shards:
+            raise ValueError(f"shard={shard} outside 0..{n_shards - 1} for job {job_id}")
         ctx.repo.mark_running(job_id)
-        data = _generate_shard_arrays(ctx, job_id, spec, shard, n_shards)
+        data = _generate_shard_arrays(ctx, job, spec, shard, n_shards)
+        lease.check()
         ctx.store.put_bytes(key, _npz_bytes(**data), content_type="application/octet-stream")
-        ctx.repo.redis.hset(keys.r_shards(job_id), str(shard), "1")
+        log.info("job %s: shard %d written (%d images, lease %d)", job_id, shard, len(data["label"]),
+                 lease.token)
+        ctx.repo.note_shard_done(job_id, shard)
         _maybe_enqueue_finalize(ctx, job_id)
         return "done"
 
-    return _run_guarded(ctx, job_id, work)
+    return _run_unit(ctx, job_id, f"shard-{shard}", message_id, work)
 
 
-def _generate_shard_arrays(ctx: WorkerContext, job_id: str, spec: GenerateSpec, shard: int,
+def _generate_shard_arrays(ctx: WorkerContext, job: JobRecord, spec: GenerateSpec, shard: int,
                            n_shards: int) -> dict[str, np.ndarray]:
     from core.generation import GenerationParams, generate
 
@@ -253,11 +323,12 @@ def _generate_shard_arrays(ctx: WorkerContext, job_id: str, spec: GenerateSpec, 
         schedule=spec.schedule, eta=spec.eta, guidance_window=spec.guidance_window,
         batch_size=spec.batch_size, feature_on=spec.feature_on,
     )
-    done_before = int(ctx.repo.redis.hlen(keys.r_shards(job_id)))
-    progress = _JobProgress(ctx, job_id, part=lambda stage, f: (
+    done_before = ctx.repo.shards_done(job.id)
+    progress = _JobProgress(ctx, job.id, part=lambda stage, f: (
         done_before + (0.95 * f if stage == "sampling" else 0.95 + 0.05 * f)) / n_shards)
     started = time.perf_counter()
-    result = generate(diffusion, classifier, params=params, count=shard_size_of(spec, shard, ctx.shard_size),
+    count = shard_size_of(job, spec, shard, ctx.shard_size)
+    result = generate(diffusion, classifier, params=params, count=count,
                       seed=shard_seed(spec.seed, shard), real_images=real_images, device=ctx.device,
                       progress=progress)
     elapsed = time.perf_counter() - started
@@ -271,19 +342,19 @@ def _generate_shard_arrays(ctx: WorkerContext, job_id: str, spec: GenerateSpec, 
 
 
 def _maybe_enqueue_finalize(ctx: WorkerContext, job_id: str) -> bool:
+    """Enqueue the finalize unit once every shard is in the store, unless it already has a message (two
+    shards finishing together may both send one: the second finds the job finished and does nothing)."""
     try:
         job = ctx.repo.get(job_id)
     except JobNotFound:
         return False
     if job.terminal:
         return False
-    n_shards = shard_count(job.generate_spec(), ctx.shard_size)
+    n_shards = shard_count(job, ctx.shard_size)
     present = sum(1 for _ in ctx.store.list(keys.job_prefix(job_id) + "shards/"))
-    if present < n_shards:
+    if present < n_shards or ctx.repo.leases.has_state(job_id, "finalize"):
         return False
-    if not ctx.repo.redis.set(keys.r_finalize(job_id), "1", nx=True, ex=7 * 24 * 3600):
-        return False
-    ctx.enqueuer.finalize(job_id)
+    ctx.enqueuer.unit(job_id, "finalize")
     return True
 
 
@@ -321,17 +392,13 @@ def preview_png(images: np.ndarray, *, columns: int = 10, max_images: int = 100)
     return buffer.getvalue()
 
 
-def run_finalize(ctx: WorkerContext, job_id: str) -> str:
-    job = _guard(ctx, job_id, "finalize")
-    if job is None:
-        return "skipped"
-    spec = job.generate_spec()
-
-    def work() -> str:
+def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> str:
+    def work(job: JobRecord, lease: Lease) -> str:
+        spec = job.generate_spec()
         from core.generation import sample_metrics
 
         ctx.repo.set_progress(job_id, Progress(fraction=0.99, current=0, total=1, stage="finalizing"))
-        data = load_shards(ctx.store, job_id, shard_count(spec, ctx.shard_size))
+        data = load_shards(ctx.store, job_id, shard_count(job, ctx.shard_size))
         classifier = ctx.models.get("classifier", spec.classifier)
         images, labels = data["image"], data["label"]
         if spec.selection is not None:
@@ -350,11 +417,12 @@ def run_finalize(ctx: WorkerContext, job_id: str) -> str:
         )
         ctx.store.put_json(keys.metrics_key(job_id), _jsonable(metrics))
         ctx.store.put_bytes(keys.preview_key(job_id), preview_png(images), content_type="image/png")
+        lease.check()
         write_manifest(ctx.store, job_id)
         ctx.repo.finish(job_id, "succeeded")
         return "done"
 
-    return _run_guarded(ctx, job_id, work)
+    return _run_unit(ctx, job_id, "finalize", message_id, work)
 
 
 def _select(ctx: WorkerContext, spec: GenerateSpec, classifier: Any, data: dict[str, np.ndarray]
@@ -404,13 +472,9 @@ def write_manifest(store: ObjectStore, job_id: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ training
-def run_train(ctx: WorkerContext, job_id: str) -> str:
-    job = _guard(ctx, job_id, "train")
-    if job is None:
-        return "skipped"
-    spec = job.train_spec()
-
-    def work() -> str:
+def run_train(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> str:
+    def work(job: JobRecord, lease: Lease) -> str:
+        spec = job.train_spec()
         ctx.repo.mark_running(job_id)
         out_dir = ctx.work_dir / "jobs" / job_id
         restored = download_prefix(ctx.store, keys.checkpoint_prefix(job_id), out_dir)
@@ -428,12 +492,13 @@ def run_train(ctx: WorkerContext, job_id: str) -> str:
             for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
                 ctx.store.put_file(keys.model_prefix(job_id) + path.relative_to(model_dir).as_posix(), path)
         ctx.store.put_json(keys.metrics_key(job_id), _jsonable(result))
+        lease.check()
         write_manifest(ctx.store, job_id)
         ctx.repo.finish(job_id, "succeeded")
         shutil.rmtree(out_dir, ignore_errors=True)
         return "done"
 
-    return _run_guarded(ctx, job_id, work)
+    return _run_unit(ctx, job_id, "train", message_id, work)
 
 
 class _TrainProgress(_JobProgress):
@@ -468,10 +533,3 @@ def _synthetic_dirs(ctx: WorkerContext, spec: TrainSpec) -> list[Path]:
             (target / ".complete").write_text("ok")
         dirs.append(target / "shards")
     return dirs
-
-
-def manifest_of(store: ObjectStore, job_id: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(store.get_bytes(keys.manifest_key(job_id)))
-    except ObjectNotFound:
-        return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 
 PREFIX = "jobs"
+RECORD_TTL_S = 7 * 24 * 3600  # Redis mirrors expire; the store keeps the record
+IDEMPOTENCY_TTL_S = 48 * 3600  # how long an Idempotency-Key stays bound to its job
 
 
 def job_prefix(job_id: str) -> str:
@@ -45,6 +47,23 @@ def owner_index_prefix(owner: str) -> str:
     return f"index/{hashlib.sha256(owner.encode()).hexdigest()[:32]}/"
 
 
+def active_key(job_id: str) -> str:
+    """An empty marker per non-terminal job: the reconciler lists ``active/`` instead of every job ever."""
+    return f"active/{job_id}"
+
+
+ACTIVE_PREFIX = "active/"
+
+
+def idempotency_key(owner: str, key: str) -> str:
+    """The durable binding of an Idempotency-Key to its job (survives a Redis that lost its data)."""
+    return f"idempotency/{_owner_key_digest(owner, key)}.json"
+
+
+def _owner_key_digest(owner: str, key: str) -> str:
+    return hashlib.sha256(f"{owner}\0{key}".encode()).hexdigest()
+
+
 # --- Redis ---
 def r_record(job_id: str) -> str:
     return f"cdp:job:{job_id}"
@@ -62,18 +81,31 @@ def r_shards(job_id: str) -> str:
     return f"cdp:job:{job_id}:shards"
 
 
-def r_attempts(job_id: str) -> str:
-    return f"cdp:job:{job_id}:attempts"
-
-
-def r_finalize(job_id: str) -> str:
-    return f"cdp:job:{job_id}:finalize-enqueued"
-
-
 def r_lock(job_id: str) -> str:
     return f"cdp:lock:{job_id}"
 
 
 def r_idempotency(owner: str, key: str) -> str:
-    digest = hashlib.sha256(f"{owner}\0{key}".encode()).hexdigest()
-    return f"cdp:idem:{digest}"
+    return f"cdp:idem:{_owner_key_digest(owner, key)}"
+
+
+def r_lease(job_id: str, unit: str) -> str:
+    return f"cdp:lease:{job_id}:{unit}"
+
+
+def r_fence(job_id: str) -> str:
+    """Hash unit -> the last fencing token handed out for it."""
+    return f"cdp:job:{job_id}:fence"
+
+
+def r_units(job_id: str) -> str:
+    """Hash unit -> ``pending:<message id>`` | ``taken:<message id>`` (see core.jobs.leases)."""
+    return f"cdp:job:{job_id}:units"
+
+
+def r_last_error(job_id: str) -> str:
+    """Hash unit -> the last infrastructure error that made the unit give up its lease."""
+    return f"cdp:job:{job_id}:last-error"
+
+
+R_RECONCILE_LOCK = "cdp:lock:reconcile"

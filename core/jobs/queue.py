@@ -1,22 +1,29 @@
 """Celery configuration shared by the API (which only sends tasks by name) and worker/ (which runs them).
 
 REFERENCE §6: delivery is at-least-once (``task_acks_late``; a message whose worker died is requeued,
-``task_reject_on_worker_lost``), one message at a time per process (prefetch 1), and Redis's visibility
-timeout above the longest task in both the broker and the result-backend transport options, or Redis hands
-a still-running task to a second worker. The attempt cap that stops a poisonous task from looping lives in
-the job record (:meth:`core.jobs.records.JobRepository.bump_attempt`).
+``task_reject_on_worker_lost``), one message at a time per process (prefetch 1). Recovery from a dead worker
+does not wait for Redis's visibility timeout: every unit holds a lease (:mod:`core.jobs.leases`) and the
+reconciler re-enqueues a unit whose lease expired (:mod:`core.jobs.reconcile`), so a message redelivered
+while its unit is still running finds the lease held and does nothing. The visibility timeout stays as a
+backstop for a message lost between delivery and lease. The reconciler runs every
+``CDP_RECONCILE_INTERVAL_S`` from Celery beat, on its own queue (``cdp.control``) so that long work never
+delays it. The attempt cap that stops a poisonous unit from looping lives in the stored job record
+(:meth:`core.jobs.records.JobRepository.count_attempt`).
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from celery import Celery
 
 from core.jobs import task_names
+from core.jobs.leases import UnitLeases
 from core.settings import Settings
 
 QUEUE = "cdp"
+CONTROL_QUEUE = "cdp.control"  # the reconciler: served by the process that also runs Celery beat
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -30,14 +37,26 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_time_limit": settings.task_time_limit_s,
-        "task_soft_time_limit": max(1, settings.task_time_limit_s - 60),
+        # Under prefork Celery enforces these too: the soft limit fails the job through the task's own error
+        # path, the hard one kills the process a minute later. The cooperative deadline in the progress
+        # callback (core.jobs.execute) holds on every pool, the solo pool of `cdp up` included.
+        "task_soft_time_limit": settings.task_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s + 60,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_expires": 24 * 3600,
         "task_default_queue": QUEUE,
-        "task_routes": {name: {"queue": QUEUE} for name in task_names.ALL_TASKS},
+        "task_routes": {**{name: {"queue": QUEUE} for name in task_names.ALL_TASKS},
+                        task_names.RECONCILE: {"queue": CONTROL_QUEUE}},
+        # A publish to an unreachable Redis gives up after about a second: the API then answers 503.
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.25,
+                                      "interval_max": 0.5},
+        "broker_connection_timeout": 2,
+        "beat_schedule": {
+            "reconcile": {"task": task_names.RECONCILE, "schedule": settings.reconcile_interval_s,
+                          "options": {"queue": CONTROL_QUEUE, "expires": settings.reconcile_interval_s}},
+        },
         "worker_hijack_root_logger": False,
     }
 
@@ -48,18 +67,35 @@ def make_celery(settings: Settings, *, main: str = "cdp") -> Celery:
     return app
 
 
+def unit_task(job_id: str, unit: str) -> tuple[str, list[Any]]:
+    """The task name and arguments that run one unit (``shard-<k>``, ``finalize`` or ``train``)."""
+    if unit.startswith("shard-"):
+        return task_names.GENERATE_SHARD, [job_id, int(unit.removeprefix("shard-"))]
+    if unit == "finalize":
+        return task_names.FINALIZE_GENERATION, [job_id]
+    if unit == "train":
+        return task_names.TRAIN, [job_id]
+    raise ValueError(f"unknown unit {unit!r}")
+
+
 class Enqueuer:
-    """Sends job tasks by name; the API never imports worker/."""
+    """Sends job tasks by name (the API never imports worker/) and marks each unit pending under the
+    message's id (see :mod:`core.jobs.leases`). The message goes first: a send that fails leaves no pending
+    mark behind, so the reconciler enqueues the unit again; a mark that fails after the send costs at most a
+    duplicate message, which finds the unit done or leased and does nothing."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, leases: UnitLeases | None = None) -> None:
         self.app = app
+        self.leases = leases
 
-    def generate(self, job_id: str, shards: int) -> None:
-        for shard in range(shards):
-            self.app.send_task(task_names.GENERATE_SHARD, args=[job_id, shard], queue=QUEUE)
+    def unit(self, job_id: str, unit: str) -> str:
+        name, args = unit_task(job_id, unit)
+        message_id = uuid.uuid4().hex
+        self.app.send_task(name, args=args, queue=QUEUE, task_id=message_id)
+        if self.leases is not None:
+            self.leases.mark_pending(job_id, unit, message_id)
+        return message_id
 
-    def finalize(self, job_id: str) -> None:
-        self.app.send_task(task_names.FINALIZE_GENERATION, args=[job_id], queue=QUEUE)
-
-    def train(self, job_id: str) -> None:
-        self.app.send_task(task_names.TRAIN, args=[job_id], queue=QUEUE)
+    def units(self, job_id: str, units: list[str]) -> None:
+        for unit in units:
+            self.unit(job_id, unit)

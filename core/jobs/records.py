@@ -3,26 +3,65 @@ Redis for fast reads and live progress.
 
 State changes (queued -> running -> succeeded | failed | canceled) are written to the store first and then
 to Redis, under a short Redis lock because several shard tasks of one job may update it at once. Progress
-updates only touch Redis; they are folded into the record when it is read. No torch here: the API uses it.
+updates only touch Redis; they are folded into the record when it is read. Everything needed to rebuild
+Redis lives in the store: the record (with its frozen plan and per-unit attempt counts), the marker
+``active/<id>`` of every non-terminal job, and the Idempotency-Key bindings. Reads fall back to the store
+when Redis is unreachable. No torch here: the API uses it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis as redis_lib
+
 from core.jobs import keys
-from core.specs import TERMINAL_STATUSES, JobKind, JobRecord, JobStatus, Progress, links_for
-from core.storage import ObjectNotFound, ObjectStore
+from core.jobs.keys import RECORD_TTL_S
+from core.jobs.leases import UnitLeases
+from core.specs import TERMINAL_STATUSES, JobKind, JobPlan, JobRecord, JobStatus, Progress, links_for
+from core.storage import ObjectNotFound, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-RECORD_TTL_S = 7 * 24 * 3600  # the Redis mirror expires; the store keeps the record
+# Errors of the service's dependencies (Redis, the object store), as opposed to errors of a job itself: a
+# unit that meets one gives up its lease and is retried; the API answers 503.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (redis_lib.exceptions.ConnectionError,
+                                                 redis_lib.exceptions.TimeoutError)
+
+
+def is_dependency_error(exc: BaseException) -> bool:
+    """Redis unreachable, or the store failing for a reason other than a missing object or a bad key."""
+    from kombu.exceptions import OperationalError
+
+    if isinstance(exc, (*REDIS_ERRORS, OperationalError, DependencyUnavailable)):
+        return True
+    return isinstance(exc, StorageError) and not isinstance(exc, (ObjectNotFound, ValueError))
+
+
+class DependencyUnavailable(RuntimeError):
+    """Redis or the object store cannot be reached; ``dependency`` names which ("redis" or "storage")."""
+
+    def __init__(self, dependency: str, message: str) -> None:
+        super().__init__(message)
+        self.dependency = dependency
+
+
+def redis_client(url: str) -> redis_lib.Redis:
+    """A client that fails fast: a short connect timeout and one quick retry, so an API whose Redis is down
+    answers 503 (or reads from the store) at once instead of after redis-py's default backoff."""
+    from redis.backoff import ConstantBackoff
+    from redis.retry import Retry
+
+    return redis_lib.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10,
+                                    retry=Retry(ConstantBackoff(0.05), 1), health_check_interval=15)
 
 
 def put_json(store: ObjectStore, key: str, data: Any) -> None:
@@ -46,41 +85,91 @@ class JobNotFound(KeyError):
     """No job with this id (or not visible to this owner)."""
 
 
+class IdempotencyMismatch(ValueError):
+    """The Idempotency-Key was already used with a different request body."""
+
+
+class IdempotencyBusy(RuntimeError):
+    """Another request with the same Idempotency-Key is still being processed."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    created: bool  # False: an earlier submission with this key owns the job
+
+
 class JobRepository:
     """Reads and writes job records. ``redis`` is a ``redis.Redis`` client with ``decode_responses=True``."""
 
-    def __init__(self, store: ObjectStore, redis: Any) -> None:
+    def __init__(self, store: ObjectStore, redis: Any, *, lease_ttl_s: float = 30.0) -> None:
         self.store = store
         self.redis = redis
+        self.leases = UnitLeases(redis, ttl_s=lease_ttl_s)
 
     # --- create / read ---
-    def create(
-        self, *, kind: JobKind, owner: str, input: dict[str, Any], job_id: str | None = None
-    ) -> JobRecord:
+    def create(self, *, kind: JobKind, owner: str, input: dict[str, Any], job_id: str | None = None,
+               plan: JobPlan | None = None) -> JobRecord:
         job_id = job_id or new_job_id()
         record = JobRecord(id=job_id, kind=kind, owner=owner, input=input, created_at=utcnow(),
-                           links=links_for(job_id))
-        self._write(record)
+                           links=links_for(job_id), plan=plan or JobPlan())
+        put_json(self.store, keys.record_key(job_id), record.model_dump(mode="json"))
+        self.store.put_bytes(keys.active_key(job_id), b"", content_type="text/plain")
         self.store.put_bytes(keys.owner_index_prefix(owner) + job_id, b"", content_type="text/plain")
+        self._mirror(record)
         return record
 
+    def discard(self, job_id: str, owner: str) -> None:
+        """Undo a submission that could not be enqueued (best effort: what cannot be deleted now is left for
+        the reconciler, which then runs the job)."""
+        index = keys.owner_index_prefix(owner) + job_id
+        for key in (index, keys.record_key(job_id), keys.active_key(job_id)):
+            try:
+                self.store.delete(key)
+            except StorageError as exc:
+                log.warning("could not remove %s of an unsubmitted job: %s", key, exc)
+        try:
+            self.redis.delete(keys.r_record(job_id))
+        except REDIS_ERRORS:
+            pass
+
+    def load(self, job_id: str) -> JobRecord:
+        """The record as stored (no Redis involved); JobNotFound if there is none."""
+        try:
+            return JobRecord.model_validate(get_json(self.store, keys.record_key(job_id)))
+        except ObjectNotFound:
+            raise JobNotFound(job_id) from None
+
     def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
-        """The record with its live progress; JobNotFound if missing or owned by someone else."""
-        raw = self.redis.get(keys.r_record(job_id))
+        """The record with its live progress; JobNotFound if missing or owned by someone else. Served from
+        the store alone (without live progress) while Redis is unreachable."""
+        try:
+            raw = self.redis.get(keys.r_record(job_id))
+        except REDIS_ERRORS:
+            record = self.load(job_id)
+            return self._visible(record, owner)
         if raw is not None:
             record = JobRecord.model_validate_json(raw)
         else:
+            record = self.load(job_id)
             try:
-                record = JobRecord.model_validate(get_json(self.store, keys.record_key(job_id)))
-            except ObjectNotFound:
-                raise JobNotFound(job_id) from None
-            self.redis.set(keys.r_record(job_id), record.model_dump_json(), ex=RECORD_TTL_S)
-        if owner is not None and record.owner != owner:
-            raise JobNotFound(job_id)
+                self.redis.set(keys.r_record(job_id), record.model_dump_json(), ex=RECORD_TTL_S)
+            except REDIS_ERRORS:
+                pass
+        record = self._visible(record, owner)
         if not record.terminal:
-            live = self.redis.get(keys.r_progress(job_id))
+            try:
+                live = self.redis.get(keys.r_progress(job_id))
+            except REDIS_ERRORS:
+                live = None
             if live is not None:
                 record.progress = Progress.model_validate_json(live)
+        return record
+
+    @staticmethod
+    def _visible(record: JobRecord, owner: str | None) -> JobRecord:
+        if owner is not None and record.owner != owner:
+            raise JobNotFound(record.id)
         return record
 
     def list(
@@ -107,14 +196,28 @@ class JobRepository:
         more = last_seen is not None and last_seen != ids[-1]
         return page, (last_seen if more and len(page) == page_size else None)
 
+    def active_ids(self) -> Iterator[str]:
+        """Ids of the jobs not known to be terminal (from the store's ``active/`` markers)."""
+        for info in self.store.list(keys.ACTIVE_PREFIX):
+            yield info.key[len(keys.ACTIVE_PREFIX):]
+
+    def deactivate(self, job_id: str) -> None:
+        self.store.delete(keys.active_key(job_id))
+
     # --- updates ---
     def update(self, job_id: str, change: Callable[[JobRecord], None]) -> JobRecord:
         """Apply ``change`` to the stored record under a lock and write it back (store, then Redis)."""
         with self.redis.lock(keys.r_lock(job_id), timeout=30, blocking_timeout=30):
-            record = JobRecord.model_validate(get_json(self.store, keys.record_key(job_id)))
+            record = self.load(job_id)
             change(record)
-            self._write(record)
-            return record
+            put_json(self.store, keys.record_key(job_id), record.model_dump(mode="json"))
+            self._mirror(record)
+        if record.terminal:
+            try:
+                self.deactivate(job_id)
+            except StorageError as exc:  # the reconciler removes it later
+                log.warning("job %s: could not remove its active marker: %s", job_id, exc)
+        return record
 
     def mark_running(self, job_id: str) -> JobRecord:
         def change(record: JobRecord) -> None:
@@ -169,44 +272,139 @@ class JobRepository:
     def set_progress(self, job_id: str, progress: Progress) -> None:
         self.redis.set(keys.r_progress(job_id), progress.model_dump_json(), ex=RECORD_TTL_S)
 
-    def bump_attempt(self, job_id: str, unit: str) -> int:
-        """Count deliveries of one unit of work (a shard, the finalize step, a training run); returns the
-        new count and records the largest in the job's ``attempt`` field."""
-        attempt = int(self.redis.hincrby(keys.r_attempts(job_id), unit, 1))
-        self.redis.expire(keys.r_attempts(job_id), RECORD_TTL_S)
+    def count_attempt(self, job_id: str, unit: str) -> int:
+        """One more start of ``unit``, counted in the stored record (so a Redis that lost its data does not
+        reset it); returns the new count."""
+        counted: list[int] = []
 
         def change(record: JobRecord) -> None:
-            record.attempt = max(record.attempt, attempt)
+            record.attempts[unit] = record.attempts.get(unit, 0) + 1
+            record.attempt = max(record.attempt, record.attempts[unit])
+            counted.append(record.attempts[unit])
 
         self.update(job_id, change)
-        return attempt
+        return counted[0]
 
-    # --- idempotency keys (REFERENCE §6: same key + same body -> same job; kept >= 24 h) ---
-    def idempotent_lookup(self, owner: str, key: str, body_hash: str) -> str | None:
-        """The job id stored under this key, None if the key is new; ValueError if the body differs."""
-        raw = self.redis.get(keys.r_idempotency(owner, key))
-        if raw is None:
+    def note_shard_done(self, job_id: str, shard: int) -> None:
+        self.redis.hset(keys.r_shards(job_id), str(shard), "1")
+        self.redis.expire(keys.r_shards(job_id), RECORD_TTL_S)
+
+    def shards_done(self, job_id: str) -> int:
+        return int(self.redis.hlen(keys.r_shards(job_id)))
+
+    def note_unit_error(self, job_id: str, unit: str, error: str) -> None:
+        """Remember why a unit gave up (a dependency failed), so the attempt cap can name the cause."""
+        try:
+            self.redis.hset(keys.r_last_error(job_id), unit, error[:500])
+            self.redis.expire(keys.r_last_error(job_id), RECORD_TTL_S)
+        except REDIS_ERRORS:
+            pass
+
+    def unit_error(self, job_id: str, unit: str) -> str | None:
+        try:
+            return self.redis.hget(keys.r_last_error(job_id), unit)
+        except REDIS_ERRORS:
             return None
-        entry = json.loads(raw)
-        if entry["body"] != body_hash:
-            raise ValueError(f"Idempotency-Key {key!r} was already used with a different request body")
-        return str(entry["job_id"])
 
-    def idempotent_claim(self, owner: str, key: str, body_hash: str, job_id: str) -> str:
-        """Store key -> job id unless another request got there first; returns the winning job id."""
+    def restore_mirror(self, record: JobRecord) -> bool:
+        """Rebuild what Redis should hold for a non-terminal job after it lost its data (the record mirror
+        and the cancel flag). Returns True when something was missing."""
+        missing = not self.redis.exists(keys.r_record(record.id))
+        if missing:
+            self._mirror(record)
+        if record.cancel_requested and not self.cancel_requested(record.id):
+            self.redis.set(keys.r_cancel(record.id), "1", ex=RECORD_TTL_S)
+            missing = True
+        return missing
+
+    # --- idempotency keys (REFERENCE §6: same key + same body -> same job; kept 48 h) ---
+    @staticmethod
+    def body_digest(kind: str, body: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps([kind, body], sort_keys=True).encode()).hexdigest()
+
+    def claim_idempotency(self, owner: str, key: str, body_hash: str, job_id: str, *,
+                          wait_s: float = 10.0) -> Claim:
+        """Bind ``key`` to ``job_id`` unless an earlier request holds it.
+
+        The claim is one atomic step in Redis (SET NX), mirrored durably in the store (create-if-absent), so
+        concurrent requests agree on one winner and a Redis that lost its data still knows old keys. A loser
+        waits (up to ``wait_s``) until the winner's record exists, then returns it; a winner that failed
+        releases its claim (:meth:`release_idempotency`) and the next request may claim the key afresh."""
+        rkey, skey = keys.r_idempotency(owner, key), keys.idempotency_key(owner, key)
         entry = json.dumps({"job_id": job_id, "body": body_hash})
-        if self.redis.set(keys.r_idempotency(owner, key), entry, nx=True, ex=48 * 3600):
-            return job_id
-        winner = self.idempotent_lookup(owner, key, body_hash)
-        return winner if winner is not None else job_id
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self.redis.set(rkey, entry, nx=True, ex=keys.IDEMPOTENCY_TTL_S):
+                return self._bind_durably(rkey, skey, owner, key, body_hash, job_id)
+            raw = self.redis.get(rkey)
+            if raw is not None:
+                held = json.loads(raw)
+                if held["body"] != body_hash:
+                    raise IdempotencyMismatch(
+                        "Idempotency-Key was already used with a different request body")
+                try:
+                    self.get(held["job_id"], owner=owner)
+                    return Claim(held["job_id"], created=False)
+                except JobNotFound:
+                    pass  # the winner is still writing its record (or is about to release the key)
+            if time.monotonic() > deadline:
+                raise IdempotencyBusy("a request with this Idempotency-Key is still being processed")
+            time.sleep(0.02)
+
+    def _bind_durably(self, rkey: str, skey: str, owner: str, key: str, body_hash: str, job_id: str) -> Claim:
+        binding = {"job_id": job_id, "body": body_hash, "created_at": utcnow().isoformat()}
+        try:
+            if self.store.put_bytes_if_absent(skey, json.dumps(binding).encode(),
+                                              content_type="application/json"):
+                return Claim(job_id, created=True)
+            earlier = get_json(self.store, skey)
+            fresh = (utcnow() - datetime.fromisoformat(earlier["created_at"])
+                     < timedelta(seconds=keys.IDEMPOTENCY_TTL_S))
+            if fresh and self._exists(earlier["job_id"]):
+                if earlier["body"] != body_hash:
+                    self.redis.delete(rkey)
+                    raise IdempotencyMismatch(
+                        "Idempotency-Key was already used with a different request body")
+                # Redis had forgotten the key (it lost its data): restore the binding there
+                self.redis.set(rkey, json.dumps({"job_id": earlier["job_id"], "body": body_hash}),
+                               ex=keys.IDEMPOTENCY_TTL_S)
+                return Claim(earlier["job_id"], created=False)
+            put_json(self.store, skey, binding)  # expired, or bound to a job that was never created
+            return Claim(job_id, created=True)
+        except (StorageError, *REDIS_ERRORS):
+            self.release_idempotency(owner, key, job_id)
+            raise
+
+    def _exists(self, job_id: str) -> bool:
+        try:
+            self.load(job_id)
+            return True
+        except JobNotFound:
+            return False
+
+    def release_idempotency(self, owner: str, key: str, job_id: str) -> None:
+        """Free a key whose submission failed (best effort), so a retry can create the job."""
+        rkey, skey = keys.r_idempotency(owner, key), keys.idempotency_key(owner, key)
+        try:
+            binding = get_json(self.store, skey)
+            if binding.get("job_id") == job_id:
+                self.store.delete(skey)
+        except (StorageError, ValueError):
+            pass
+        try:
+            raw = self.redis.get(rkey)
+            if raw is not None and json.loads(raw).get("job_id") == job_id:
+                self.redis.delete(rkey)
+        except REDIS_ERRORS:
+            pass
+
+    def ping(self) -> None:
+        """DependencyUnavailable unless Redis answers."""
+        try:
+            self.redis.ping()
+        except REDIS_ERRORS as exc:
+            raise DependencyUnavailable("redis", f"Redis does not answer ({type(exc).__name__})") from None
 
     # --- internals ---
-    def _write(self, record: JobRecord) -> None:
-        data = record.model_dump(mode="json")
-        put_json(self.store, keys.record_key(record.id), data)
-        self.redis.set(keys.r_record(record.id), json.dumps(data), ex=RECORD_TTL_S)
-
-    def iter_ids(self, owner: str) -> Iterator[str]:
-        prefix = keys.owner_index_prefix(owner)
-        for info in self.store.list(prefix):
-            yield info.key[len(prefix):]
+    def _mirror(self, record: JobRecord) -> None:
+        self.redis.set(keys.r_record(record.id), record.model_dump_json(), ex=RECORD_TTL_S)

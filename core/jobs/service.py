@@ -2,21 +2,21 @@
 
 A submission checks that every ``job:<id>`` reference names a finished job of the right kind owned by the
 same caller (and that a model name exists in the model directory), honours the ``Idempotency-Key``, writes
-the record, then enqueues the tasks by name.
+the record with its frozen plan (shard count and size, the limits in force), then enqueues its units by
+name. It either creates a job that will run or raises, leaving nothing behind: Redis is pinged first, and a
+record whose units could not be enqueued is removed again and its Idempotency-Key released.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from core.jobs.queue import Enqueuer
-from core.jobs.records import JobNotFound, JobRepository, new_job_id
-from core.specs import GenerateSpec, JobRecord, TrainSpec, job_id_of
+from core.jobs.records import IdempotencyMismatch, JobNotFound, JobRepository, new_job_id
+from core.specs import GenerateSpec, JobPlan, JobRecord, TrainSpec, job_id_of, server_limits
 
 # Which finished jobs may stand in for which input.
 _ACCEPTED_TRAIN_KINDS: dict[str, tuple[str, ...]] = {
@@ -53,31 +53,36 @@ class JobService:
             self._check_model_ref((field,), getattr(spec, field), owner=owner,
                                   kinds=_ACCEPTED_TRAIN_KINDS[field])
         shards = math.ceil(spec.count / self.shard_size)
-        return self._submit("generate", spec.model_dump(mode="json"), owner, idempotency_key,
-                            lambda job_id: self.enqueuer.generate(job_id, shards))
+        plan = JobPlan(shards=shards, shard_size=self.shard_size, limits=server_limits())
+        return self._submit("generate", spec.model_dump(mode="json"), owner, idempotency_key, plan,
+                            [f"shard-{k}" for k in range(shards)])
 
     def submit_train(self, spec: TrainSpec, *, owner: str, idempotency_key: str | None = None
                      ) -> tuple[JobRecord, bool]:
         for i, ref in enumerate(spec.synthetic):
             self._check_job_ref(("synthetic", i), ref, owner=owner, kind="generate", train_kinds=None)
         return self._submit("train", spec.model_dump(mode="json"), owner, idempotency_key,
-                            self.enqueuer.train)
+                            JobPlan(limits=server_limits()), ["train"])
 
     def _submit(self, kind: Literal["generate", "train"], body: dict, owner: str, key: str | None,
-                enqueue) -> tuple[JobRecord, bool]:
+                plan: JobPlan, units: list[str]) -> tuple[JobRecord, bool]:
+        self.repo.ping()
         job_id = new_job_id()
         if key is not None:
-            digest = hashlib.sha256(json.dumps([kind, body], sort_keys=True).encode()).hexdigest()
             try:
-                existing = self.repo.idempotent_lookup(owner, key, digest)
-                if existing is None:
-                    existing = self.repo.idempotent_claim(owner, key, digest, job_id)
-            except ValueError as exc:
+                claim = self.repo.claim_idempotency(owner, key, self.repo.body_digest(kind, body), job_id)
+            except IdempotencyMismatch as exc:
                 raise IdempotencyConflict(str(exc)) from None
-            if existing != job_id:
-                return self.repo.get(existing, owner=owner), False
-        record = self.repo.create(kind=kind, owner=owner, input=body, job_id=job_id)
-        enqueue(record.id)
+            if not claim.created:
+                return self.repo.get(claim.job_id, owner=owner), False
+        try:
+            record = self.repo.create(kind=kind, owner=owner, input=body, job_id=job_id, plan=plan)
+            self.enqueuer.units(job_id, units)
+        except Exception:
+            self.repo.discard(job_id, owner)
+            if key is not None:
+                self.repo.release_idempotency(owner, key, job_id)
+            raise
         return record, True
 
     # --- references ---

@@ -5,4 +5,5 @@ from __future__ import annotations
 GENERATE_SHARD = "cdp.generate_shard"
 FINALIZE_GENERATION = "cdp.finalize_generation"
 TRAIN = "cdp.train"
-ALL_TASKS: tuple[str, ...] = (GENERATE_SHARD, FINALIZE_GENERATION, TRAIN)
+RECONCILE = "cdp.reconcile"
+ALL_TASKS: tuple[str, ...] = (GENERATE_SHARD, FINALIZE_GENERATION, TRAIN, RECONCILE)

@@ -1,43 +1,67 @@
-"""core.jobs.execute without Celery: idempotent shards, the attempt cap, training resume after a lost worker.
+"""core.jobs.execute without Celery: leases, the attempt cap, idempotent shards, the frozen plan, the time
+limit, a failing store, and training resume after a lost worker.
 
-The enqueuer is a fake that records what would have been sent."""
+The enqueuer is a fake that records what would have been sent (and marks units pending like the real one).
+"""
 
 from __future__ import annotations
 
+import io
 import logging
+import shutil
+import uuid
 
 import numpy as np
 import pytest
 import redis
 
 from core.jobs import execute, keys
-from core.jobs.execute import WorkerContext, run_train, shard_seed
+from core.jobs.execute import WorkerContext, run_generate_shard, run_train, shard_seed
+from core.jobs.leases import LeaseLost
 from core.jobs.records import JobRepository
 from core.settings import Settings
-from core.specs import GenerateSpec, TrainSpec
-from core.storage import LocalStore
+from core.specs import GenerateSpec, JobPlan, TrainSpec, server_limits
+from core.storage import LocalStore, MemoryStore, StorageError
 
 
 class RecordingEnqueuer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, tuple]] = []
+    def __init__(self, repo: JobRepository) -> None:
+        self.repo = repo
+        self.sent: list[tuple[str, str]] = []
 
-    def generate(self, job_id: str, shards: int) -> None:
-        self.sent += [("generate_shard", (job_id, k)) for k in range(shards)]
+    def unit(self, job_id: str, unit: str) -> str:
+        message_id = uuid.uuid4().hex
+        self.sent.append((job_id, unit))
+        self.repo.leases.mark_pending(job_id, unit, message_id)
+        return message_id
 
-    def finalize(self, job_id: str) -> None:
-        self.sent.append(("finalize", (job_id,)))
+    def units(self, job_id: str, units: list[str]) -> None:
+        for unit in units:
+            self.unit(job_id, unit)
 
-    def train(self, job_id: str) -> None:
-        self.sent.append(("train", (job_id,)))
+
+def make_ctx(settings: Settings, store, redis_client: redis.Redis, **overrides) -> WorkerContext:
+    repo = JobRepository(store, redis_client, lease_ttl_s=overrides.pop("lease_ttl_s", 30.0))
+    options = dict(repo=repo, store=store, enqueuer=RecordingEnqueuer(repo), model_dir=settings.model_dir,
+                   work_dir=settings.work_dir, data_root=settings.data_root, device="cpu",
+                   shard_size=settings.shard_size, max_attempts=2, lease_renew_s=0.2)
+    options.update(overrides)
+    return WorkerContext(**options)
 
 
 @pytest.fixture
-def ctx(settings: Settings, store: LocalStore, redis_client: redis.Redis) -> WorkerContext:
-    return WorkerContext(repo=JobRepository(store, redis_client), store=store, enqueuer=RecordingEnqueuer(),
-                         model_dir=settings.model_dir, work_dir=settings.work_dir,
-                         data_root=settings.data_root, device="cpu", shard_size=settings.shard_size,
-                         max_attempts=2)
+def ctx(settings: Settings, store: LocalStore, redis_client: redis.Redis, tiny_models) -> WorkerContext:
+    for name in ("unet-t", "cnn-t"):
+        shutil.copytree(tiny_models / name, settings.model_dir / name)
+    return make_ctx(settings, store, redis_client)
+
+
+def generate_job(ctx: WorkerContext, count: int = 4, shard_size: int = 8, **spec_overrides):
+    spec = GenerateSpec(dataset="digits", model="unet-t", classifier="cnn-t", count=count, steps=2,
+                        schedule="uniform", batch_size=8, **spec_overrides)
+    shards = -(-count // shard_size)
+    return ctx.repo.create(kind="generate", owner="o", input=spec.model_dump(mode="json"),
+                           plan=JobPlan(shards=shards, shard_size=shard_size, limits=server_limits()))
 
 
 def test_shard_seeds_are_deterministic_and_distinct() -> None:
@@ -47,28 +71,135 @@ def test_shard_seeds_are_deterministic_and_distinct() -> None:
     assert shard_seed(8, 0) != shard_seed(7, 0)
 
 
-def test_a_task_delivered_too_often_fails_the_job(ctx: WorkerContext) -> None:
-    spec = GenerateSpec(dataset="digits", model="unet-t", classifier="cnn-t", count=4)
-    job = ctx.repo.create(kind="generate", owner="o", input=spec.model_dump(mode="json"))
-    for _ in range(2):  # two deliveries allowed (max_attempts=2); pretend the worker died each time
-        ctx.repo.bump_attempt(job.id, "shard-0")
-    assert execute.run_generate_shard(ctx, job.id, 0) == "skipped"
+def test_a_unit_started_too_often_fails_the_job(ctx: WorkerContext) -> None:
+    job = generate_job(ctx)
+    for _ in range(2):  # two starts allowed (max_attempts=2); pretend the worker died each time
+        ctx.repo.count_attempt(job.id, "shard-0")
+    ctx.repo.note_unit_error(job.id, "shard-0", "StorageError: cannot write 'jobs/x'")
+    assert run_generate_shard(ctx, job.id, 0) == "failed"
     failed = ctx.repo.get(job.id)
-    assert failed.status == "failed" and "delivered 3 times" in (failed.error or "")
-    assert failed.attempt == 3
+    assert failed.status == "failed" and "started 3 times" in (failed.error or "")
+    assert "StorageError" in failed.error  # the cap names the last cause
+    assert failed.attempt == 3 and failed.attempts == {"shard-0": 3}
+    assert not ctx.store.exists(keys.active_key(job.id))  # terminal jobs leave the reconciler's index
+
+
+def test_a_unit_whose_lease_is_held_elsewhere_does_nothing(ctx: WorkerContext) -> None:
+    job = generate_job(ctx)
+    other = ctx.repo.leases.acquire(job.id, "shard-0", message_id="m-other", holder="host-b:1")
+    assert other is not None
+    assert run_generate_shard(ctx, job.id, 0, message_id="m-dup") == "busy"
+    assert not ctx.store.exists(keys.shard_key(job.id, 0))
+    assert ctx.repo.get(job.id).attempts == {}  # a dropped duplicate is not an attempt
+    other.release()
+    assert run_generate_shard(ctx, job.id, 0, message_id="m-dup") == "done"
+    assert ctx.repo.get(job.id).attempts == {"shard-0": 1}
+
+
+def test_an_executor_that_lost_its_lease_stops_without_writing(ctx: WorkerContext,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    job = generate_job(ctx)
+    original = execute._JobProgress.__call__
+    stolen = []
+
+    def steal_then_report(self, **kw) -> None:
+        if not stolen:  # another executor takes over (this one was paused past its TTL)
+            ctx.repo.redis.delete(keys.r_lease(job.id, "shard-0"))
+            stolen.append(ctx.repo.leases.acquire(job.id, "shard-0", message_id="m2", holder="b:2"))
+            execute._UNIT.lease._last_renewed = 0.0  # noqa: SLF001 - force the check against Redis
+        original(self, **kw)
+
+    monkeypatch.setattr(execute._JobProgress, "__call__", steal_then_report)
+    assert run_generate_shard(ctx, job.id, 0, message_id="m1") == "lease-lost"
+    assert not ctx.store.exists(keys.shard_key(job.id, 0))
+    assert ctx.repo.get(job.id).status == "running"  # the record is the new executor's to finish
+    assert stolen[0] is not None and ctx.repo.leases.holder(job.id, "shard-0") == "b:2"
+    # and the new holder's lease is its own: renewing works until someone else's token is there
+    assert stolen[0].renew()
+    ctx.repo.redis.set(keys.r_lease(job.id, "shard-0"), "999 c:3")
+    assert not stolen[0].renew()
+    with pytest.raises(LeaseLost):
+        stolen[0].check()
 
 
 def test_existing_shard_is_not_redone_and_finalize_is_enqueued_once(ctx: WorkerContext) -> None:
-    spec = GenerateSpec(dataset="digits", model="unet-t", classifier="cnn-t", count=4)  # one shard
-    job = ctx.repo.create(kind="generate", owner="o", input=spec.model_dump(mode="json"))
+    job = generate_job(ctx)  # one shard
     shard = execute._npz_bytes(image=np.zeros((4, 16, 16, 1), np.uint8))
     ctx.store.put_bytes(keys.shard_key(job.id, 0), shard)
     before = ctx.store.stat(keys.shard_key(job.id, 0))
-    assert execute.run_generate_shard(ctx, job.id, 0) == "exists"
-    assert execute.run_generate_shard(ctx, job.id, 0) == "exists"
+    assert run_generate_shard(ctx, job.id, 0) == "exists"
+    assert run_generate_shard(ctx, job.id, 0) == "exists"
     assert ctx.store.stat(keys.shard_key(job.id, 0)).etag == before.etag
-    assert ctx.enqueuer.sent == [("finalize", (job.id,))]
+    assert ctx.enqueuer.sent == [(job.id, "finalize")]
     assert ctx.repo.get(job.id).attempt == 0  # no generation attempt was made
+
+
+def test_the_worker_follows_the_plan_frozen_at_submission(settings: Settings, store: LocalStore,
+                                                          redis_client: redis.Redis, tiny_models,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker with a lower CDP_MAX_STEPS and another CDP_SHARD_SIZE still runs what the API accepted."""
+    for name in ("unet-t", "cnn-t"):
+        shutil.copytree(tiny_models / name, settings.model_dir / name)
+    ctx = make_ctx(settings, store, redis_client, shard_size=2)
+    spec = GenerateSpec(dataset="digits", model="unet-t", classifier="cnn-t", count=6, steps=3,
+                        schedule="uniform", batch_size=8)
+    job = ctx.repo.create(kind="generate", owner="o", input=spec.model_dump(mode="json"),
+                          plan=JobPlan(shards=2, shard_size=4, limits=server_limits()))
+    from core.settings import get_settings
+
+    monkeypatch.setenv("CDP_MAX_STEPS", "2")  # the worker's own limit is now below the job's 3 steps
+    get_settings.cache_clear()
+    assert run_generate_shard(ctx, job.id, 0) == "done"
+    assert run_generate_shard(ctx, job.id, 1) == "done"
+    sizes = [len(np.load(io.BytesIO(ctx.store.get_bytes(keys.shard_key(job.id, k))))["label"])
+             for k in (0, 1)]
+    assert sizes == [4, 2]  # the frozen shard size (4), not the worker's (2)
+    assert ctx.enqueuer.sent == [(job.id, "finalize")]
+
+
+def test_a_unit_past_the_time_limit_fails_its_job(settings: Settings, store: LocalStore,
+                                                  redis_client: redis.Redis, tiny_models) -> None:
+    for name in ("unet-t", "cnn-t"):
+        shutil.copytree(tiny_models / name, settings.model_dir / name)
+    ctx = make_ctx(settings, store, redis_client, time_limit_s=0.0)
+    job = generate_job(ctx)
+    assert run_generate_shard(ctx, job.id, 0) == "failed"
+    failed = ctx.repo.get(job.id)
+    assert failed.status == "failed"
+    assert "time limit" in failed.error and "CDP_TASK_TIME_LIMIT_S" in failed.error
+    assert not ctx.store.exists(keys.shard_key(job.id, 0))
+
+
+def test_a_failing_store_releases_the_unit_and_the_cap_names_the_store(
+        settings: Settings, redis_client: redis.Redis, tiny_models) -> None:
+    for name in ("unet-t", "cnn-t"):
+        shutil.copytree(tiny_models / name, settings.model_dir / name)
+    store = MemoryStore()
+    ctx = make_ctx(settings, store, redis_client)
+    job = generate_job(ctx)
+    original = store.put_bytes
+
+    def failing_put(key: str, data: bytes, **kw):
+        if "/shards/" in key:
+            raise StorageError(f"cannot write {key!r}: No space left on device")
+        return original(key, data, **kw)
+
+    store.put_bytes = failing_put  # type: ignore[method-assign]
+    assert run_generate_shard(ctx, job.id, 0, message_id="m1") == "released"
+    record = ctx.repo.get(job.id)
+    assert record.status == "running" and record.attempts == {"shard-0": 1}
+    state = ctx.repo.leases.states(job.id, ["shard-0"])["shard-0"]
+    assert not state.leased and state.taken  # given up: the reconciler hands it on
+    assert "No space left" in (ctx.repo.unit_error(job.id, "shard-0") or "")
+    # the store fails completely (also for the final write): still nothing is lost or stuck
+    store.fail_with = StorageError("store unreachable")
+    with pytest.raises(StorageError):  # before the lease: the task retries this very message
+        run_generate_shard(ctx, job.id, 0, message_id="m2")
+    store.fail_with = None
+    assert run_generate_shard(ctx, job.id, 0, message_id="m3") == "released"
+    assert run_generate_shard(ctx, job.id, 0, message_id="m4") == "failed"  # attempt 3 > cap 2
+    failed = ctx.repo.get(job.id)
+    assert failed.status == "failed" and "No space left on device" in failed.error
 
 
 class WorkerLost(BaseException):
@@ -96,8 +227,6 @@ def test_training_resumes_from_store_checkpoints_after_a_lost_worker(
     assert ctx.repo.get(job.id).status == "running"
     assert ctx.store.exists(keys.checkpoint_prefix(job.id) + "checkpoint.pt")
     # the redelivered task lands on another machine: no local files, only the store
-    import shutil
-
     shutil.rmtree(ctx.work_dir / "jobs" / job.id)
     monkeypatch.setattr(execute._TrainProgress, "__call__", original_call)
     with caplog.at_level(logging.INFO):

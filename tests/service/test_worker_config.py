@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.jobs import task_names
+from core.jobs.queue import CONTROL_QUEUE, QUEUE
 from core.settings import Settings
 
 
@@ -16,12 +17,20 @@ def test_worker_app_is_configured_for_at_least_once_delivery(settings: Settings)
     assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True
     assert conf.worker_prefetch_multiplier == 1
     for options in (conf.broker_transport_options, conf.result_backend_transport_options):
-        assert options["visibility_timeout"] == settings.visibility_timeout_s > conf.task_time_limit
+        assert options["visibility_timeout"] == settings.visibility_timeout_s
+    assert conf.task_soft_time_limit == settings.task_time_limit_s < conf.task_time_limit
     assert conf.broker_url == settings.redis_url == conf.result_backend
     registered = {name for name in app.tasks if name.startswith("cdp.")}
     assert registered == set(task_names.ALL_TASKS)
+    # the reconciler runs from beat on its own queue, once per interval, and never piles up
+    entry = conf.beat_schedule["reconcile"]
+    assert entry["task"] == task_names.RECONCILE and entry["schedule"] == settings.reconcile_interval_s
+    assert entry["options"]["queue"] == CONTROL_QUEUE
+    assert entry["options"]["expires"] == settings.reconcile_interval_s
+    assert conf.task_routes[task_names.RECONCILE] == {"queue": CONTROL_QUEUE}
+    assert conf.task_routes[task_names.GENERATE_SHARD] == {"queue": QUEUE}
 
 
-def test_settings_refuse_a_visibility_timeout_below_the_task_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match="visibility_timeout_s=100 must exceed task_time_limit_s=200"):
-        Settings(visibility_timeout_s=100, task_time_limit_s=200)
+def test_settings_refuse_a_lease_renewed_too_rarely() -> None:
+    with pytest.raises(ValueError, match="lease_renew_s=20.0 must be at most half of lease_ttl_s=30.0"):
+        Settings(lease_renew_s=20, lease_ttl_s=30)

@@ -1,0 +1,175 @@
+"""The reconciler: one periodic pass (Celery beat -> ``cdp.reconcile`` on the control queue, every
+``CDP_RECONCILE_INTERVAL_S``) that makes Redis agree with the store, which is the source of truth.
+
+For every job with an ``active/<id>`` marker in the store it reads the stored record and:
+
+(a) re-enqueues each unfinished unit that has neither a live lease nor a pending message: its worker died
+    (the lease expired), or Redis lost the queue. A unit whose worker was lost ``CDP_MAX_ATTEMPTS`` times
+    fails the job with that reason instead of looping;
+(b) rebuilds the Redis mirror of the record and its cancel flag after Redis lost its data (the units it then
+    finds without state are re-enqueued by (a), queued jobs included);
+(c) finishes as ``canceled`` a job whose cancel was requested once none of its units holds a live lease
+    (its worker is gone, or it stopped between units);
+(d) fails, with the cause, a job that cannot run: a spec that no longer validates against the limits frozen
+    at submission, a ``job:<id>`` input that is missing or not succeeded, a named model missing from the
+    model directory (checked only where that directory exists on the reconciler's host).
+
+One pass at a time (a Redis lock); a second instance is harmless but idle. Unit done-ness comes from the
+store alone: a shard is done when its object exists, ``finalize`` and ``train`` when the job is terminal.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.jobs import keys
+from core.jobs.queue import Enqueuer
+from core.jobs.records import JobNotFound, JobRepository, is_dependency_error
+from core.specs import JobRecord, job_id_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileReport:
+    scanned: int = 0
+    requeued: list[tuple[str, str]] = field(default_factory=list)  # (job id, unit)
+    rebuilt: list[str] = field(default_factory=list)  # job ids whose Redis mirror was missing
+    canceled: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    skipped: bool = False  # another pass held the lock
+
+    def summary(self) -> dict[str, object]:
+        return {"scanned": self.scanned, "requeued": [f"{j}/{u}" for j, u in self.requeued],
+                "rebuilt": self.rebuilt, "canceled": self.canceled, "failed": self.failed,
+                "errors": self.errors, "skipped": self.skipped}
+
+
+def shard_count(record: JobRecord, default_shard_size: int) -> int:
+    """The frozen shard count (records written before plans existed: derived from the default size)."""
+    if record.plan.shards:
+        return record.plan.shards
+    return math.ceil(int(record.input["count"]) / default_shard_size)
+
+
+def initial_units(record: JobRecord, default_shard_size: int) -> list[str]:
+    if record.kind == "train":
+        return ["train"]
+    return [f"shard-{k}" for k in range(shard_count(record, default_shard_size))]
+
+
+def unfinished_units(repo: JobRepository, record: JobRecord, default_shard_size: int) -> list[str]:
+    """The units that still have to run, judged from the store alone."""
+    if record.kind == "train":
+        return ["train"]
+    prefix = keys.job_prefix(record.id) + "shards/"
+    present = {info.key[len(prefix):] for info in repo.store.list(prefix)}
+    n_shards = shard_count(record, default_shard_size)
+    missing = [f"shard-{k}" for k in range(n_shards) if f"{k}.npz" not in present]
+    return missing or ["finalize"]
+
+
+def why_it_cannot_run(repo: JobRepository, record: JobRecord, model_dir: Path | None) -> str | None:
+    """The reason a job can never succeed, or None. Looks only at what is certain (see (d) above)."""
+    try:
+        spec = record.generate_spec() if record.kind == "generate" else record.train_spec()
+    except ValueError as exc:
+        return f"its spec is no longer valid: {str(exc)[:300]}"
+    refs: list[tuple[str, str]] = []
+    if record.kind == "generate":
+        refs = [("model", spec.model), ("classifier", spec.classifier)]  # type: ignore[union-attr]
+    else:
+        refs = [(f"synthetic[{i}]", ref) for i, ref in enumerate(spec.synthetic)]  # type: ignore[union-attr]
+    for name, ref in refs:
+        ref_id = job_id_of(ref)
+        if ref_id is None:
+            if model_dir is not None and model_dir.is_dir() and not (model_dir / ref).is_dir():
+                return f"{name}: no model named {ref!r} in the model directory"
+            continue
+        try:
+            source = repo.load(ref_id)
+        except JobNotFound:
+            return f"{name}: {ref} no longer exists"
+        if source.status != "succeeded":
+            return f"{name}: {ref} is {source.status}, not succeeded"
+    return None
+
+
+def reconcile(repo: JobRepository, enqueuer: Enqueuer, *, max_attempts: int, default_shard_size: int,
+              model_dir: Path | None = None, lock_timeout_s: float = 300.0) -> ReconcileReport:
+    """One pass over the active jobs (see the module docstring). Errors of single jobs are logged and
+    reported, never raised, so one bad record cannot stop the others from being reconciled."""
+    report = ReconcileReport()
+    lock = repo.redis.lock(keys.R_RECONCILE_LOCK, timeout=lock_timeout_s, blocking_timeout=0)
+    if not lock.acquire(blocking=False):
+        report.skipped = True
+        return report
+    started = time.monotonic()
+    try:
+        for job_id in list(repo.active_ids()):
+            report.scanned += 1
+            try:
+                _reconcile_job(repo, enqueuer, job_id, report, max_attempts=max_attempts,
+                               default_shard_size=default_shard_size, model_dir=model_dir)
+            except Exception as exc:
+                if not is_dependency_error(exc):
+                    log.exception("reconcile: job %s", job_id)
+                report.errors.append(f"{job_id}: {type(exc).__name__}: {str(exc)[:200]}")
+    finally:
+        try:
+            lock.release()
+        except Exception:  # expired, or Redis went away: the lock times out by itself
+            pass
+    if report.requeued or report.rebuilt or report.canceled or report.failed:
+        log.info("reconcile: %s in %.2f s", report.summary(), time.monotonic() - started)
+    return report
+
+
+def _reconcile_job(repo: JobRepository, enqueuer: Enqueuer, job_id: str, report: ReconcileReport, *,
+                   max_attempts: int, default_shard_size: int, model_dir: Path | None) -> None:
+    try:
+        record = repo.load(job_id)
+    except JobNotFound:  # a marker left by a submission that was undone
+        repo.deactivate(job_id)
+        return
+    if record.terminal:
+        repo.deactivate(job_id)
+        return
+    if repo.restore_mirror(record):
+        report.rebuilt.append(job_id)
+    units = unfinished_units(repo, record, default_shard_size)
+    states = repo.leases.states(job_id, units)
+    busy = any(state.leased for state in states.values())
+
+    if record.cancel_requested or repo.cancel_requested(job_id):
+        if not busy:
+            repo.finish(job_id, "canceled")
+            report.canceled.append(job_id)
+        return
+    reason = why_it_cannot_run(repo, record, model_dir)
+    if reason is not None:
+        if not busy:
+            repo.finish(job_id, "failed", error=f"the job cannot run: {reason}")
+            report.failed.append(job_id)
+        return
+    for unit in units:
+        state = states[unit]
+        if state.leased or state.pending:
+            continue
+        if state.taken:  # started, and its lease is gone: the executor died or gave up
+            attempts = record.attempts.get(unit, 0)
+            if attempts >= max_attempts:
+                last = repo.unit_error(job_id, unit)
+                cause = f"; last error: {last}" if last else "; its worker was lost each time (lease expired)"
+                repo.finish(job_id, "failed", error=f"{unit} was started {attempts} times (limit "
+                                                    f"{max_attempts}){cause}")
+                report.failed.append(job_id)
+                return
+        enqueuer.unit(job_id, unit)
+        report.requeued.append((job_id, unit))
