@@ -172,7 +172,7 @@ class EmbeddedStack:
 
     def _note(self, text: str) -> None:
         self.events.append(text)
-        log.warning("%s", text)
+        log.info("%s", text)
         print(f"cdp up: {text}", file=sys.stderr, flush=True)
 
     def _supervise(self) -> None:

@@ -85,3 +85,33 @@ def test_dependencies_down_are_503_with_retry_after(server: str, path: str, slug
 def test_a_missing_object_a_route_did_not_expect_is_a_500_not_a_503(server: str) -> None:
     reply = httpx.get(server + "/missing", timeout=10)
     assert reply.status_code == 500 and "jobs/x" not in reply.text
+
+
+def test_an_idempotency_key_first_used_while_the_store_fails_is_released(settings, redis_client) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from core.storage import MemoryStore
+
+    store = MemoryStore()
+    body = {"dataset": "digits", "model": "job:0190a1b2c3d4e5f6a7b8c9d0", "classifier": "cnn", "count": 2}
+    (settings.model_dir / "cnn").mkdir(parents=True, exist_ok=True)
+    with TestClient(create_app(settings, store=store, redis_client=redis_client)) as client:
+        # a finished diffusion job to refer to
+        from core.jobs.records import JobRepository
+
+        repo = JobRepository(store, redis_client)
+        source = repo.create(kind="train", owner="anonymous", input={"kind": "diffusion"},
+                             job_id="0190a1b2c3d4e5f6a7b8c9d0")
+        repo.finish(source.id, "succeeded")
+        store.fail_with = StorageError("cannot write: disk full")
+        refused = client.post("/jobs/generate", json=body, headers={"Idempotency-Key": "k1"})
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+        assert "object store" in refused.json()["detail"] and "disk full" not in refused.text
+        store.fail_with = None
+        accepted = client.post("/jobs/generate", json=body, headers={"Idempotency-Key": "k1"})
+        assert accepted.status_code == 202, accepted.text
+        replay = client.post("/jobs/generate", json=body, headers={"Idempotency-Key": "k1"})
+        assert replay.json()["id"] == accepted.json()["id"]
+        jobs = client.get("/jobs").json()["items"]
+        assert [j["id"] for j in jobs] == [accepted.json()["id"], source.id]
