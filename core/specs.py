@@ -32,7 +32,8 @@ _JOB_REF = re.compile(rf"^job:({JOB_ID_PATTERN})$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 DatasetName = Literal["digits", "cifar10", "gtsrb"]
-JobKind = Literal["generate", "train"]
+JobKind = Literal["generate", "train", "evaluate", "experiment"]
+AttackName = Literal["pgd_ce", "pgd_cw", "autoattack"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 Timestep = Annotated[int, Field(ge=0, le=100_000)]
@@ -75,7 +76,7 @@ def job_id_of(ref: str) -> str | None:
 # Which setting bounds each numeric spec field (the server's limits, CDP_MAX_*).
 _SERVER_LIMITS = {
     "count": "max_count", "top_k": "max_count", "steps": "max_steps", "batch_size": "max_batch_size",
-    "lam": "max_lambda", "epochs": "max_epochs",
+    "lam": "max_lambda", "epochs": "max_epochs", "limit": "max_count",
 }
 
 
@@ -206,6 +207,14 @@ class TrainSpec(BaseModel):
     eval_attack_steps: int = Field(default=20, ge=1, le=200)
     eval_samples: int | None = Field(default=1000, ge=1, description="test images for the final clean / "
                                      "robust evaluation (classifier, trades); null = the whole test split")
+    mixing: Literal["batch", "loss"] = Field(
+        default="batch", description="trades: synthetic share of each batch ('batch'), or the paper's eq.-3 "
+        "weighted sum of a real and a synthetic loss ('loss')")
+    real_subset: int | None = Field(
+        default=None, ge=10, le=1_000_000, description="trades: train on a stratified subset of this many "
+        "real training images (the same subset for every seed), keeping the rest out")
+    final_eval: bool = Field(default=True, description="classifier / trades: evaluate on the test split at "
+                             "the end (experiments turn it off and run evaluation jobs instead)")
 
     _limits = field_validator("epochs", "batch_size")(_within_server_limit)
 
@@ -214,6 +223,124 @@ class TrainSpec(BaseModel):
         if self.synthetic and self.kind != "trades":
             raise ValueError(f"synthetic data is only used by kind='trades', not kind={self.kind!r}")
         return self
+
+
+class EvaluationSettings(BaseModel):
+    """How a model is attacked: shared by evaluation jobs and the evaluation step of experiments."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    split: Literal["test", "val"] = "test"
+    eps: float = Field(default=8 / 255, ge=0, le=1, description="L_inf radius")
+    attacks: list[AttackName] = Field(default_factory=lambda: ["pgd_ce", "pgd_cw"], min_length=1,
+                                      max_length=3, description="pgd_ce, pgd_cw (PGD with the CE loss / "
+                                      "the CW margin), autoattack (pyautoattack)")
+    steps: int = Field(default=20, ge=1, le=1000, description="PGD steps")
+    restarts: int = Field(default=1, ge=1, le=20, description="PGD random restarts")
+    step_size: float | None = Field(default=None, gt=0, le=1, description="PGD step; default 2.5 eps / steps")
+    autoattack_version: Literal["standard", "fast"] = Field(
+        default="standard", description="standard: APGD-CE, APGD-T, FAB-T, Square (Croce & Hein 2020); "
+        "fast: APGD-CE and APGD-T only (a cheaper subset, an upper bound on standard's robust accuracy)")
+    limit: int | None = Field(default=1000, ge=1, description="the first n images of the split; null = all")
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    batch_size: int = Field(default=256, ge=1)
+
+    _limits = field_validator("batch_size", "limit")(_within_server_limit)
+
+    @field_validator("attacks")
+    @classmethod
+    def _unique_attacks(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"attacks={value} lists an attack twice")
+        return value
+
+
+class EvaluateSpec(EvaluationSettings):
+    """Clean and adversarial accuracy of a finished classifier or TRADES model on a split of a dataset."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True,
+        json_schema_extra={"examples": [{"model": "job:0190a1b2c3d4e5f6a7b8c9d0", "dataset": "digits",
+                                         "attacks": ["pgd_ce", "pgd_cw"], "limit": 500}]},
+    )
+    model: ModelRef
+    dataset: DatasetName
+
+
+_ARM_NAME = r"^[A-Za-z0-9+][A-Za-z0-9 _.+()-]{0,63}$"
+
+
+class ExperimentArm(BaseModel):
+    """One arm: TRADES on the real data plus these synthetic sets (none: the real-only reference)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=_ARM_NAME, examples=["real only", "+ Contrastive-DP"])
+    synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
+                                    description="finished generation jobs; [] = real data only")
+    synthetic_fraction: float = Field(default=0.5, ge=0, lt=1)
+    mixing: Literal["batch", "loss"] = "batch"
+
+
+class ExperimentTrades(BaseModel):
+    """The TRADES settings every arm shares (see TrainSpec for their meaning)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float | None = Field(default=None, gt=0, le=10)
+    arch: Literal["small_cnn", "wrn"] = "small_cnn"
+    arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=dict)
+    beta: float = Field(default=6.0, ge=0, le=100)
+    eps: float = Field(default=8 / 255, ge=0, le=1)
+    step_size: float = Field(default=2 / 255, gt=0, le=1)
+    attack_steps: int = Field(default=10, ge=1, le=100)
+
+    _limits = field_validator("epochs", "batch_size")(_within_server_limit)
+
+
+class ExperimentSpec(BaseModel):
+    """Arms x seeds: one TRADES job and one evaluation job per (arm, seed), then statistics over seeds."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True,
+        json_schema_extra={"examples": [{
+            "dataset": "digits", "seeds": [0, 1],
+            "arms": [{"name": "real only"},
+                     {"name": "+ Contrastive-DP", "synthetic": ["job:0190a1b2c3d4e5f6a7b8c9d0"],
+                      "synthetic_fraction": 0.5}],
+            "trades": {"epochs": 5}, "evaluation": {"attacks": ["pgd_ce", "pgd_cw"], "limit": 500}}]},
+    )
+    dataset: DatasetName
+    arms: list[ExperimentArm] = Field(min_length=1, max_length=8)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(min_length=1, max_length=10)
+    trades: ExperimentTrades
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    real_subset: int | None = Field(default=None, ge=10, le=1_000_000,
+                                    description="train every arm on one stratified subset of n real images")
+    reference: str | None = Field(default=None, description="the arm the others are compared to; default: "
+                                  "the first")
+
+    @model_validator(mode="after")
+    def _names(self) -> ExperimentSpec:
+        names = [arm.name for arm in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arms: names must be unique, got {names}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: each seed once, got {self.seeds}")
+        if self.reference is None:
+            self.reference = names[0]
+        elif self.reference not in names:
+            raise ValueError(f"reference={self.reference!r} is not one of the arms {names}")
+        return self
+
+    def child_train_spec(self, arm: ExperimentArm, seed: int) -> TrainSpec:
+        return TrainSpec(kind="trades", dataset=self.dataset, seed=seed, synthetic=list(arm.synthetic),
+                         synthetic_fraction=arm.synthetic_fraction, mixing=arm.mixing,
+                         real_subset=self.real_subset, final_eval=False, **self.trades.model_dump())
+
+    def child_evaluate_spec(self, model_job_id: str, seed: int) -> EvaluateSpec:
+        settings = self.evaluation.model_dump()
+        return EvaluateSpec(model=f"job:{model_job_id}", dataset=self.dataset, **settings)
 
 
 class Progress(BaseModel):
@@ -278,6 +405,7 @@ class JobRecord(BaseModel):
                                      description="unit (shard-<k>, finalize, train) -> times started")
     cancel_requested: bool = False
     plan: JobPlan = Field(default_factory=JobPlan)
+    parent: str | None = Field(default=None, description="the experiment job this job is a step of")
     links: JobLinks
 
     @property
@@ -289,6 +417,16 @@ class JobRecord(BaseModel):
 
     def train_spec(self) -> TrainSpec:
         return TrainSpec.model_validate(self.input, context=self._context())
+
+    def evaluate_spec(self) -> EvaluateSpec:
+        return EvaluateSpec.model_validate(self.input, context=self._context())
+
+    def experiment_spec(self) -> ExperimentSpec:
+        return ExperimentSpec.model_validate(self.input, context=self._context())
+
+    def spec(self) -> GenerateSpec | TrainSpec | EvaluateSpec | ExperimentSpec:
+        return {"generate": self.generate_spec, "train": self.train_spec, "evaluate": self.evaluate_spec,
+                "experiment": self.experiment_spec}[self.kind]()
 
     def _context(self) -> dict[str, Any] | None:
         return {"limits": self.plan.limits} if self.plan.limits else None

@@ -37,5 +37,6 @@ def test_recovery_benchmark_measures_a_killed_worker_in_a_reduced_form() -> None
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] == "succeeded" and result["lease_ttl_s"] == 2.0
-    assert 0 < result["worker_restarted_after_s"] and 0 < result["unit_restarted_after_s"]
-    assert result["unit_restarted_after_s"] <= result["job_finished_after_s"]
+    assert 0 < result["worker_restarted_after_s"] <= result["job_finished_after_s"]
+    if result["unit_restarted_after_s"] is not None:  # None: the shard had landed just before the kill
+        assert 0 < result["unit_restarted_after_s"] <= result["job_finished_after_s"]

@@ -88,6 +88,20 @@ def register(app: Celery) -> dict[str, Any]:
         return _retrying(self, lambda: run_train(context(self.app), job_id,
                                                  message_id=self.request.id or "direct"))
 
+    @app.task(name=task_names.EVALUATE, bind=True)
+    def evaluate(self: Any, job_id: str) -> str:
+        from core.jobs.evaluate import run_evaluate
+
+        return _retrying(self, lambda: run_evaluate(context(self.app), job_id,
+                                                    message_id=self.request.id or "direct"))
+
+    @app.task(name=task_names.EXPERIMENT_STEP, bind=True)
+    def experiment_step(self: Any, job_id: str) -> str:
+        from core.jobs.experiment import run_experiment
+
+        return _retrying(self, lambda: run_experiment(context(self.app), job_id,
+                                                      message_id=self.request.id or "direct"))
+
     @app.task(name=task_names.RECONCILE, bind=True, ignore_result=True)
     def reconcile_jobs(self: Any) -> dict[str, object]:
         repo, enqueuer, settings = _control(self.app)
@@ -104,4 +118,4 @@ def register(app: Celery) -> dict[str, Any]:
         return report.summary()
 
     return {"generate_shard": generate_shard, "finalize_generation": finalize_generation, "train": train,
-            "reconcile": reconcile_jobs}
+            "evaluate": evaluate, "experiment_step": experiment_step, "reconcile": reconcile_jobs}

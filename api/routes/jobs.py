@@ -18,7 +18,16 @@ from api.problems import FieldError, ProblemError, responses
 from core.jobs import keys
 from core.jobs.records import IdempotencyBusy, JobNotFound, JobRepository
 from core.jobs.service import IdempotencyConflict, InvalidReference
-from core.specs import JOB_ID_PATTERN, GenerateSpec, JobKind, JobRecord, JobStatus, TrainSpec
+from core.specs import (
+    JOB_ID_PATTERN,
+    EvaluateSpec,
+    ExperimentSpec,
+    GenerateSpec,
+    JobKind,
+    JobRecord,
+    JobStatus,
+    TrainSpec,
+)
 from core.storage import ObjectNotFound, ObjectStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -51,6 +60,46 @@ class ArtifactList(BaseModel):
     items: list[Artifact]
 
 
+class Interval(BaseModel):
+    mean: float | None
+    std: float | None = None
+    ci95: list[float] | None = Field(default=None, description="95 % Student-t interval of the mean")
+    n: int
+    seeds: list[int] = []
+    values: list[float] = []
+
+
+class EvaluationMetrics(BaseModel):
+    """What an evaluation job measured (fractions in [0, 1]; worst: correct under every attack)."""
+
+    count: int
+    clean_acc: float
+    worst_acc: float
+    pgd_ce_acc: float | None = None
+    pgd_cw_acc: float | None = None
+    autoattack_acc: float | None = None
+    eps: float
+    steps: int
+    attacks: list[str]
+    seconds: float
+    sanity: dict[str, str] = Field(description="check -> pass | fail (zero_gradients, randomness, "
+                                   "probability_outputs, step_monotonicity)")
+    warnings: list[str] = []
+
+
+class ExperimentResult(BaseModel):
+    """Per arm and metric: statistics over seeds; per non-reference arm: paired differences to the
+    reference arm (same seeds)."""
+
+    reference: str
+    interval: str
+    arms: dict[str, dict[str, Any]] = Field(description="arm -> metric -> mean, std, ci95, n, seeds, values "
+                                            "(and synthetic_share)")
+    paired: dict[str, dict[str, Interval | str]] = Field(description="arm -> metric -> paired difference")
+    runs: list[dict[str, Any]]
+    children: dict[str, dict[str, str]]
+
+
 class JobMetrics(BaseModel):
     job_id: str
     kind: JobKind
@@ -58,6 +107,8 @@ class JobMetrics(BaseModel):
         examples=[{"count": 512, "class_histogram": [51, 52, 50, 49, 53, 50, 52, 51, 52, 52],
                    "mean_confidence": 0.93, "mean_entropy": 0.2, "separability": 1.4, "images_per_s": 35.2}]
     )
+    evaluation: EvaluationMetrics | None = Field(default=None, description="evaluation jobs: typed metrics")
+    experiment: ExperimentResult | None = Field(default=None, description="experiment jobs: typed result")
 
 
 def _job_or_404(repo: JobRepository, job_id: str, owner: str) -> JobRecord:
@@ -112,16 +163,46 @@ def create_train_job(spec: Annotated[TrainSpec, Body()], service: ServiceDep, ow
     return _created(response, job)
 
 
+@router.post("/evaluate", status_code=202, response_model=JobRecord, operation_id="createEvaluateJob",
+             summary="Clean and adversarial accuracy (PGD-CE, PGD-CW, AutoAttack) of a finished model",
+             responses=responses(401, 409, 422, 503))
+def create_evaluate_job(spec: Annotated[EvaluateSpec, Body()], service: ServiceDep, owner: OwnerDep,
+                        response: Response, idempotency_key: IdempotencyKey = None) -> JobRecord:
+    try:
+        job, created = service.submit_evaluate(spec, owner=owner, idempotency_key=idempotency_key)
+    except (InvalidReference, IdempotencyConflict, IdempotencyBusy) as exc:
+        raise _submit_errors(exc) from None
+    if created:
+        prom.JOBS_SUBMITTED.labels(kind="evaluate").inc()
+    return _created(response, job)
+
+
+@router.post("/experiment", status_code=202, response_model=JobRecord, operation_id="createExperimentJob",
+             summary="Compare arms (real only, + synthetic sets) over seeds: TRADES, evaluation, statistics",
+             responses=responses(401, 409, 422, 503))
+def create_experiment_job(spec: Annotated[ExperimentSpec, Body()], service: ServiceDep, owner: OwnerDep,
+                          response: Response, idempotency_key: IdempotencyKey = None) -> JobRecord:
+    try:
+        job, created = service.submit_experiment(spec, owner=owner, idempotency_key=idempotency_key)
+    except (InvalidReference, IdempotencyConflict, IdempotencyBusy) as exc:
+        raise _submit_errors(exc) from None
+    if created:
+        prom.JOBS_SUBMITTED.labels(kind="experiment").inc()
+    return _created(response, job)
+
+
 @router.get("", response_model=JobPage, operation_id="listJobs", summary="List your jobs, newest first",
             responses=responses(401, 422))
 def list_jobs(
     repo: RepoDep, owner: OwnerDep,
     kind: JobKind | None = None, status: JobStatus | None = None,
+    parent: Annotated[str | None, Query(pattern=rf"^{JOB_ID_PATTERN}$",
+                                        description="only the child jobs of this experiment")] = None,
     page_size: Annotated[int, Query(ge=1, le=200)] = 50,
     page_token: Annotated[str | None, Query(pattern=rf"^{JOB_ID_PATTERN}$")] = None,
 ) -> JobPage:
     items, token = repo.list(owner=owner, kind=kind, status=status, page_size=page_size,
-                             page_token=page_token)
+                             page_token=page_token, parent=parent)
     return JobPage(items=items, next_page_token=token)
 
 
@@ -133,14 +214,12 @@ def get_job(job_id: JobId, repo: RepoDep, owner: OwnerDep) -> JobRecord:
 
 @router.post("/{job_id}/cancel", response_model=JobRecord, operation_id="cancelJob",
              summary="Request cooperative cancellation (idempotent)", responses=responses(401, 404))
-def cancel_job(job_id: JobId, repo: RepoDep, owner: OwnerDep) -> JobRecord:
-    job = _job_or_404(repo, job_id, owner)
-    if job.terminal:
-        return job
-    repo.request_cancel(job_id)
+def cancel_job(job_id: JobId, repo: RepoDep, service: ServiceDep, owner: OwnerDep) -> JobRecord:
+    _job_or_404(repo, job_id, owner)
     # A running job stops at its next progress callback; one whose worker is gone is finished by the
-    # reconciler once the leases of its units have expired (CDP_LEASE_TTL_S).
-    return repo.get(job_id, owner=owner)
+    # reconciler once the leases of its units have expired (CDP_LEASE_TTL_S). An experiment's children are
+    # canceled with it.
+    return service.cancel(job_id, owner=owner)
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetrics, operation_id="getJobMetrics",
@@ -152,7 +231,12 @@ def get_job_metrics(job_id: JobId, repo: RepoDep, store: StoreDep, owner: OwnerD
     except ObjectNotFound:
         raise ProblemError(409, "Metrics not available", f"job {job_id} is {job.status}; metrics appear "
                            "when it succeeds", slug="metrics-not-available") from None
-    return JobMetrics(job_id=job_id, kind=job.kind, metrics=metrics)
+    typed: dict[str, Any] = {}
+    if job.kind == "evaluate":
+        typed["evaluation"] = EvaluationMetrics.model_validate(metrics)
+    elif job.kind == "experiment":
+        typed["experiment"] = ExperimentResult.model_validate(metrics)
+    return JobMetrics(job_id=job_id, kind=job.kind, metrics=metrics, **typed)
 
 
 def _artifact_url(request: Request, store: ObjectStore, job_id: str, name: str, *, expires: int) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 # Modules under core.cli that register sub-commands, in the order `cdp --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "simulate", "config", "toy2d", "up", "demo", "evaluate", "train", "generate",
+    "simulate", "config", "toy2d", "up", "demo", "experiment", "evaluate", "train", "generate",
 )  # fmt: skip
 
 

@@ -2,10 +2,11 @@
 
 Starts the embedded stack (``cdp up``), then through the API: trains a small diffusion model and a
 classifier on scikit-learn's digits (reused when a finished job with the same spec exists), generates a
-contrastive-guided set and a vanilla set from the same seed, runs a short TRADES training on real data plus
-each set (and on real data alone), prints the metrics side by side and where the artifacts are, and stops the
-stack. The sizes are chosen to finish within about 15 minutes on a 2-core CPU; they show the pipeline, not
-the paper's numbers.
+contrastive-guided set and a vanilla set from the same seed, then runs one experiment job (the service's
+own comparison: TRADES on real data alone and on real data plus each set, each model evaluated with PGD-CE
+and PGD-CW, statistics over ``--seeds``), prints the comparison and where the artifacts and the HTML report
+are, and stops the stack. The sizes are chosen to finish within about 15 minutes on a 2-core CPU; they show
+the pipeline, not the paper's numbers.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from core.cli.experiment import format_result
 from core.cli.up import EmbeddedStack
 from core.jobs.embedded import free_port
-from core.specs import GenerateSpec, TrainSpec
+from core.specs import ExperimentSpec, GenerateSpec, TrainSpec
 
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -92,6 +94,9 @@ class Demo:
             time.sleep(0.5)
         return final
 
+    def experiment(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._post("/jobs/experiment", ExperimentSpec.model_validate(body).model_dump(mode="json"))
+
     def metrics(self, job: dict[str, Any]) -> dict[str, Any]:
         return self.http.get(f"/jobs/{job['id']}/metrics").json()["metrics"]
 
@@ -123,9 +128,10 @@ def run(args: argparse.Namespace) -> int:
     # rough seconds per job on a 2-core CPU, measured once; they only apportion the progress bar
     sampling = args.count * args.steps / 25
     trades_s = 15.0 * args.trades_epochs
+    seeds = [int(s) for s in str(args.seeds).split(",")]
     weights = {"diffusion": 17.5 * args.diffusion_epochs, "classifier": 6.0 * args.classifier_epochs,
-               "contrastive": 0.15 * sampling, "vanilla": 0.1 * sampling, "trades-real": trades_s,
-               "trades-contrastive": trades_s, "trades-vanilla": trades_s}
+               "contrastive": 0.15 * sampling, "vanilla": 0.1 * sampling,
+               "experiment": 3 * trades_s * len(seeds)}
     logging.getLogger("httpx").setLevel(logging.WARNING)
     stack = EmbeddedStack(var=Path(args.var), port=args.port or free_port(), redis_url=args.redis_url,
                           worker_threads=args.worker_threads)
@@ -151,19 +157,20 @@ def run(args: argparse.Namespace) -> int:
             "contrastive": demo.generate({**common, "loss": "hnm", "lam": args.lam, "tau": args.tau}),
             "vanilla": demo.generate({**common, "loss": "none"}),
         }, stack)
-        trades = {"kind": "trades", "dataset": "digits", "epochs": args.trades_epochs, "batch_size": 128,
-                  "eval_samples": 200, "eval_attack_steps": 10, "eps": args.eps, "step_size": args.eps / 4,
-                  "seed": args.seed}
-        robust = demo.wait({
-            "trades-real": demo.train("trades-real", trades, reuse=False),
-            "trades-contrastive": demo.train("trades-contrastive", {
-                **trades, "synthetic": [f"job:{generated['contrastive']['id']}"]}, reuse=False),
-            "trades-vanilla": demo.train("trades-vanilla", {
-                **trades, "synthetic": [f"job:{generated['vanilla']['id']}"]}, reuse=False),
-        }, stack)
+        experiment = demo.wait({"experiment": demo.experiment({
+            "dataset": "digits", "seeds": seeds, "reference": "real only",
+            "arms": [{"name": "real only"},
+                     {"name": "+ contrastive", "synthetic": [f"job:{generated['contrastive']['id']}"],
+                      "synthetic_fraction": 0.5},
+                     {"name": "+ vanilla", "synthetic": [f"job:{generated['vanilla']['id']}"],
+                      "synthetic_fraction": 0.5}],
+            "trades": {"epochs": args.trades_epochs, "batch_size": 128, "eps": args.eps,
+                       "step_size": args.eps / 4},
+            "evaluation": {"eps": args.eps, "attacks": ["pgd_ce", "pgd_cw"], "steps": 10, "limit": 200},
+        })}, stack)["experiment"]
         bar.set_description("done")
         gen_metrics = {k: demo.metrics(v) for k, v in generated.items()}
-        rob_metrics = {k: demo.metrics(v) for k, v in robust.items()}
+        result = demo.metrics(experiment)
 
     cols = ["contrastive", "vanilla"]
     print(_table("Generated sets (pseudo-labelled by the classifier)", cols, [
@@ -174,15 +181,13 @@ def run(args: argparse.Namespace) -> int:
         ("images / s", [gen_metrics[c].get("images_per_s") for c in cols]),
     ]))
     print()
-    rcols = ["trades-real", "trades-contrastive", "trades-vanilla"]
-    print(_table(f"TRADES, {args.trades_epochs} epochs, test split (eps = {args.eps:.3f})",
-                 ["real only", "+contrastive", "+vanilla"], [
-        ("clean accuracy", [rob_metrics[c].get("test", {}).get("clean_acc") for c in rcols]),
-        ("robust accuracy", [rob_metrics[c].get("test", {}).get("robust_acc") for c in rcols]),
-    ]))
+    print(f"TRADES, {args.trades_epochs} epochs, test split (eps = {args.eps:.3f}), seeds {seeds}: "
+          f"experiment job {experiment['id']}")
+    print(format_result(result))
     print("\nArtifacts (local store):")
-    for label, job in {**models, **generated, **robust}.items():
+    for label, job in {**models, **generated, "experiment": experiment}.items():
         print(f"  {label:<20} {stack.var / 'store' / 'jobs' / job['id']}")
+    print(f"  {'report':<20} {stack.var / 'store' / 'jobs' / experiment['id'] / 'report.html'}")
     print(f"\ndemo finished in {(time.monotonic() - started) / 60:.1f} min", file=sys.stderr)
     return 0
 
@@ -203,6 +208,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lam", type=float, default=2000.0, help="contrastive guidance strength")
     parser.add_argument("--tau", type=float, default=0.5, help="contrastive temperature")
     parser.add_argument("--trades-epochs", type=int, default=3)
+    parser.add_argument("--seeds", default="0", help="comma-separated TRADES seeds of the experiment")
     parser.add_argument("--eps", type=float, default=0.1, help="L_inf radius for TRADES and its evaluation")
     parser.add_argument("--fresh", action="store_true", help="retrain the models even if finished jobs exist")
     parser.set_defaults(func=run)

@@ -164,9 +164,27 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _run_unit(ctx: WorkerContext, job_id: str, unit: str, message_id: str,
-              work: Callable[[JobRecord, Lease], str]) -> str:
+              work: Callable[[JobRecord, Lease], str], *, count_attempts: bool = True) -> str:
     """Run one unit under its lease; returns what happened ("done", "skipped", "busy", "canceled",
-    "failed", "lease-lost", "released")."""
+    "failed", "lease-lost", "released"). A job that ends here and is a step of an experiment wakes its
+    parent. ``count_attempts=False`` for an experiment's coordinating step, which runs many times."""
+    outcome = _run_unit_once(ctx, job_id, unit, message_id, work, count_attempts=count_attempts)
+    if outcome in ("done", "canceled", "failed"):
+        _wake_parent(ctx, job_id)
+    return outcome
+
+
+def _wake_parent(ctx: WorkerContext, job_id: str) -> None:
+    try:
+        job = ctx.repo.get(job_id)
+        if job.parent is not None and job.terminal:
+            ctx.enqueuer.unit(job.parent, "experiment")
+    except Exception as exc:  # the reconciler wakes it at its next pass anyway
+        log.warning("job %s: could not wake its parent: %s", job_id, exc)
+
+
+def _run_unit_once(ctx: WorkerContext, job_id: str, unit: str, message_id: str,
+                   work: Callable[[JobRecord, Lease], str], *, count_attempts: bool) -> str:
     lease: Lease | None = None
     try:
         try:
@@ -186,7 +204,7 @@ def _run_unit(ctx: WorkerContext, job_id: str, unit: str, message_id: str,
             return "busy"
         deadline = time.monotonic() + ctx.time_limit_s
         lease.start_heartbeat(ctx.lease_renew_s, deadline=deadline + ctx.repo.leases.ttl_ms / 1000)
-        attempt = ctx.repo.count_attempt(job_id, unit)
+        attempt = ctx.repo.count_attempt(job_id, unit) if count_attempts else 1
         if attempt > ctx.max_attempts:
             last = ctx.repo.unit_error(job_id, unit)
             ctx.repo.finish(job_id, "failed", error=f"{unit} was started {attempt} times (limit "

@@ -75,6 +75,10 @@ def unit_task(job_id: str, unit: str) -> tuple[str, list[Any]]:
         return task_names.FINALIZE_GENERATION, [job_id]
     if unit == "train":
         return task_names.TRAIN, [job_id]
+    if unit == "evaluate":
+        return task_names.EVALUATE, [job_id]
+    if unit == "experiment":
+        return task_names.EXPERIMENT_STEP, [job_id]
     raise ValueError(f"unknown unit {unit!r}")
 
 

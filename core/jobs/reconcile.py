@@ -26,6 +26,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.jobs import keys
 from core.jobs.queue import Enqueuer
@@ -58,16 +59,19 @@ def shard_count(record: JobRecord, default_shard_size: int) -> int:
     return math.ceil(int(record.input["count"]) / default_shard_size)
 
 
+SINGLE_UNIT = {"train": "train", "evaluate": "evaluate", "experiment": "experiment"}
+
+
 def initial_units(record: JobRecord, default_shard_size: int) -> list[str]:
-    if record.kind == "train":
-        return ["train"]
+    if record.kind in SINGLE_UNIT:
+        return [SINGLE_UNIT[record.kind]]
     return [f"shard-{k}" for k in range(shard_count(record, default_shard_size))]
 
 
 def unfinished_units(repo: JobRepository, record: JobRecord, default_shard_size: int) -> list[str]:
     """The units that still have to run, judged from the store alone."""
-    if record.kind == "train":
-        return ["train"]
+    if record.kind in SINGLE_UNIT:
+        return [SINGLE_UNIT[record.kind]]
     prefix = keys.job_prefix(record.id) + "shards/"
     present = {info.key[len(prefix):] for info in repo.store.list(prefix)}
     n_shards = shard_count(record, default_shard_size)
@@ -78,15 +82,23 @@ def unfinished_units(repo: JobRepository, record: JobRecord, default_shard_size:
 def why_it_cannot_run(repo: JobRepository, record: JobRecord, model_dir: Path | None) -> str | None:
     """The reason a job can never succeed, or None. Looks only at what is certain (see (d) above)."""
     try:
-        spec = record.generate_spec() if record.kind == "generate" else record.train_spec()
+        spec: Any = record.spec()
     except ValueError as exc:
         return f"its spec is no longer valid: {str(exc)[:300]}"
-    refs: list[tuple[str, str]] = []
+    refs: list[tuple[str, str | None]] = []
     if record.kind == "generate":
-        refs = [("model", spec.model), ("classifier", spec.classifier)]  # type: ignore[union-attr]
+        refs = [("model", spec.model), ("classifier", spec.classifier),
+                ("judge", getattr(spec, "judge", None))]
+    elif record.kind == "train":
+        refs = [(f"synthetic[{i}]", ref) for i, ref in enumerate(spec.synthetic)]
+    elif record.kind == "evaluate":
+        refs = [("model", spec.model)]
     else:
-        refs = [(f"synthetic[{i}]", ref) for i, ref in enumerate(spec.synthetic)]  # type: ignore[union-attr]
+        refs = [(f"arms[{a}].synthetic[{i}]", ref) for a, arm in enumerate(spec.arms)
+                for i, ref in enumerate(arm.synthetic)]
     for name, ref in refs:
+        if ref is None:
+            continue
         ref_id = job_id_of(ref)
         if ref_id is None:
             if model_dir is not None and model_dir.is_dir() and not (model_dir / ref).is_dir():

@@ -109,10 +109,10 @@ class JobRepository:
 
     # --- create / read ---
     def create(self, *, kind: JobKind, owner: str, input: dict[str, Any], job_id: str | None = None,
-               plan: JobPlan | None = None) -> JobRecord:
+               plan: JobPlan | None = None, parent: str | None = None) -> JobRecord:
         job_id = job_id or new_job_id()
         record = JobRecord(id=job_id, kind=kind, owner=owner, input=input, created_at=utcnow(),
-                           links=links_for(job_id), plan=plan or JobPlan())
+                           links=links_for(job_id), plan=plan or JobPlan(), parent=parent)
         put_json(self.store, keys.record_key(job_id), record.model_dump(mode="json"))
         self.store.put_bytes(keys.active_key(job_id), b"", content_type="text/plain")
         self.store.put_bytes(keys.owner_index_prefix(owner) + job_id, b"", content_type="text/plain")
@@ -174,7 +174,7 @@ class JobRepository:
 
     def list(
         self, *, owner: str, kind: JobKind | None = None, status: JobStatus | None = None,
-        page_size: int = 50, page_token: str | None = None,
+        page_size: int = 50, page_token: str | None = None, parent: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
         """An owner's jobs, newest first. ``page_token`` is the last id of the previous page."""
         prefix = keys.owner_index_prefix(owner)
@@ -189,7 +189,8 @@ class JobRepository:
                 record = self.get(job_id, owner=owner)
             except JobNotFound:
                 continue
-            if (kind is None or record.kind == kind) and (status is None or record.status == status):
+            if ((kind is None or record.kind == kind) and (status is None or record.status == status)
+                    and (parent is None or record.parent == parent)):
                 page.append(record)
                 if len(page) == page_size:
                     break

@@ -12,11 +12,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from core.jobs.queue import Enqueuer
 from core.jobs.records import IdempotencyMismatch, JobNotFound, JobRepository, new_job_id
-from core.specs import GenerateSpec, JobPlan, JobRecord, TrainSpec, job_id_of, server_limits
+from core.specs import (
+    EvaluateSpec,
+    ExperimentSpec,
+    GenerateSpec,
+    JobKind,
+    JobPlan,
+    JobRecord,
+    TrainSpec,
+    job_id_of,
+    server_limits,
+)
 
 # Which finished jobs may stand in for which input.
 _ACCEPTED_TRAIN_KINDS: dict[str, tuple[str, ...]] = {
@@ -64,7 +73,35 @@ class JobService:
         return self._submit("train", spec.model_dump(mode="json"), owner, idempotency_key,
                             JobPlan(limits=server_limits()), ["train"])
 
-    def _submit(self, kind: Literal["generate", "train"], body: dict, owner: str, key: str | None,
+    def submit_evaluate(self, spec: EvaluateSpec, *, owner: str, idempotency_key: str | None = None
+                        ) -> tuple[JobRecord, bool]:
+        self._check_model_ref(("model",), spec.model, owner=owner, kinds=_ACCEPTED_TRAIN_KINDS["classifier"])
+        return self._submit("evaluate", spec.model_dump(mode="json"), owner, idempotency_key,
+                            JobPlan(limits=server_limits()), ["evaluate"])
+
+    def submit_experiment(self, spec: ExperimentSpec, *, owner: str, idempotency_key: str | None = None
+                          ) -> tuple[JobRecord, bool]:
+        for a, arm in enumerate(spec.arms):
+            for i, ref in enumerate(arm.synthetic):
+                self._check_job_ref(("arms", a, "synthetic", i), ref, owner=owner, kind="generate",
+                                    train_kinds=None)
+        return self._submit("experiment", spec.model_dump(mode="json"), owner, idempotency_key,
+                            JobPlan(limits=server_limits()), ["experiment"])
+
+    def cancel(self, job_id: str, *, owner: str) -> JobRecord:
+        """Request cancellation of a job and, for an experiment, of every child job it started."""
+        job = self.repo.get(job_id, owner=owner)
+        if job.terminal:
+            return job
+        self.repo.request_cancel(job_id)
+        if job.kind == "experiment":
+            children, _ = self.repo.list(owner=owner, parent=job_id, page_size=200)
+            for child in children:
+                if not child.terminal:
+                    self.repo.request_cancel(child.id)
+        return self.repo.get(job_id, owner=owner)
+
+    def _submit(self, kind: JobKind, body: dict, owner: str, key: str | None,
                 plan: JobPlan, units: list[str]) -> tuple[JobRecord, bool]:
         self.repo.ping()
         job_id = new_job_id()

@@ -8,6 +8,7 @@ clean and PGD robust accuracy on the held-out test split at the spec's eps.
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +43,8 @@ def train_for_spec(spec: TrainSpec, *, out_dir: Path, data_root: Path, device: s
                                        **({"lr": spec.lr} if spec.lr else {}))
         metrics = train_classifier(train, val, config=config, out_dir=out_dir, seed=spec.seed, device=device,
                                    progress=progress)
-        metrics["test"] = _evaluate(spec, out_dir, data_root=data_root, device=device, progress=progress)
+        if spec.final_eval:
+            metrics["test"] = _evaluate(spec, out_dir, data_root=data_root, device=device, progress=progress)
     else:
         metrics = _train_trades(spec, train, out_dir=out_dir, data_root=data_root, device=device,
                                 progress=progress, synthetic_dirs=synthetic_dirs)
@@ -74,12 +76,14 @@ def _train_trades(spec: TrainSpec, train: Any, *, out_dir: Path, data_root: Path
     from core.training.trades import TradesConfig, train_trades
 
     val = load_dataset(spec.dataset, "val", root=data_root)
+    if spec.real_subset is not None:
+        train = real_subset(train, spec.real_subset)
     synthetic = (load_synthetic(list(synthetic_dirs), num_classes=train.info.num_classes)
                  if synthetic_dirs else None)
     options: dict[str, Any] = dict(arch=spec.arch, arch_options=dict(spec.arch_options), epochs=spec.epochs,
                                    batch_size=spec.batch_size, beta=spec.beta, eps=spec.eps,
                                    step_size=spec.step_size, steps=spec.attack_steps,
-                                   synthetic_fraction=spec.synthetic_fraction,
+                                   synthetic_fraction=spec.synthetic_fraction, mixing=spec.mixing,
                                    eval_steps=spec.eval_attack_steps)
     if spec.eval_samples is not None:
         options["eval_max"] = spec.eval_samples
@@ -88,5 +92,30 @@ def _train_trades(spec: TrainSpec, train: Any, *, out_dir: Path, data_root: Path
     config = TradesConfig(**options)
     metrics = train_trades(train, val, synthetic=synthetic, config=config, out_dir=out_dir, seed=spec.seed,
                            device=device, progress=progress)
-    metrics["test"] = _evaluate(spec, out_dir, data_root=data_root, device=device, progress=progress)
+    metrics["real_images"] = len(train)
+    metrics["synthetic_images"] = len(synthetic) if synthetic is not None else 0
+    # The share of synthetic images in every step, exactly as core.training.trades.epoch_plan draws them:
+    # floor(f B) of B per batch ("batch" mixing), B synthetic beside B real ("loss" mixing, eq. 3).
+    if synthetic is None:
+        metrics["synthetic_share_seen"] = 0.0
+    elif spec.mixing == "batch":
+        batch = spec.batch_size
+        metrics["synthetic_share_seen"] = math.floor(spec.synthetic_fraction * batch) / batch
+    else:
+        metrics["synthetic_share_seen"] = 0.5
+    if spec.final_eval:
+        metrics["test"] = _evaluate(spec, out_dir, data_root=data_root, device=device, progress=progress)
     return metrics
+
+
+REAL_SUBSET_SEED = 0  # one subset for every arm and seed: arms differ only in their synthetic data
+
+
+def real_subset(train: Any, n: int) -> Any:
+    """A stratified subset of about ``n`` training images (per-class rounding), the same for every caller."""
+    from core.data.dataset import seeded_split
+
+    if n >= len(train):
+        return train
+    (keep, _rest) = seeded_split(train.labels, fractions=[n / len(train)], seed=REAL_SUBSET_SEED)
+    return train.subset(keep)

@@ -129,3 +129,55 @@ def test_openapi_python_client_generated_package_submits_a_job_and_reads_its_met
 
     missing = get_job.sync_detailed(client=client, job_id="0" * 24)
     assert missing.status_code == 404
+
+
+def test_generated_client_submits_an_experiment_and_reads_its_result(stack, tmp_path, monkeypatch) -> None:
+    """The experiment and evaluation operations through the package openapi-python-client writes."""
+    import importlib
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = tmp_path / "openapi.json"
+    spec.write_text(json.dumps(stack.client.get("/openapi.json").json()))
+    generator = Path(sys.executable).with_name("openapi-python-client")
+    done = subprocess.run(
+        [str(generator), "generate", "--path", str(spec), "--meta", "none", "--output-path",
+         str(tmp_path / "cdp_client2")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    monkeypatch.syspath_prepend(str(tmp_path))
+    client_mod = importlib.import_module("cdp_client2.client")
+    create_experiment_job = importlib.import_module("cdp_client2.api.jobs.create_experiment_job")
+    create_evaluate_job = importlib.import_module("cdp_client2.api.jobs.create_evaluate_job")
+    get_job_metrics = importlib.import_module("cdp_client2.api.jobs.get_job_metrics")
+    models = importlib.import_module("cdp_client2.models")
+    client = client_mod.Client(base_url="http://testserver")
+    client.set_httpx_client(stack.client)
+
+    evaluation = create_evaluate_job.sync_detailed(client=client, body=models.EvaluateSpec.from_dict(
+        {"model": "cnn-t", "dataset": "digits", "limit": 16, "steps": 1}))
+    assert evaluation.status_code == 202, evaluation.content
+    body = models.ExperimentSpec.from_dict({
+        "dataset": "digits", "seeds": [0], "real_subset": 100, "arms": [{"name": "real only"}],
+        "trades": {"epochs": 1, "batch_size": 64, "arch_options": {"width": 4, "feature_dim": 16},
+                   "attack_steps": 1},
+        "evaluation": {"attacks": ["pgd_ce"], "steps": 1, "limit": 16}})
+    created = create_experiment_job.sync_detailed(client=client, body=body)
+    assert created.status_code == 202, created.content
+    assert isinstance(created.parsed, models.JobRecord)
+    job = stack.wait(created.parsed.id, until={"succeeded", "failed", "canceled"}, timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    metrics = get_job_metrics.sync(client=client, job_id=created.parsed.id)
+    assert isinstance(metrics, models.JobMetrics), metrics
+    assert isinstance(metrics.experiment, models.ExperimentResult)
+    assert metrics.experiment.reference == "real only"
+    arms = metrics.experiment.arms.to_dict()
+    assert 0.0 <= arms["real only"]["worst_acc"]["mean"] <= 1.0
+    evaluated = stack.wait(evaluation.parsed.id, until={"succeeded", "failed"}, timeout=60)
+    assert evaluated["status"] == "succeeded", evaluated["error"]
+    typed = get_job_metrics.sync(client=client, job_id=evaluation.parsed.id)
+    assert isinstance(typed.evaluation, models.EvaluationMetrics)
+    assert typed.evaluation.worst_acc <= typed.evaluation.pgd_ce_acc <= typed.evaluation.clean_acc

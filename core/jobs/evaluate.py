@@ -1,0 +1,123 @@
+"""Evaluation jobs: clean and adversarial accuracy of a finished model, per sample, resumable in chunks.
+
+The split (its first ``limit`` images) is cut into chunks of ``CHUNK`` images; each chunk's per-sample
+results land in ``jobs/<id>/chunks/<k>.npz`` as soon as they are computed, so a redelivered unit skips the
+chunks already in the store. The sanity checks (zero gradients, randomness, probability outputs, step
+monotonicity; :func:`core.training.attacks.check_gradient_masking`) run once, on the first batch, and are
+kept in ``chunks/sanity.json``. The result: ``metrics.json`` (``clean_acc``, one ``<attack>_acc`` per
+attack, ``worst_acc``: correct under every attack, counts, seconds, the checks with their verdicts) and
+``results.npz`` (per-sample index, label and one boolean column per attack).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from core.jobs import keys
+from core.jobs.execute import WorkerContext, _JobProgress, _jsonable, _npz_bytes, _run_unit, write_manifest
+from core.jobs.leases import Lease
+from core.specs import EvaluateSpec, JobRecord
+from core.storage import ObjectNotFound
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # images per stored chunk (a unit of resumption)
+SANITY_BATCH = 64
+
+
+def chunk_key(job_id: str, chunk: int) -> str:
+    return f"{keys.job_prefix(job_id)}chunks/{chunk}.npz"
+
+
+def run_evaluate(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> str:
+    def work(job: JobRecord, lease: Lease) -> str:
+        spec = job.evaluate_spec()
+        ctx.repo.mark_running(job_id)
+        metrics, table = evaluate_job(ctx, job_id, spec, lease)
+        lease.check()
+        ctx.store.put_bytes(keys.job_prefix(job_id) + "results.npz", _npz_bytes(**table))
+        ctx.store.put_json(keys.metrics_key(job_id), _jsonable(metrics))
+        write_manifest(ctx.store, job_id)
+        ctx.repo.finish(job_id, "succeeded")
+        return "done"
+
+    return _run_unit(ctx, job_id, "evaluate", message_id, work)
+
+
+def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lease
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    import torch
+
+    from core.data import load_dataset
+    from core.training.attacks import check_gradient_masking, per_sample_robustness, sanity_verdicts
+
+    model = ctx.models.get("classifier", spec.model)
+    data = load_dataset(spec.dataset, spec.split, root=ctx.data_root)
+    x_all, y_all = data.to_tensors("cpu")
+    if spec.limit is not None:
+        x_all, y_all = x_all[: spec.limit], y_all[: spec.limit]
+    n = int(y_all.shape[0])
+    n_chunks = math.ceil(n / CHUNK)
+    progress = _JobProgress(ctx, job_id, part=lambda stage, f: 0.98 * f)
+    step_size = spec.step_size if spec.step_size is not None else 2.5 * spec.eps / spec.steps
+
+    sanity_key = f"{keys.job_prefix(job_id)}chunks/sanity.json"
+    try:
+        sanity = ctx.store.get_json(sanity_key)
+    except ObjectNotFound:
+        head = slice(0, min(n, SANITY_BATCH))
+        messages = check_gradient_masking(model.to(ctx.device), x_all[head].to(ctx.device),
+                                          y_all[head].to(ctx.device), eps=spec.eps, steps=spec.steps,
+                                          step_size=step_size,
+                                          generator=torch.Generator(device="cpu").manual_seed(spec.seed + 1))
+        sanity = {"verdicts": sanity_verdicts(messages), "warnings": messages}
+        ctx.store.put_json(sanity_key, sanity)
+
+    columns = ["clean", *spec.attacks, "worst"]
+    seconds = 0.0
+    for k in range(n_chunks):
+        key = chunk_key(job_id, k)
+        if not ctx.store.exists(key):
+            part = slice(k * CHUNK, min(n, (k + 1) * CHUNK))
+            started = time.perf_counter()
+            masks = per_sample_robustness(
+                model, x_all[part], y_all[part], eps=spec.eps, attacks=tuple(spec.attacks), steps=spec.steps,
+                step_size=step_size, restarts=spec.restarts, autoattack_version=spec.autoattack_version,
+                batch_size=spec.batch_size, device=ctx.device, seed=spec.seed + k)
+            elapsed = time.perf_counter() - started
+            lease.check()
+            ctx.store.put_bytes(key, _npz_bytes(**{c: masks[c].numpy() for c in columns},
+                                                elapsed_s=np.asarray(elapsed)))
+        progress(stage="evaluate", current=k + 1, total=n_chunks, message=f"chunk {k + 1} of {n_chunks}")
+
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    for k in range(n_chunks):
+        with np.load(io.BytesIO(ctx.store.get_bytes(chunk_key(job_id, k)))) as npz:
+            for c in columns:
+                parts[c].append(npz[c])
+            seconds += float(npz["elapsed_s"])
+    table = {c: np.concatenate(v).astype(bool) for c, v in parts.items()}
+    table["index"] = np.arange(n, dtype=np.int64)
+    table["label"] = y_all.numpy().astype(np.int64)
+    metrics: dict[str, Any] = {
+        "model": spec.model, "dataset": spec.dataset, "split": spec.split, "count": n,
+        "eps": spec.eps, "steps": spec.steps, "step_size": step_size, "restarts": spec.restarts,
+        "attacks": list(spec.attacks), "seconds": round(seconds, 3), "chunks": n_chunks,
+        "clean_acc": float(table["clean"].mean()), "worst_acc": float(table["worst"].mean()),
+        "correct": {c: int(table[c].sum()) for c in columns},
+        "sanity": sanity["verdicts"], "warnings": sanity["warnings"],
+    }
+    for attack in spec.attacks:
+        metrics[f"{attack}_acc"] = float(table[attack].mean())
+    if "autoattack" in spec.attacks:
+        metrics["autoattack_version"] = spec.autoattack_version
+    log.info("job %s: evaluated %d images: %s", job_id, n, json.dumps(
+        {k: metrics[k] for k in metrics if k.endswith("_acc")}))
+    return metrics, table
