@@ -25,6 +25,14 @@ The guidance runs outside ``torch.no_grad()`` (the sampler calls it there), on a
 ``torch.enable_grad()``. It is active only at timesteps inside ``window`` = (lo, hi), inclusive at both ends
 (the authors' CIFAR-10 code: t >= 400, i.e. (400, T - 1); their small-image code: 50 < t < 150, i.e.
 (51, 149)), and never on the first step (there is no previous state yet).
+
+The positive of the ``previous`` strategies is the previous state's embedding, whose raw features f(.) are
+exactly the anchor features computed at the previous guided step (the same x_t, or the same predicted x_0,
+since eps is held fixed): they are kept (detached) and reused, so a guided step costs one feature forward
+and backward, not two (``reuse_features=False`` recomputes them; the results are identical). The embedding
+head is applied afresh to the kept features at every step. Nothing here synchronises with the device inside
+the loop: the per-step loss and gradient norm stay tensors until :attr:`ContrastiveGuidance.history` is
+read.
 """
 
 from __future__ import annotations
@@ -133,6 +141,14 @@ class GuidanceStep:
     grad_norm: float  # mean over samples of ||lam * grad||
 
 
+@dataclass
+class _PendingStep:
+    step: int
+    t: int
+    loss: Tensor  # 0-d, detached, on the sampling device
+    grad_norm: Tensor
+
+
 class ContrastiveGuidance:
     """Callable guidance for ``core.diffusion.sample`` (see the module docstring for the design).
 
@@ -171,6 +187,7 @@ class ContrastiveGuidance:
         head_dim: int = 128,
         head_lr: float = 1e-2,
         generator: torch.Generator | None = None,
+        reuse_features: bool = True,
     ) -> None:
         check_guidance_args(loss=loss, lam=lam, tau=tau, tau_plus=tau_plus, beta=beta, strategy=strategy)
         validate_window(window)
@@ -201,7 +218,20 @@ class ContrastiveGuidance:
         self._optimizer: torch.optim.Optimizer | None = None
         self._real_features: Tensor | None = None
         self._prev_x0: Tensor | None = None
-        self.history: list[GuidanceStep] = []
+        self.reuse_features = reuse_features
+        self._kept: tuple[Tensor, Tensor] | None = None  # (x_t it was computed at, raw features f(source))
+        self._pending: list[_PendingStep] = []
+        self._history: list[GuidanceStep] = []
+
+    @property
+    def history(self) -> list[GuidanceStep]:
+        """One entry per guided step of the last run (reading it moves the numbers to the host once)."""
+        if self._pending:
+            values = torch.stack([v for p in self._pending for v in (p.loss, p.grad_norm)]).cpu().tolist()
+            self._history += [GuidanceStep(step=p.step, t=p.t, loss=values[2 * i],
+                                           grad_norm=values[2 * i + 1]) for i, p in enumerate(self._pending)]
+            self._pending = []
+        return self._history
 
     # -- sampler hooks -------------------------------------------------------------------------------
     def prepare(self, timesteps: Sequence[int]) -> None:
@@ -210,7 +240,8 @@ class ContrastiveGuidance:
         self.head = None
         self._optimizer = None
         self._prev_x0 = None
-        self.history = []
+        self._kept = None
+        self._pending, self._history = [], []
 
     def active(self, t: int, step: int) -> bool:
         if step == 0 or self.lam == 0.0:
@@ -235,37 +266,44 @@ class ContrastiveGuidance:
         positive_input = x_prev if self.feature_on == "x_t" else prev_x0
         if positive_input is None:
             return None
+        kept, self._kept = self._kept, None
+        positive_raw = kept[1] if (self.reuse_features and kept is not None and kept[0] is x_prev) else None
         with torch.enable_grad():
             x = x_t.detach().clone().requires_grad_(True)
             if self.feature_on == "x_t":
                 source = x
             else:  # predicted x_0 with eps held fixed: d source / d x_t = 1 / sqrt(a_t)
                 source = (x - math.sqrt(1.0 - alpha_bar_t) * eps.detach()) / math.sqrt(alpha_bar_t)
-            loss = self._loss(source, positive_input.detach(), x0_hat=x0_hat, class_labels=class_labels)
+            loss, anchor_raw = self._loss(source, positive_input.detach(), x0_hat=x0_hat,
+                                          class_labels=class_labels, positive_raw=positive_raw)
             params = list(self.head.parameters()) if self.head is not None else []
             grads = torch.autograd.grad(loss, [x, *params], allow_unused=True)
+        if self.reuse_features:
+            self._kept = (x_t, anchor_raw.detach())  # the next step's positive: f of this very state
         if self._optimizer is not None:
             for p, g in zip(params, grads[1:], strict=True):
                 p.grad = g
             self._optimizer.step()
             self._optimizer.zero_grad(set_to_none=True)
         term = self.lam * grads[0]
-        self.history.append(
-            GuidanceStep(step=step, t=t, loss=float(loss.detach()),
-                         grad_norm=float(term.flatten(1).norm(dim=1).mean()))
-        )
+        self._pending.append(_PendingStep(step=step, t=t, loss=loss.detach(),
+                                          grad_norm=term.flatten(1).norm(dim=1).mean().detach()))
         return term.detach()
 
     # -- pieces --------------------------------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:
         """e(x) = normalize(g(f(x))): the L2-normalised embedding the loss sees."""
-        h = self.feature_fn(x).flatten(1)
+        return self.embed_features(self.feature_fn(x).flatten(1))
+
+    def embed_features(self, h: Tensor) -> Tensor:
+        """normalize(g(h)) for raw features h = f(x) (the head is created on first use)."""
         if self.use_head:
             if self.head is None:
                 self.head = EmbeddingHead(
                     h.shape[1], hidden=self.head_hidden, out_dim=self.head_dim, generator=self.generator
                 ).to(device=h.device, dtype=h.dtype)
-                self._optimizer = torch.optim.Adam(self.head.parameters(), lr=self.head_lr)
+                # fused: the step count stays a tensor, so the update never reads a value back to the host
+                self._optimizer = torch.optim.Adam(self.head.parameters(), lr=self.head_lr, fused=True)
             h = self.head(h)
         return F.normalize(h, dim=1)
 
@@ -304,22 +342,26 @@ class ContrastiveGuidance:
         return F.normalize(chosen, dim=1)
 
     def _loss(
-        self, source: Tensor, positive_input: Tensor, *, x0_hat: Tensor, class_labels: Tensor | None
-    ) -> Tensor:
-        anchor = self.embed(source)  # B x k, carries the gradient to x_t
+        self, source: Tensor, positive_input: Tensor, *, x0_hat: Tensor, class_labels: Tensor | None,
+        positive_raw: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(loss, the anchor's raw features f(source)); ``positive_raw`` are the positive's raw features when
+        they are already known (the previous step's anchor), else they are computed here."""
+        anchor_raw = self.feature_fn(source).flatten(1)
+        anchor = self.embed_features(anchor_raw)  # B x k, carries the gradient to x_t
         b = anchor.shape[0]
         if self.strategy == "real_positive":
-            return self.contrastive_loss(anchor, self._draw_real(b, anchor.device))
-        with torch.no_grad():
-            positive_feat = self.feature_fn(positive_input).flatten(1)
-        if self.head is not None:
-            positive_feat = self.head(positive_feat)
+            return self.contrastive_loss(anchor, self._draw_real(b, anchor.device)), anchor_raw
+        if positive_raw is None:
+            with torch.no_grad():
+                positive_raw = self.feature_fn(positive_input).flatten(1)
+        positive_feat = self.head(positive_raw) if self.head is not None else positive_raw
         positive = F.normalize(positive_feat, dim=1)
         if self.strategy == "previous":
-            return self.contrastive_loss(anchor, positive)
+            return self.contrastive_loss(anchor, positive), anchor_raw
         if self.strategy == "real_negative":
             negatives = self._draw_real(self.real_batch or b, anchor.device)
-            return self.contrastive_loss(anchor, positive, negatives=negatives)
+            return self.contrastive_loss(anchor, positive, negatives=negatives), anchor_raw
         labels = class_labels
         if labels is None:
             if self.label_fn is None:
@@ -327,7 +369,7 @@ class ContrastiveGuidance:
                     "strategy 'class_conditional' needs class_labels from a conditional model or a label_fn"
                 )
             labels = self.label_fn(x0_hat)
-        return self.contrastive_loss(anchor, positive, labels=labels.to(anchor.device))
+        return self.contrastive_loss(anchor, positive, labels=labels.to(anchor.device)), anchor_raw
 
 
 def check_guidance_args(

@@ -45,11 +45,10 @@ def _check_extra(anchor: Tensor, negatives: Tensor | None, labels: Tensor | None
 
 
 def _masked_mean(values: Tensor, keep: Tensor) -> Tensor:
-    if bool(keep.all()):
-        return values.mean()
-    if not bool(keep.any()):
-        return values.sum() * 0.0
-    return values[keep].mean()
+    """Mean of ``values`` over the rows where ``keep``; 0 (with a zero gradient) when no row is kept. No
+    branch on tensor values, so the guided sampling loop never waits for the device here."""
+    kept = keep.sum().clamp_min(1).to(values.dtype)
+    return torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum() / kept
 
 
 def info_nce_loss(

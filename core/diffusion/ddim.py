@@ -154,9 +154,10 @@ def sample(
     x = x_T
     x_prev: Tensor | None = None
     total = len(ts)
+    alpha_values = alphas.tolist()  # host floats once, so the loop never reads a tensor back
     for i, t in enumerate(ts):
-        a_t = float(alphas[t])
-        a_next = float(alphas[ts[i + 1]]) if i + 1 < total else 1.0
+        a_t = alpha_values[t]
+        a_next = alpha_values[ts[i + 1]] if i + 1 < total else 1.0
         with torch.no_grad():
             eps = predict_eps(model, x, t, class_labels=class_labels)
         if guidance is not None:
