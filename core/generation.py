@@ -30,6 +30,7 @@ from core.contrastive import (
     validate_window,
 )
 from core.diffusion import DiffusionModel, ddim_timesteps, sample
+from core.diffusion.fast import SamplingSpeed, fast_features, fast_unet
 from core.progress import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def generate(
     real_images: np.ndarray | None = None,
     device: str | torch.device = "cpu",
     progress: ProgressFn | None = None,
+    speed: SamplingSpeed | None = None,
 ) -> GeneratedSet:
     """Sample ``count`` images (guided per ``params``), pseudo-label them with ``classifier``.
 
@@ -162,7 +164,8 @@ def generate(
     be on ``device``; the classifier is put in eval mode. ``real_images`` (uint8 N x H x W x C, same size as
     the model) feed the real_positive / real_negative strategies. ``progress(stage="sampling", current,
     total)`` is called after every DDIM step (total = batches x steps) and may raise
-    ``core.progress.Cancelled`` to stop.
+    ``core.progress.Cancelled`` to stop. ``speed`` switches on the optional fast paths of
+    :mod:`core.diffusion.fast` (compile, channels_last, bf16 on CUDA).
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive int, got {count!r}")
@@ -180,6 +183,9 @@ def generate(
             raise ValueError(f"real_images have shape {got} (C, H, W); the model makes {shape}")
     classifier.eval()
     diffusion.unet.eval()
+    speed = speed or SamplingSpeed()
+    unet = fast_unet(diffusion.unet, speed)
+    feature_fn = fast_features(classifier_feature_fn(classifier), speed)
     n_batches = math.ceil(count / params.batch_size)
     total_steps = n_batches * len(ts)
     images: list[np.ndarray] = []
@@ -197,7 +203,7 @@ def generate(
         guidance = None
         if params.guided:
             guidance = ContrastiveGuidance(
-                classifier_feature_fn(classifier),
+                feature_fn,
                 loss=params.loss,  # type: ignore[arg-type]  # "none" excluded by params.guided
                 lam=params.lam, tau=params.tau, tau_plus=params.tau_plus, beta=params.beta,
                 strategy=params.strategy, window=params.guidance_window, feature_on=params.feature_on,
@@ -211,9 +217,9 @@ def generate(
                 progress(stage="sampling", current=_b * len(ts) + step, total=total_steps,
                          message=f"batch {_b + 1}/{n_batches}")
 
-        x0 = sample(diffusion.unet, x_T, alphas_cumprod=diffusion.alphas_cumprod, timesteps=ts,
+        x0 = sample(unet, x_T, alphas_cumprod=diffusion.alphas_cumprod, timesteps=ts,
                     eta=params.eta, guidance=guidance, class_labels=class_labels, generator=gen,
-                    callback=on_step)
+                    callback=on_step, autocast_dtype=speed.autocast_dtype(device))
         images.append(model_space_to_uint8(x0))
         if guidance is not None:
             history += [

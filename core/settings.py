@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     # How often the reconciler (Celery beat -> the control queue) scans the non-terminal jobs in the store.
     reconcile_interval_s: float = Field(default=15.0, gt=0)
 
+    # torch.compile of the UNet and the feature extractor in generation jobs: "off", "inductor" (GPU hosts;
+    # the first compilation takes minutes on a CPU), or "aot_eager" (graph capture only).
+    compile: Literal["off", "inductor", "aot_eager"] = "off"
+    # The UNet in channels_last (NHWC) memory order during sampling.
+    channels_last: bool = False
+    # bfloat16 autocast for the UNet forward during sampling on CUDA (guidance gradient and update in fp32).
+    bf16: bool = False
+
     # --- object storage (core/storage) ---
     # "local": a directory (the embedded default); "minio": a MinIO / S3 server.
     store_backend: Literal["local", "minio"] = "local"

@@ -103,3 +103,32 @@ def test_trades_epoch_on_device_saves_a_model_the_cpu_loads(device: str, tmp_pat
     model = load_classifier(tmp_path / "trades", device="cpu")
     x, _ = val.to_tensors("cpu")
     assert model(x).shape == (32, 10)
+
+
+@NO_CUDA
+@pytest.mark.parametrize("speed", [{"bf16": True}, {"compile": "inductor"}, {"channels_last": True},
+                                   {"compile": "inductor", "bf16": True, "channels_last": True}],
+                         ids=["bf16", "inductor", "channels_last", "all"])
+def test_the_cuda_fast_paths_match_fp32_eager(speed, saved_models) -> None:
+    """On a GPU: bf16 autocast of the UNet (tolerance 3e-2: bfloat16 keeps 8 bits of mantissa over a few
+    steps), inductor compilation and channels_last (tolerance 1e-3: TF32/cuDNN algorithm choices) against the
+    fp32 eager loop from the same noise."""
+    from core.diffusion.fast import SamplingSpeed, fast_features, fast_unet
+
+    unet_dir, cnn_dir = saved_models
+    diffusion = load_diffusion_model(unet_dir, device="cuda")
+    classifier = load_classifier(cnn_dir, device="cuda")
+    ts = ddim_timesteps(diffusion.num_train_timesteps, 8, "uniform")
+    x_T = torch.randn(16, 1, 16, 16, generator=torch.Generator().manual_seed(0)).cuda()
+    options = SamplingSpeed(**speed)
+
+    def run(unet, features, autocast):
+        guidance = ContrastiveGuidance(features, loss="hnm", lam=20.0, tau=0.5)
+        return sample(unet, x_T, alphas_cumprod=diffusion.alphas_cumprod, timesteps=ts, guidance=guidance,
+                      autocast_dtype=autocast).float().cpu()
+
+    reference = run(diffusion.unet, classifier_feature_fn(classifier), None)
+    fast = run(fast_unet(diffusion.unet, options), fast_features(classifier_feature_fn(classifier), options),
+               options.autocast_dtype("cuda"))
+    tolerance = 3e-2 if options.bf16 else 1e-3
+    torch.testing.assert_close(fast, reference, rtol=tolerance, atol=tolerance)

@@ -113,3 +113,32 @@ def test_the_guided_loop_does_not_synchronise_per_step(models, options) -> None:
     # whatever happens once per run is allowed; nothing may grow with the number of steps
     assert len(many) == len(few), (few, many)
     assert len(guidance.history) == 11  # the history is complete once read
+
+
+@pytest.mark.parametrize("speed", [{"channels_last": True}, {"compile": "aot_eager"},
+                                   {"compile": "aot_eager", "channels_last": True}],
+                         ids=["channels_last", "compiled", "compiled+channels_last"])
+def test_the_fast_paths_give_the_eager_samples(models, speed) -> None:
+    """Compiled (graph capture through aot_eager: inductor's code generation takes minutes on this CPU and
+    runs on GPU hosts, tests/test_device_paths.py) and channels_last loops match the plain loop at 1e-5."""
+    from core.diffusion.fast import SamplingSpeed, fast_features, fast_unet
+
+    unet, classifier = models
+    plain_g = ContrastiveGuidance(classifier_feature_fn(classifier), loss="hnm", lam=50.0, tau=0.5)
+    fast_g = ContrastiveGuidance(fast_features(classifier_feature_fn(classifier), SamplingSpeed(**speed)),
+                                 loss="hnm", lam=50.0, tau=0.5)
+    x_T = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    ts = ddim_timesteps(1000, 4)
+    plain = sample(unet, x_T, alphas_cumprod=ALPHAS, timesteps=ts, guidance=plain_g)
+    fast = sample(fast_unet(unet, SamplingSpeed(**speed)), x_T, alphas_cumprod=ALPHAS, timesteps=ts,
+                  guidance=fast_g)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    unet.to(memory_format=torch.contiguous_format)  # the module fixture is shared
+
+
+def test_bf16_is_only_used_on_cuda() -> None:
+    from core.diffusion.fast import SamplingSpeed
+
+    assert SamplingSpeed(bf16=True).autocast_dtype("cpu") is None
+    assert SamplingSpeed(bf16=True).autocast_dtype("cuda:0") is torch.bfloat16
+    assert SamplingSpeed().autocast_dtype("cuda") is None

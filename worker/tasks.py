@@ -32,6 +32,7 @@ def context(app: Celery) -> WorkerContext:
     """The worker process's context, built on first use (after the fork, so CUDA starts in the child)."""
     ctx: WorkerContext | None = getattr(app, "_cdp_context", None)
     if ctx is None:
+        from core.diffusion.fast import SamplingSpeed
         from core.training.common import resolve_device
 
         settings: Settings = app.cdp_settings  # type: ignore[attr-defined]
@@ -43,6 +44,8 @@ def context(app: Celery) -> WorkerContext:
             device=str(resolve_device(settings.device)), shard_size=settings.shard_size,
             max_attempts=settings.max_attempts, lease_renew_s=settings.lease_renew_s,
             time_limit_s=settings.task_time_limit_s,
+            speed=SamplingSpeed(compile=settings.compile, channels_last=settings.channels_last,
+                                bf16=settings.bf16),
         )
         app._cdp_context = ctx  # type: ignore[attr-defined]
     return ctx

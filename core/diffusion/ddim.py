@@ -131,13 +131,15 @@ def sample(
     class_labels: Tensor | None = None,
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Run the (guided) DDIM loop from ``x_T`` down to x_0 over ``timesteps`` (largest first).
 
     The model runs under ``torch.no_grad()``; a guidance callable may use autograd (it runs outside
     no_grad). ``callback(step, total)`` is called after every step (step counts from 1) and may raise to
     stop sampling. With ``eta = 0`` and no guidance the loop is deterministic; with ``eta > 0`` the noise z
-    is drawn from ``generator``.
+    is drawn from ``generator``. ``autocast_dtype`` (e.g. bfloat16 on CUDA) runs the model's forward under
+    autocast and casts its output back to x's dtype; the guidance and the update stay in x's dtype.
     """
     if torch.is_inference_mode_enabled():
         raise RuntimeError("sample() must not run under torch.inference_mode(): guidance needs autograd")
@@ -159,7 +161,12 @@ def sample(
         a_t = alpha_values[t]
         a_next = alpha_values[ts[i + 1]] if i + 1 < total else 1.0
         with torch.no_grad():
-            eps = predict_eps(model, x, t, class_labels=class_labels)
+            if autocast_dtype is None:
+                eps = predict_eps(model, x, t, class_labels=class_labels)
+            else:
+                with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
+                    eps = predict_eps(model, x, t, class_labels=class_labels)
+                eps = eps.to(x.dtype)
         if guidance is not None:
             extra = guidance(
                 x, t, eps=eps, alpha_bar_t=a_t, x_prev=x_prev, step=i, class_labels=class_labels

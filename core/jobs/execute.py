@@ -65,6 +65,7 @@ class WorkerContext:
     max_attempts: int
     lease_renew_s: float = 5.0
     time_limit_s: float = 6 * 3600
+    speed: Any = None  # core.diffusion.fast.SamplingSpeed for generation (None: the plain fp32 eager loop)
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     models: ModelCache = field(init=False)
 
@@ -348,7 +349,7 @@ def _generate_shard_arrays(ctx: WorkerContext, job: JobRecord, spec: GenerateSpe
     count = shard_size_of(job, spec, shard, ctx.shard_size)
     result = generate(diffusion, classifier, params=params, count=count,
                       seed=shard_seed(spec.seed, shard), real_images=real_images, device=ctx.device,
-                      progress=progress)
+                      progress=progress, speed=ctx.speed)
     elapsed = time.perf_counter() - started
     return {
         "image": np.asarray(result.images, dtype=np.uint8),
