@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15.0, gt=0)
 
     # torch.compile of the UNet and the feature extractor in generation jobs: "off", "inductor" (GPU hosts;
-    # the first compilation takes minutes on a CPU), or "aot_eager" (graph capture only).
-    compile: Literal["off", "inductor", "aot_eager"] = "off"
+    # the first compilation takes minutes on a CPU), "cudagraphs" (inductor + CUDA graphs on CUDA), or
+    # "aot_eager" (graph capture only).
+    compile: Literal["off", "inductor", "aot_eager", "cudagraphs"] = "off"
     # The UNet in channels_last (NHWC) memory order during sampling.
     channels_last: bool = False
     # bfloat16 autocast for the UNet forward during sampling on CUDA (guidance gradient and update in fp32).

@@ -107,8 +107,9 @@ def test_trades_epoch_on_device_saves_a_model_the_cpu_loads(device: str, tmp_pat
 
 @NO_CUDA
 @pytest.mark.parametrize("speed", [{"bf16": True}, {"compile": "inductor"}, {"channels_last": True},
+                                   {"compile": "cudagraphs"},
                                    {"compile": "inductor", "bf16": True, "channels_last": True}],
-                         ids=["bf16", "inductor", "channels_last", "all"])
+                         ids=["bf16", "inductor", "channels_last", "cudagraphs", "all"])
 def test_the_cuda_fast_paths_match_fp32_eager(speed, saved_models) -> None:
     """On a GPU: bf16 autocast of the UNet (tolerance 3e-2: bfloat16 keeps 8 bits of mantissa over a few
     steps), inductor compilation and channels_last (tolerance 1e-3: TF32/cuDNN algorithm choices) against the
