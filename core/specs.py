@@ -150,6 +150,13 @@ class GenerateSpec(BaseModel):
     feature_on: Literal["x_t", "x0_hat"] = Field(
         default="x_t", description="features on x_t (the paper) or on the predicted x_0 (extension)")
     selection: SelectionSpec | None = None
+    judge: ModelRef | None = Field(
+        default=None,
+        description="an independent classifier (job:<id> of a finished classifier/trades training job, or a "
+        "model name) used only to score label_agreement; without one label_agreement is null")
+    tstr: bool = Field(
+        default=False, description="also train a small CNN on the generated set and report its accuracy on "
+        "the dataset's real test split (tstr_accuracy)")
 
     _limits = field_validator("count", "steps", "batch_size", "lam")(_within_server_limit)
 

@@ -414,7 +414,8 @@ def preview_png(images: np.ndarray, *, columns: int = 10, max_images: int = 100)
 def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> str:
     def work(job: JobRecord, lease: Lease) -> str:
         spec = job.generate_spec()
-        from core.generation import sample_metrics
+        from core.data import load_dataset
+        from core.generation import sample_metrics, sample_quality, train_on_synthetic_test_on_real
 
         ctx.repo.set_progress(job_id, Progress(fraction=0.99, current=0, total=1, stage="finalizing"))
         data = load_shards(ctx.store, job_id, shard_count(job, ctx.shard_size))
@@ -425,6 +426,15 @@ def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") ->
             ctx.store.put_bytes(keys.job_prefix(job_id) + "selected.npz",
                                 _npz_bytes(image=images, label=labels))
         metrics = dict(sample_metrics(classifier, images, labels))
+        train = load_dataset(spec.dataset, "train", root=ctx.data_root)
+        judge = ctx.models.get("classifier", spec.judge) if spec.judge is not None else None
+        metrics.update(sample_quality(images, labels, real_images_uint8_nhwc=train.images, judge=judge,
+                                      num_classes=train.info.num_classes, device=ctx.device))
+        if spec.tstr:
+            test = load_dataset(spec.dataset, "test", root=ctx.data_root)
+            metrics["tstr_accuracy"] = train_on_synthetic_test_on_real(
+                images, labels, test.images, test.labels, num_classes=train.info.num_classes, seed=spec.seed,
+                device=ctx.device)
         elapsed = float(data["elapsed_s"])
         metrics.update(
             generated=int(len(data["label"])),

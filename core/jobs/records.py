@@ -209,7 +209,11 @@ class JobRepository:
     def update(self, job_id: str, change: Callable[[JobRecord], None]) -> JobRecord:
         """Apply ``change`` to the stored record under a lock and write it back (store, then Redis)."""
         with self.redis.lock(keys.r_lock(job_id), timeout=30, blocking_timeout=30):
-            record = self.load(job_id)
+            try:
+                record = self.load(job_id)
+            except JobNotFound:  # it was there when the caller read it: the store is failing
+                raise DependencyUnavailable(
+                    "storage", f"the record of job {job_id} cannot be read back from the store") from None
             change(record)
             put_json(self.store, keys.record_key(job_id), record.model_dump(mode="json"))
             self._mirror(record)

@@ -61,6 +61,9 @@ class JobService:
         for field in ("model", "classifier"):
             self._check_model_ref((field,), getattr(spec, field), owner=owner,
                                   kinds=_ACCEPTED_TRAIN_KINDS[field])
+        if spec.judge is not None:
+            self._check_model_ref(("judge",), spec.judge, owner=owner,
+                                  kinds=_ACCEPTED_TRAIN_KINDS["classifier"])
         shards = math.ceil(spec.count / self.shard_size)
         plan = JobPlan(shards=shards, shard_size=self.shard_size, limits=server_limits())
         return self._submit("generate", spec.model_dump(mode="json"), owner, idempotency_key, plan,
