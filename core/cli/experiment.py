@@ -25,23 +25,15 @@ COLUMNS = (("clean_acc", "clean"), ("pgd_ce_acc", "PGD-CE"), ("pgd_cw_acc", "PGD
            ("autoattack_acc", "AutoAttack"), ("worst_acc", "robust (worst)"))
 
 
-def _cell(stat: dict[str, Any] | None) -> str:
+def _cell(stat: dict[str, Any] | None, *, signed: bool = False) -> str:
+    """"mean [lo, hi]" in percent (with a sign for differences); "-" when there is no value."""
     if not stat or stat.get("mean") is None:
         return "-"
-    text = f"{100 * stat['mean']:.1f}"
+    form = "{:+.1f}" if signed else "{:.1f}"
+    text = form.format(100 * stat["mean"])
     if stat.get("ci95"):
         lo, hi = stat["ci95"]
-        text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
-    return text
-
-
-def _diff(stat: dict[str, Any] | None) -> str:
-    if not stat or stat.get("mean") is None:
-        return "-"
-    text = f"{100 * stat['mean']:+.1f}"
-    if stat.get("ci95"):
-        lo, hi = stat["ci95"]
-        text += f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        text += f" [{form.format(100 * lo)}, {form.format(100 * hi)}]"
     return text
 
 
@@ -57,7 +49,7 @@ def format_result(result: dict[str, Any]) -> str:
         n = max((s.get("n", 0) for s in stats.values() if isinstance(s, dict)), default=0)
         paired = result.get("paired", {}).get(name, {}).get("worst_acc")
         rows.append([name, str(n), *[_cell(stats.get(key)) for key, _ in present],
-                     "(reference)" if name == reference else _diff(paired)])
+                     "(reference)" if name == reference else _cell(paired, signed=True)])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]

@@ -84,21 +84,8 @@ def test_openapi_python_client_generated_package_submits_a_job_and_reads_its_met
     """What other teams do: run openapi-python-client on /openapi.json and call the service through the
     package it writes (typed models, one module per operation id)."""
     import importlib
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    spec = tmp_path / "openapi.json"
-    spec.write_text(json.dumps(stack.client.get("/openapi.json").json()))
-    generator = Path(sys.executable).with_name("openapi-python-client")
-    done = subprocess.run(
-        [str(generator), "generate", "--path", str(spec), "--meta", "none", "--output-path",
-         str(tmp_path / "cdp_client")],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    monkeypatch.syspath_prepend(str(tmp_path))
+    generate_client_package(stack, tmp_path, monkeypatch, "cdp_client")
     client_mod = importlib.import_module("cdp_client.client")
     create_train_job = importlib.import_module("cdp_client.api.jobs.create_train_job")
     get_job = importlib.import_module("cdp_client.api.jobs.get_job")
@@ -134,21 +121,8 @@ def test_openapi_python_client_generated_package_submits_a_job_and_reads_its_met
 def test_generated_client_submits_an_experiment_and_reads_its_result(stack, tmp_path, monkeypatch) -> None:
     """The experiment and evaluation operations through the package openapi-python-client writes."""
     import importlib
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    spec = tmp_path / "openapi.json"
-    spec.write_text(json.dumps(stack.client.get("/openapi.json").json()))
-    generator = Path(sys.executable).with_name("openapi-python-client")
-    done = subprocess.run(
-        [str(generator), "generate", "--path", str(spec), "--meta", "none", "--output-path",
-         str(tmp_path / "cdp_client2")],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    monkeypatch.syspath_prepend(str(tmp_path))
+    generate_client_package(stack, tmp_path, monkeypatch, "cdp_client2")
     client_mod = importlib.import_module("cdp_client2.client")
     create_experiment_job = importlib.import_module("cdp_client2.api.jobs.create_experiment_job")
     create_evaluate_job = importlib.import_module("cdp_client2.api.jobs.create_evaluate_job")
@@ -181,3 +155,22 @@ def test_generated_client_submits_an_experiment_and_reads_its_result(stack, tmp_
     typed = get_job_metrics.sync(client=client, job_id=evaluation.parsed.id)
     assert isinstance(typed.evaluation, models.EvaluationMetrics)
     assert typed.evaluation.worst_acc <= typed.evaluation.pgd_ce_acc <= typed.evaluation.clean_acc
+
+
+def generate_client_package(stack, tmp_path, monkeypatch, name: str) -> None:
+    """Run openapi-python-client on the live /openapi.json, writing the importable package ``name``."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = tmp_path / "openapi.json"
+    spec.write_text(json.dumps(stack.client.get("/openapi.json").json()))
+    generator = Path(sys.executable).with_name("openapi-python-client")
+    done = subprocess.run(
+        [str(generator), "generate", "--path", str(spec), "--meta", "none", "--output-path",
+         str(tmp_path / name)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    monkeypatch.syspath_prepend(str(tmp_path))
