@@ -40,3 +40,69 @@ def test_recovery_benchmark_measures_a_killed_worker_in_a_reduced_form() -> None
     assert 0 < result["worker_restarted_after_s"] <= result["job_finished_after_s"]
     if result["unit_restarted_after_s"] is not None:  # None: the shard had landed just before the kill
         assert 0 < result["unit_restarted_after_s"] <= result["job_finished_after_s"]
+
+
+def _run_benchmark(script: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_ddim_vs_diffusers_benchmark_times_both_samplers_on_both_shapes(tmp_path: Path) -> None:
+    out = tmp_path / "ddim.json"
+    done = _run_benchmark("ddim_vs_diffusers.py", "--batch", "1", "--steps", "2", "--repeats", "1",
+                          "--overhead-calls", "2", "--json", str(out))
+    assert "diffusers/ours" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["shape"] for r in rows] == ["digits", "cifar10"]
+    for r in rows:
+        assert r["ours_ms_per_image"] > 0 and r["diffusers_ms_per_image"] > 0
+        assert r["ratio_diffusers_over_ours"] > 0
+        assert r["null_model_ours_us_per_step"] > 0 and r["null_model_diffusers_us_per_step"] > 0
+        assert r["max_abs_diff_x0"] < 1e-3  # the same samples: the comparison is apples to apples
+
+
+def test_guided_floor_benchmark_reports_ratio_and_floor(tmp_path: Path) -> None:
+    out = tmp_path / "floor.json"
+    done = _run_benchmark("guided_floor.py", "--batch", "2", "--steps", "3", "--repeats", "1",
+                          "--unit-calls", "1", "--wrn-depth", "10", "--wrn-widen", "1", "--json", str(out))
+    assert "ratio/floor" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["shape"] for r in rows] == ["digits", "cifar10"]
+    for r in rows:
+        assert min(r["unet_forward_ms"], r["feature_fwd_bwd_ms"], r["unguided_ms_per_image"],
+                   r["guided_ms_per_image"]) > 0
+        assert r["floor"] > 1 and r["ratio"] > 0 and r["ratio_over_floor"] > 0
+
+
+def test_trades_step_benchmark_compares_the_trainer_with_a_plain_loop(tmp_path: Path) -> None:
+    out = tmp_path / "trades.json"
+    done = _run_benchmark("trades_step.py", "--batch", "4", "--train-steps", "2", "--pgd-steps", "2",
+                          "--repeats", "1", "--wrn-depth", "10", "--wrn-widen", "1", "--json", str(out))
+    assert "ours/plain" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["shape"] for r in rows] == ["digits", "cifar10"]
+    for r in rows:
+        assert min(r["ours_images_per_s"], r["plain_images_per_s"], r["ours_step_fns_images_per_s"]) > 0
+        assert r["ratio_ours_over_plain"] > 0
+
+
+def test_throughput_benchmark_reports_every_configuration(tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    done = _run_benchmark("throughput.py", "--batch-size", "1", "--steps", "4", "--repeats", "1",
+                          "--wrn-depth", "10", "--wrn-widen", "1", "--json", str(out))
+    assert "x vanilla" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["config"] for r in rows] == ["vanilla DDIM", "HNM", "InfoNCE", "HNM + embedding head",
+                                           "HNM, window t >= 400"]
+    assert rows[0]["ratio_to_vanilla"] == 1.0
+    assert all(r["images_per_s"] > 0 and r["ms_per_image"] > 0 and r["ratio_to_vanilla"] > 0 for r in rows)
+
+
+def test_gpu_script_is_valid_bash() -> None:
+    done = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
