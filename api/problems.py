@@ -72,15 +72,30 @@ def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
 
 def validation_problem(request: Request, errors: list[FieldError], detail: str | None = None) -> JSONResponse:
     summary = "; ".join(f"{e.field}: {e.message}" for e in errors)
-    return problem_response(request, 422, "Validation error", detail or summary, slug="validation-error",
-                            errors=errors)
+    return problem_response(request, 422, "Validation error", clip(detail or summary, 1000),
+                            slug="validation-error", errors=errors)
+
+
+# A reply never echoes much of what it was sent: each message is cut to MESSAGE_CHARS characters and at most
+# MAX_ERRORS field errors are listed (a 20 MB string in a field gives a reply of a few hundred bytes).
+MESSAGE_CHARS = 300
+MAX_ERRORS = 20
+
+
+def clip(text: str, limit: int = MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [FieldError(field=_field_path(e.get("loc", ())), message=str(e.get("msg", "")),
-                             type=str(e.get("type", ""))) for e in exc.errors()]
+        raw = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in raw):
+            return problem_response(request, 400, "Malformed JSON", "the request body is not valid JSON",
+                                    slug="malformed-json")
+        errors = [FieldError(field=clip(_field_path(e.get("loc", ())), 120),
+                             message=clip(str(e.get("msg", ""))), type=str(e.get("type", "")))
+                  for e in raw[:MAX_ERRORS]]
         return validation_problem(request, errors)
 
     @app.exception_handler(ProblemError)
@@ -90,9 +105,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        titles = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized"}
+        titles = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+                  405: "Method not allowed", 413: "Request body too large"}
         title = titles.get(exc.status_code, "Error")
-        return problem_response(request, exc.status_code, title, str(exc.detail or ""),
+        detail = str(exc.detail or "")
+        if exc.status_code == 413:
+            detail = f"the request body exceeds {getattr(app.state, 'max_body_bytes', '?')} bytes"
+        return problem_response(request, exc.status_code, title, clip(detail),
                                 slug=title.lower().replace(" ", "-"), headers=getattr(exc, "headers", None))
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -157,12 +176,27 @@ class CatchAll:
 
 
 # Documented error responses for the OpenAPI document.
+_TEXT = {
+    400: "The request body is not valid JSON",
+    401: "Missing or unknown API key (`Authorization: Bearer <key>`)",
+    403: "The API key's role may not do this",
+    404: "No such job (or not yours)",
+    409: "Not available in the job's current state (or a request with the same Idempotency-Key is still "
+         "being processed)",
+    413: "The request body is larger than the server's limit (CDP_MAX_BODY_BYTES)",
+    422: "Invalid request (see `errors`, one entry per bad field)",
+    429: "A quota of the caller's team is used up; retry after `Retry-After` seconds",
+    503: "A dependency (Redis or storage) is unavailable; retry after `Retry-After` seconds",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
+                                "schema": {"type": "integer", "minimum": 0}}}
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    text = {401: "Missing or unknown bearer token", 404: "No such job (or not yours)",
-            409: "Not available in the job's current state (or a request with the same Idempotency-Key "
-                 "is still being processed)",
-            422: "Invalid request (see `errors`)",
-            503: "A dependency (Redis or storage) is unavailable; retry after `Retry-After` seconds"}
-    return {s: {"model": Problem, "description": text.get(s, "Error"),
-                "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
-            for s in statuses}
+    out: dict[int | str, dict[str, Any]] = {}
+    for s in statuses:
+        out[s] = {"model": Problem, "description": _TEXT.get(s, "Error"),
+                  "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        if s in (429, 503):
+            out[s]["headers"] = _RETRY_AFTER
+    return out

@@ -187,6 +187,26 @@ def test_put_if_absent_creates_once(store: ObjectStore) -> None:
     assert store.stat("idem/k.json").sha256 == sha(b"one")
 
 
+def test_put_many_stores_each_object_as_put_bytes_would(store: ObjectStore) -> None:
+    store.put_bytes("many/active/j1", b"older")  # overwritten like put_bytes overwrites
+    items = [("many/jobs/j1/job.json", b'{"id": "j1"}', "application/json"),
+             ("many/active/j1", b"", "text/plain"), ("many/index/o/j1", b"", "text/plain")]
+    infos = store.put_many(items)
+    assert [i.key for i in infos] == [key for key, _, _ in items]
+    for (key, data, content_type), info in zip(items, infos, strict=True):
+        assert store.get_bytes(key) == data
+        assert (info.size, info.sha256) == (len(data), sha(data))
+        stat = store.stat(key)
+        assert (stat.size, stat.sha256, stat.content_type) == (len(data), sha(data), content_type)
+    assert store.put_many([]) == []
+
+
+def test_put_many_rejects_a_bad_key_before_writing_any(store: ObjectStore) -> None:
+    with pytest.raises(InvalidKey):
+        store.put_many([("fine/first", b"1", "text/plain"), ("../escape", b"2", "text/plain")])
+    assert not store.exists("fine/first")
+
+
 def test_delete(store: ObjectStore) -> None:
     store.put_bytes("d/a", b"1")
     store.put_bytes("d/b", b"2")
@@ -394,6 +414,19 @@ def test_local_writes_leave_no_temporary_files_and_stay_under_root(tmp_path: Pat
     names = sorted(p.name for p in (tmp_path / "root" / "a").iterdir())
     assert names == [".b.bin.meta.json", "b.bin"]  # the data file and its sidecar, nothing else
     assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+
+
+def test_local_put_many_renames_in_order_after_all_are_written(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    store.put_many([("jobs/j/job.json", b"{}", "application/json"), ("active/j", b"", "text/plain")])
+    for folder, names in (("jobs/j", [".job.json.meta.json", "job.json"]), ("active", [".j.meta.json", "j"])):
+        assert sorted(p.name for p in (tmp_path / "root" / folder).iterdir()) == names  # no temporary files
+    # an item that cannot be written fails the batch before any object of it is in place
+    store.put_bytes("blocked", b"an object, so not a prefix")
+    with pytest.raises(StorageError, match="'blocked/x'"):
+        store.put_many([("jobs/k/job.json", b"{}", "application/json"), ("blocked/x", b"", "text/plain")])
+    assert not store.exists("jobs/k/job.json")
+    assert [p.name for p in (tmp_path / "root" / "jobs" / "k").iterdir()] == []
 
 
 def test_local_detects_a_stale_sidecar(tmp_path: Path) -> None:

@@ -61,11 +61,16 @@ local value = redis.call('GET', KEYS[1])
 if value and string.match(value, '^%d+') == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
 return 0
 """
-# KEYS: units hash. ARGV: unit, message id. A unit already taken by this very message stays taken.
+# KEYS: units hash. ARGV: unit, message id, ttl s. A unit already taken by this very message stays taken;
+# the hash's time to live is renewed either way (one round trip for both).
 _MARK_PENDING = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == 'taken:' .. ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], 'pending:' .. ARGV[2])
-return 1
+local marked = 0
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'taken:' .. ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], 'pending:' .. ARGV[2])
+  marked = 1
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return marked
 """
 
 
@@ -105,8 +110,7 @@ class UnitLeases:
         return Lease(self, job_id, unit, token)
 
     def mark_pending(self, job_id: str, unit: str, message_id: str) -> None:
-        self._mark(keys=[keys.r_units(job_id)], args=[unit, message_id])
-        self.redis.expire(keys.r_units(job_id), keys.RECORD_TTL_S)
+        self._mark(keys=[keys.r_units(job_id)], args=[unit, message_id, keys.RECORD_TTL_S])
 
     def has_state(self, job_id: str, unit: str) -> bool:
         return bool(self.redis.hexists(keys.r_units(job_id), unit))

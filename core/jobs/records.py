@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from typing import Any
 
 import redis as redis_lib
 
-from core.jobs import keys
+from core.jobs import keys, quotas
 from core.jobs.keys import RECORD_TTL_S
 from core.jobs.leases import UnitLeases
 from core.specs import TERMINAL_STATUSES, JobKind, JobPlan, JobRecord, JobStatus, Progress, links_for
@@ -64,12 +65,30 @@ def redis_client(url: str) -> redis_lib.Redis:
                                     retry=Retry(ConstantBackoff(0.05), 1), health_check_interval=15)
 
 
+def json_bytes(data: Any) -> bytes:
+    """How records and the other small JSON objects of this module are stored."""
+    return json.dumps(data, indent=1).encode()
+
+
 def put_json(store: ObjectStore, key: str, data: Any) -> None:
-    store.put_bytes(key, json.dumps(data, indent=1).encode(), content_type="application/json")
+    store.put_bytes(key, json_bytes(data), content_type="application/json")
 
 
 def get_json(store: ObjectStore, key: str) -> Any:
     return json.loads(store.get_bytes(key))
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s/'\"():,]+/)*([^\s/'\"():,]+)")
+
+
+def public_error(error: str | None) -> str | None:
+    """A job's error as clients see it: absolute server paths shortened to their last part
+    (``GTSRB split folder missing: /srv/data/gtsrb/train`` -> ``... missing: .../train``), at most 2000
+    characters. The worker logs the full text."""
+    if error is None:
+        return None
+    text = _ABSOLUTE_PATH.sub(lambda m: ".../" + m.group(1), error)
+    return text if len(text) <= 2000 else text[:1997] + "..."
 
 
 def new_job_id() -> str:
@@ -113,9 +132,13 @@ class JobRepository:
         job_id = job_id or new_job_id()
         record = JobRecord(id=job_id, kind=kind, owner=owner, input=input, created_at=utcnow(),
                            links=links_for(job_id), plan=plan or JobPlan(), parent=parent)
-        put_json(self.store, keys.record_key(job_id), record.model_dump(mode="json"))
-        self.store.put_bytes(keys.active_key(job_id), b"", content_type="text/plain")
-        self.store.put_bytes(keys.owner_index_prefix(owner) + job_id, b"", content_type="text/plain")
+        # The record, then its markers, each durable before it becomes visible and visible after the one
+        # before it; put_many lets the store flush all three in one round.
+        self.store.put_many([
+            (keys.record_key(job_id), json_bytes(record.model_dump(mode="json")), "application/json"),
+            (keys.active_key(job_id), b"", "text/plain"),
+            (keys.owner_index_prefix(owner) + job_id, b"", "text/plain"),
+        ])
         self._mirror(record)
         return record
 
@@ -173,12 +196,13 @@ class JobRepository:
         return record
 
     def list(
-        self, *, owner: str, kind: JobKind | None = None, status: JobStatus | None = None,
+        self, *, owner: str | None, kind: JobKind | None = None, status: JobStatus | None = None,
         page_size: int = 50, page_token: str | None = None, parent: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        """An owner's jobs, newest first. ``page_token`` is the last id of the previous page."""
-        prefix = keys.owner_index_prefix(owner)
-        ids = sorted((info.key[len(prefix):] for info in self.store.list(prefix)), reverse=True)
+        """An owner's jobs (every owner's for ``owner=None``), newest first. ``page_token`` is the last id of
+        the previous page."""
+        prefix = keys.owner_index_prefix(owner) if owner is not None else keys.INDEX_PREFIX
+        ids = sorted((info.key.rsplit("/", 1)[-1] for info in self.store.list(prefix)), reverse=True)
         if page_token is not None:
             ids = [i for i in ids if i < page_token]
         page: list[JobRecord] = []
@@ -214,6 +238,7 @@ class JobRepository:
             except JobNotFound:  # it was there when the caller read it: the store is failing
                 raise DependencyUnavailable(
                     "storage", f"the record of job {job_id} cannot be read back from the store") from None
+            was_terminal = record.terminal
             change(record)
             put_json(self.store, keys.record_key(job_id), record.model_dump(mode="json"))
             self._mirror(record)
@@ -222,6 +247,11 @@ class JobRepository:
                 self.deactivate(job_id)
             except StorageError as exc:  # the reconciler removes it later
                 log.warning("job %s: could not remove its active marker: %s", job_id, exc)
+            if not was_terminal:
+                try:  # its team's concurrent-jobs slot (core.jobs.quotas); a lost removal heals itself
+                    quotas.job_finished(self.redis, record.owner, job_id)
+                except REDIS_ERRORS:
+                    pass
         return record
 
     def mark_running(self, job_id: str) -> JobRecord:
@@ -241,7 +271,7 @@ class JobRepository:
             if record.terminal:
                 return
             record.status = status
-            record.error = error
+            record.error = public_error(error)
             record.completed_at = utcnow()
             live = self.redis.get(keys.r_progress(job_id))
             if live is not None:

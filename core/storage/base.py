@@ -16,7 +16,7 @@ import json
 import mimetypes
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -179,6 +179,13 @@ class ObjectStore(Protocol):
         """Create ``key`` only if it does not exist; ``True`` if this call created it."""
         ...
 
+    def put_many(self, items: Sequence[tuple[str, bytes, str]]) -> list[ObjectInfo]:
+        """Store several objects ``(key, data, content_type)`` in order, as ``put_bytes`` on each would. An
+        object becomes visible only after those before it; on an error, a leading part of the items may be
+        stored and none after it; bad keys raise before any is written. A backend may make them durable
+        together (the local store fsyncs them in one round before renaming any into place)."""
+        ...
+
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> ObjectInfo:
         """Upload a local file (streamed; multipart on S3); content type guessed from ``key`` if None."""
         ...
@@ -232,6 +239,11 @@ class BaseStore(ABC):
 
     @abstractmethod
     def iter_chunks(self, key: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]: ...
+
+    def put_many(self, items: Sequence[tuple[str, bytes, str]]) -> list[ObjectInfo]:
+        for key, _, _ in items:
+            validate_key(key)  # every key before the first write
+        return [self.put_bytes(key, data, content_type=content_type) for key, data, content_type in items]
 
     def exists(self, key: str) -> bool:
         try:

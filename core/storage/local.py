@@ -25,7 +25,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -58,6 +59,26 @@ def _sidecar_path(path: Path) -> Path:
 
 def _identity(st: os.stat_result) -> dict[str, int]:
     return {"inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+@dataclass
+class _Staged:
+    """One object of :meth:`LocalStore.put_many` between its temporary file and its rename."""
+
+    key: str
+    path: Path
+    content_type: str
+    sha256: str
+    tmp: str
+    fd: int
+    closed: bool = False
+    placed: bool = False  # renamed into place
 
 
 def _etag(st: os.stat_result) -> str:
@@ -221,6 +242,57 @@ class LocalStore(BaseStore):
             return hashlib.sha256(payload).hexdigest(), len(payload)
 
         return self._write(key, fill, content_type, exclusive=True) is not None
+
+    def put_many(self, items: Sequence[tuple[str, bytes, str]]) -> list[ObjectInfo]:
+        """As ``put_bytes`` on each item in order, with the fsyncs in one round: every payload goes to its own
+        temporary file and all of them are fsynced before the first one is renamed into place, then they are
+        renamed in order. So each object is durable before it becomes visible, and visible only after those
+        before it, as with separate writes; but the first fsync commits the file system's journal for all of
+        them, and the others find little left to flush (a job's record and its two markers: about one disk
+        flush instead of three). Bad keys raise before any I/O."""
+        payloads = [(key, as_bytes(data), content_type) for key, data, content_type in items]
+        for key, _, _ in payloads:
+            validate_key(key)
+        staged: list[_Staged] = []
+        infos: list[ObjectInfo] = []
+        current = ""
+        try:
+            for key, payload, content_type in payloads:
+                current = key
+                path = self._path(key)
+                self._make_parent(path, key)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
+                staged.append(_Staged(key, path, content_type, hashlib.sha256(payload).hexdigest(), tmp, fd))
+                _write_all(fd, payload)
+            for item in staged:
+                current = item.key
+                os.fsync(item.fd)
+            for item in staged:
+                current = item.key
+                item.closed = True
+                os.close(item.fd)
+                os.chmod(item.tmp, 0o644)
+                st = os.stat(item.tmp)
+                if item.path.is_dir():
+                    self._remove_empty_dir(item.path, item.key)
+                os.replace(item.tmp, item.path)
+                item.placed = True
+                self._write_sidecar(item.path, st, item.sha256, item.content_type)
+                meta = {"sha256": item.sha256, "content_type": item.content_type}
+                infos.append(self._info(item.key, st, meta))
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot write {current!r}: {exc}") from exc
+        finally:
+            for item in staged:
+                if not item.closed:
+                    with contextlib.suppress(OSError):
+                        os.close(item.fd)
+                if not item.placed:
+                    with contextlib.suppress(OSError):
+                        os.unlink(item.tmp)
+        return infos
 
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> ObjectInfo:
         source = Path(path)

@@ -174,3 +174,57 @@ def generate_client_package(stack, tmp_path, monkeypatch, name: str) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_authenticated_client_of_the_generated_package_submits_and_reads_a_job(
+    service_env, monkeypatch, tmp_path, store, redis_client
+) -> None:
+    """With API keys on, as README shows: ``AuthenticatedClient(base_url, token=<key>)``; the plain
+    ``Client`` gets a 401."""
+    import importlib
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from core.jobs.apikeys import create_key
+    from core.settings import get_settings
+
+    _, key = create_key(tmp_path / "keys.json", team="team-a")
+    monkeypatch.setenv("CDP_API_KEYS_FILE", str(tmp_path / "keys.json"))
+    get_settings.cache_clear()
+    http = TestClient(create_app(get_settings(), store=store, redis_client=redis_client))
+    generate_client_package(SimpleNamespace(client=http), tmp_path, monkeypatch, "cdp_client3")
+    client_mod = importlib.import_module("cdp_client3.client")
+    create_train_job = importlib.import_module("cdp_client3.api.jobs.create_train_job")
+    get_job = importlib.import_module("cdp_client3.api.jobs.get_job")
+    list_jobs = importlib.import_module("cdp_client3.api.jobs.list_jobs")
+    models = importlib.import_module("cdp_client3.models")
+
+    # a real server on loopback: the generated client builds its own httpx client with the bearer header
+    import threading
+
+    import uvicorn
+
+    from core.jobs.embedded import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(http.app, host="127.0.0.1", port=port, log_level="critical"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    base_url = f"http://127.0.0.1:{port}"
+    client = client_mod.AuthenticatedClient(base_url=base_url, token=key)
+    created = create_train_job.sync_detailed(client=client, body=models.TrainSpec.from_dict(
+        {"kind": "classifier", "dataset": "digits", "epochs": 1}), idempotency_key="auth-1")
+    assert created.status_code == 202, created.content
+    assert created.headers["location"] == f"/jobs/{created.parsed.id}"
+    record = get_job.sync(client=client, job_id=created.parsed.id)
+    assert isinstance(record, models.JobRecord) and record.owner == "team-a"
+    assert [j.id for j in list_jobs.sync(client=client).items] == [created.parsed.id]
+
+    anonymous = client_mod.Client(base_url=base_url)
+    assert get_job.sync_detailed(client=anonymous, job_id=created.parsed.id).status_code == 401
+    server.should_exit = True

@@ -15,7 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from core.jobs import task_names
-from core.jobs.queue import QUEUE
+from core.jobs.queue import CONTROL_QUEUE, WORK_QUEUES, queue_keys
 from core.jobs.records import JobRepository
 from core.settings import Settings
 from core.storage import LocalStore
@@ -36,9 +36,11 @@ def named_models(settings: Settings) -> None:
 
 
 def queued_tasks(redis_client: redis.Redis) -> list[tuple[str, list]]:
-    """(task name, args) of every message waiting in the broker queue, oldest first."""
+    """(task name, args) of every message waiting in the broker's queues, oldest first within each list
+    (one list per queue and priority step)."""
     out = []
-    for raw in reversed(redis_client.lrange(QUEUE, 0, -1)):
+    lists = [key for queue in (*WORK_QUEUES, CONTROL_QUEUE) for key in queue_keys(queue)]
+    for raw in (raw for key in lists for raw in reversed(redis_client.lrange(key, 0, -1))):
         message = json.loads(raw)
         args = json.loads(__import__("base64").b64decode(message["body"]))[0]
         out.append((message["headers"]["task"], args))
@@ -97,7 +99,11 @@ def test_unknown_job_is_404_problem(client: TestClient) -> None:
                  "/jobs/" + "0" * 24 + "/events"):
         assert_problem(client.get(path), 404)
     assert_problem(client.post("/jobs/" + "0" * 24 + "/cancel"), 404)
-    assert_problem(client.get("/jobs/not-a-job-id"), 422)
+    assert_problem(client.get("/jobs/not-a-job-id"), 404)  # no such resource
+    assert client.get("/jobs/" + "0" * 24 + "%0A").status_code == 404  # a final newline is no job id
+    not_allowed = client.get("/jobs/train")  # only POST exists there
+    assert_problem(not_allowed, 405)
+    assert not_allowed.headers["allow"] == "POST"
 
 
 def test_submit_generate_enqueues_one_task_per_shard(

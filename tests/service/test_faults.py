@@ -7,6 +7,7 @@ Leases, renewals and reconcile passes are shortened (seconds, not the defaults) 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -147,7 +148,9 @@ def test_kill_9_of_the_worker_mid_training_resumes_from_the_epoch_checkpoint(sta
     assert job["status"] == "succeeded", job["error"]
     assert job["attempts"] == {"train": 2}
     log_text = (var / "logs" / "worker.log").read_text()
-    resumed = [line for line in log_text.splitlines() if "resuming classifier training" in line]
+    messages = [json.loads(line)["message"] if line.startswith("{") else line  # CDP_LOG_FORMAT=json lines
+                for line in log_text.splitlines()]
+    resumed = [line for line in messages if "resuming classifier training" in line]
     assert len(resumed) == 1 and " at epoch " in resumed[0]
     assert int(resumed[0].rsplit(" at epoch ", 1)[1].split()[0]) >= 1  # not from scratch
     history = http.get(f"/jobs/{job_id}/metrics").json()["metrics"]["history"]

@@ -1,0 +1,138 @@
+"""Who is calling: API keys (``CDP_API_KEYS_FILE``), teams and the admin role.
+
+The key is checked by :class:`Gate`, a plain ASGI middleware, before any route runs, so a request without a
+valid key is a 401 before its body is read (FastAPI parses a body before it solves a route's dependencies,
+so a dependency alone would answer malformed JSON with 400/422 first). The route dependency
+:func:`get_caller` is declared with ``fastapi.security.HTTPBearer``, so the OpenAPI document carries an HTTP
+bearer security scheme: generated clients use ``AuthenticatedClient`` and Swagger UI offers Authorize.
+
+Without keys (no keys file and no legacy ``CDP_API_TOKENS``) auth is off: every caller is the single local
+team ``anonymous`` (the embedded default, ``make demo``). With keys, a member key sees only its team's jobs;
+an admin key sees every team's jobs and may read ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.problems import problem_response
+from core.jobs.apikeys import KeyRing
+
+ANONYMOUS = "anonymous"
+# Paths anyone may read: the probes and the API's own documentation.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+ADMIN_PATHS = frozenset({"/metrics"})
+
+
+@dataclass(frozen=True)
+class Caller:
+    team: str
+    role: str = "member"
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def scope(self) -> str | None:
+        """The owner whose jobs this caller may see; None (every owner's) for an admin."""
+        return None if self.admin else self.team
+
+
+LOCAL = Caller(ANONYMOUS)
+
+
+class Gate:
+    """Authenticates every non-public request from its ``Authorization: Bearer <key>`` header and puts the
+    :class:`Caller` into the request's state; answers 401 (no or unknown key) or 403 (``/metrics`` for a
+    non-admin) itself, before the body is read."""
+
+    def __init__(self, app: ASGIApp, *, keys: KeyRing) -> None:
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        caller = LOCAL
+        if self.keys.enabled:
+            found = self.keys.lookup(_bearer(scope))
+            if found is None:
+                response = problem_response(
+                    Request(scope), 401, "Unauthorized", "a valid 'Authorization: Bearer <API key>' header "
+                    "is required", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+            caller = Caller(found.team, found.role)
+            if scope["path"] in ADMIN_PATHS and not caller.admin:
+                response = problem_response(Request(scope), 403, "Forbidden",
+                                            "this resource needs an admin key", slug="forbidden")
+                await response(scope, receive, send)
+                return
+        scope.setdefault("state", {})["cdp_caller"] = caller
+        await self.app(scope, receive, send)
+
+
+def _bearer(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(413, "request body too large")
+
+
+class BodyLimit:
+    """413 for a request body over ``max_bytes``: at once from Content-Length, else as soon as the bytes
+    read exceed it (FastAPI re-raises an HTTPException met while reading the body, so the problem handler
+    answers). Starlette's own limit middleware sends a plain response of its own, hence this one."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                response = problem_response(Request(scope), 413, "Request body too large",
+                                            f"the request body exceeds {self.max_bytes} bytes",
+                                            slug="request-body-too-large")
+                await response(scope, receive, send)
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `cdp keys create` (not needed when the "
+                    "server has no keys)")
+
+
+async def get_caller(request: Request,
+                     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
+    """The caller :class:`Gate` authenticated (the dependency documents the bearer scheme)."""
+    return request.scope.get("state", {}).get("cdp_caller", LOCAL)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
