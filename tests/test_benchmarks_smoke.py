@@ -106,3 +106,37 @@ def test_gpu_script_is_valid_bash() -> None:
     done = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
                           timeout=30, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_api_submit_benchmark_compares_the_route_with_its_floor(tmp_path: Path) -> None:
+    out = tmp_path / "api_submit.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "api_submit.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "x floor" in done.stdout
+    levels = json.loads(out.read_text())["levels"]
+    assert [r["clients"] for r in levels] == [1, 10, 50]
+    for r in levels:
+        for side in ("ours", "floor"):
+            assert r[side]["errors"] == 0 and r[side]["n"] > 0
+            assert 0 < r[side]["p50_ms"] <= r[side]["p99_ms"]
+        assert r["p99_ratio"] > 0
+
+
+def test_fanout_benchmark_runs_one_job_on_one_then_two_workers(tmp_path: Path) -> None:
+    out = tmp_path / "fanout.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fanout.py"), "--count", "4", "--shard-size", "2",
+         "--steps", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "CDP_REDIS_URL"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [run["workers"] for run in result["runs"]] == [1, 2]
+    for run in result["runs"]:  # every shard of the job ran (a shard may run twice only after a loss)
+        assert sum(run["shard_starts_per_worker"].values()) >= 2
+        assert len(run["shard_starts_per_worker"]) == run["workers"]
+    assert result["speedup_2_workers"] > 0 and "ratio" in done.stdout

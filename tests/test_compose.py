@@ -77,23 +77,29 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_services(services: dict[str, Any]) -> None:
-    assert set(services) == {"api", "worker", "scheduler", "redis", "minio", "createbuckets"}
+    assert set(services) == {"api", "worker", "worker-gpu1", "scheduler", "redis", "minio", "createbuckets",
+                             "flower"}
 
 
 def test_one_scheduler_runs_beat_on_the_control_queue_and_workers_serve_the_work_queue(
         services: dict[str, Any]) -> None:
-    from core.jobs.queue import CONTROL_QUEUE, QUEUE
+    from core.jobs.queue import CONTROL_QUEUE, WORK_QUEUES
 
     scheduler = services["scheduler"]["command"]
     assert scheduler[:4] == ["celery", "--app", "worker.app", "worker"] and "--beat" in scheduler
     assert scheduler[scheduler.index("--queues") + 1] == CONTROL_QUEUE
     assert "deploy" not in services["scheduler"]  # no GPU, and no replicas (beat must run once)
-    worker = services["worker"]["command"]
-    assert worker[worker.index("--queues") + 1] == QUEUE and "--beat" not in worker
+    for name in ("worker", "worker-gpu1"):  # the queues come from CDP_WORKER_QUEUES (default: every kind)
+        worker = services[name]["command"]
+        assert "--queues" not in worker and "--beat" not in worker
+        queues = env_of(services[name])["CDP_WORKER_QUEUES"].split(":-", 1)[1].rstrip("}")
+        assert queues.split(",") == list(WORK_QUEUES)
 
 
-def test_worker_reserves_one_nvidia_gpu_and_runs_one_process(services: dict[str, Any]) -> None:
-    worker = services["worker"]
+@pytest.mark.parametrize("name", ["worker", "worker-gpu1"])
+def test_each_worker_reserves_one_nvidia_gpu_and_runs_one_process(services: dict[str, Any],
+                                                                  name: str) -> None:
+    worker = services[name]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert len(devices) == 1
     (device,) = devices
@@ -103,7 +109,13 @@ def test_worker_reserves_one_nvidia_gpu_and_runs_one_process(services: dict[str,
     command = worker["command"]
     assert command[:4] == ["celery", "--app", "worker.app", "worker"]
     assert command[command.index("--concurrency") + 1] == "1"
-    assert env_of(worker)["CDP_DEVICE"] == "cuda"
+    assert env_of(worker)["CDP_DEVICE"] == "cuda:0"  # the one GPU the container sees
+
+
+def test_the_two_gpu_workers_reserve_different_gpus(services: dict[str, Any]) -> None:
+    ids = [services[name]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"][0]
+           for name in ("worker", "worker-gpu1")]
+    assert ids == ["${WORKER_GPU:-0}", "${WORKER_GPU1:-1}"]
 
 
 def test_api_and_worker_start_the_real_entry_points(services: dict[str, Any]) -> None:
@@ -194,14 +206,13 @@ def test_compose_environment_builds_working_settings(monkeypatch: pytest.MonkeyP
     env = env_example() | {
         "MINIO_ROOT_PASSWORD": "r00t-" + "x" * 20,
         "CDP_MINIO_SECRET_KEY": "svc-" + "y" * 20,
-        "CDP_API_TOKENS": '{"tok-' + "z" * 20 + '": "team-a"}',
     }
     for service in APP_SERVICES:
         for key, value in resolved_app_env(service, env).items():
             monkeypatch.setenv(key, value)
         settings = Settings()
         assert settings.redis_url == "redis://redis:6379/0"
-        assert settings.api_tokens == {"tok-" + "z" * 20: "team-a"}
+        assert settings.api_keys_file == Path("/srv/cdp/keys/api-keys.json") and settings.api_tokens == {}
         store = store_from_settings(settings)
         assert isinstance(store, MinioStore)
         assert (store.endpoint, store.bucket, store.secure) == ("minio:9000", "cdp", False)
@@ -262,3 +273,14 @@ def test_gpu_image_does_not_install_a_second_torch() -> None:
         assert not [p for p in packages if re.match(r"torch\b", p)], f"pip installs torch: {args}"
         # the project is installed with the base image's torch pinned as a constraint
         assert "--constraint" in args or "-c" in args, f"pip install without the torch constraint: {args}"
+
+
+def test_api_reads_hashed_keys_and_worker_exports_metrics_and_flower_is_optional(
+    services: dict[str, Any]
+) -> None:
+    assert any(v.endswith(":/srv/cdp/keys:ro") for v in services["api"]["volumes"])
+    worker = env_of(services["worker"])
+    assert worker["CDP_WORKER_METRICS_PORT"] == "9100" and worker["PROMETHEUS_MULTIPROC_DIR"] in (
+        services["worker"]["tmpfs"])
+    assert services["flower"]["profiles"] == ["flower"]
+    assert all(not p.startswith("5555") for p in services["flower"]["ports"])  # loopback only

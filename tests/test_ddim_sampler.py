@@ -251,6 +251,52 @@ def test_load_bare_unet_dir(tmp_path: Path) -> None:
     torch.testing.assert_close(model.alphas_cumprod, torch.cumprod(1 - betas, 0))
 
 
+def _flat_hub_layout(folder: Path, unet, *, safe: bool) -> None:
+    """google/ddpm-cifar10-32's layout: model_index.json, config.json, scheduler_config.json and the
+    weights in one directory (no unet/ or scheduler/ subfolders)."""
+    unet.save_pretrained(folder, safe_serialization=safe)
+    DDPMScheduler(num_train_timesteps=1000).save_config(folder)
+    (folder / "model_index.json").write_text(json.dumps(
+        {"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
+         "unet": ["diffusers", "UNet2DModel"]}))
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_load_the_hubs_flat_layout(tmp_path: Path, safe: bool) -> None:
+    unet = tiny_unet()
+    _flat_hub_layout(tmp_path / "flat", unet, safe=safe)
+    weights = "diffusion_pytorch_model." + ("safetensors" if safe else "bin")
+    assert (tmp_path / "flat" / weights).is_file() and not (tmp_path / "flat" / "unet").exists()
+    model = load_diffusion_model(tmp_path / "flat")
+    assert (model.num_train_timesteps, model.image_size, model.channels) == (1000, 8, 1)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(model.unet(x, t).sample, unet(x, t).sample)
+
+
+class _RunsCode:
+    def __reduce__(self):  # unpickling would call print("pwned")
+        return (print, ("pwned",))
+
+
+def test_bin_weights_are_read_with_the_weights_only_loader(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+
+    _flat_hub_layout(tmp_path / "flat", tiny_unet(), safe=False)
+    state = torch.load(tmp_path / "flat" / "diffusion_pytorch_model.bin", weights_only=True)
+    state["payload"] = _RunsCode()
+    torch.save(state, tmp_path / "flat" / "diffusion_pytorch_model.bin")
+    with pytest.raises(Exception, match="Unable to load weights") as caught:
+        load_diffusion_model(tmp_path / "flat")
+    chain, exc = [], caught.value
+    while exc is not None:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    assert any(isinstance(e, pickle.UnpicklingError) for e in chain)  # the weights-only unpickler refused it
+    assert "pwned" not in capsys.readouterr().out  # and the payload never ran
+
+
 def test_load_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="config.json"):
         load_diffusion_model(tmp_path)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from celery import Celery
+from celery import Celery, signals
 
+from core import logs
 from core.jobs.queue import make_celery
 from core.settings import Settings, get_settings
+from worker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,31 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = make_celery(settings, main="cdp-worker")
     app.cdp_settings = settings  # type: ignore[attr-defined]
+    # the queues this worker consumes unless Celery's -Q names others (Celery's own queue selection)
+    app.amqp.queues.select(settings.worker_queues.split(","))
     tasks.register(app)
+    _connect_signals(settings)
     return app
+
+
+def _connect_signals(settings: Settings) -> None:
+    """Logs in CDP_LOG_FORMAT on Celery's own handlers, and the metrics exporter once the worker is ready.
+    (Signals are process-wide: ``dispatch_uid`` keeps one receiver per kind however many apps are made.)"""
+
+    def format_logs(logger: logging.Logger, **_: object) -> None:
+        logs.use_format_on(logger, settings.log_format)
+
+    def start_exporter(**_: object) -> None:
+        if settings.worker_metrics_port:
+            metrics.start_exporter(settings.worker_metrics_port)
+
+    def child_exited(pid: int, **_: object) -> None:
+        metrics.process_exited(pid)
+
+    signals.after_setup_logger.connect(format_logs, weak=False, dispatch_uid="cdp-logs")
+    signals.after_setup_task_logger.connect(format_logs, weak=False, dispatch_uid="cdp-task-logs")
+    signals.worker_ready.connect(start_exporter, weak=False, dispatch_uid="cdp-metrics")
+    signals.worker_process_shutdown.connect(child_exited, weak=False, dispatch_uid="cdp-metrics-exit")
 
 
 def __getattr__(name: str) -> Celery:

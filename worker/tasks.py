@@ -10,11 +10,13 @@ unit holds its lease, :func:`core.jobs.execute._run_unit` handles every failure 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 
+from core import logs
 from core.jobs import task_names
 from core.jobs.execute import WorkerContext, run_finalize, run_generate_shard, run_train
 from core.jobs.queue import Enqueuer
@@ -22,6 +24,7 @@ from core.jobs.reconcile import reconcile
 from core.jobs.records import JobRepository, is_dependency_error, redis_client
 from core.settings import Settings
 from core.storage import store_from_settings
+from worker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,41 @@ def _control(app: Celery) -> tuple[JobRepository, Enqueuer, Settings]:
     return found
 
 
+def _observed(task: Any, job_id: str, unit: str, run: Callable[[], str]) -> str:
+    """Run a unit with its log context bound (job_id, unit, owner, attempt, task_id) and its metrics
+    observed. ``attempt`` is the start this is (the record's count for the unit, plus one)."""
+    ctx = context(task.app)
+    try:
+        job = ctx.repo.get(job_id)
+        owner, attempt = job.owner, job.attempts.get(unit, 0) + 1
+    except Exception:  # a missing job or a dependency down: the unit itself reports it
+        job, owner, attempt = None, None, None
+    started = time.perf_counter()
+    outcome = "error"
+    with logs.bind(job_id=job_id, unit=unit, owner=owner, attempt=attempt, task_id=task.request.id):
+        try:
+            outcome = _retrying(task, run)
+            return outcome
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.UNIT_SECONDS.labels(task=task.name.rsplit(".", 1)[-1], outcome=outcome).observe(elapsed)
+            if outcome == "failed":
+                metrics.UNIT_FAILURES.labels(task=task.name.rsplit(".", 1)[-1]).inc()
+            if outcome == "done" and job is not None and unit.startswith("shard-"):
+                _count_images(ctx, job, int(unit.removeprefix("shard-")), elapsed)
+
+
+def _count_images(ctx: WorkerContext, job: Any, shard: int, elapsed: float) -> None:
+    from core.jobs.execute import shard_size_of
+
+    spec = job.generate_spec()
+    guided = spec.loss != "none"
+    images = shard_size_of(job, spec, shard, ctx.shard_size)
+    metrics.IMAGES_GENERATED.labels(dataset=spec.dataset, guided=str(guided).lower()).inc(images)
+    if guided:
+        metrics.GUIDED_STEP_SECONDS.observe(elapsed / spec.steps)
+
+
 def _retrying(task: Any, run: Callable[[], str]) -> str:
     try:
         return run()
@@ -78,32 +116,32 @@ def _retrying(task: Any, run: Callable[[], str]) -> str:
 def register(app: Celery) -> dict[str, Any]:
     @app.task(name=task_names.GENERATE_SHARD, bind=True)
     def generate_shard(self: Any, job_id: str, shard: int) -> str:
-        return _retrying(self, lambda: run_generate_shard(context(self.app), job_id, int(shard),
-                                                          message_id=self.request.id or "direct"))
+        return _observed(self, job_id, f"shard-{int(shard)}", lambda: run_generate_shard(
+            context(self.app), job_id, int(shard), message_id=self.request.id or "direct"))
 
     @app.task(name=task_names.FINALIZE_GENERATION, bind=True)
     def finalize_generation(self: Any, job_id: str) -> str:
-        return _retrying(self, lambda: run_finalize(context(self.app), job_id,
-                                                    message_id=self.request.id or "direct"))
+        return _observed(self, job_id, "finalize", lambda: run_finalize(
+            context(self.app), job_id, message_id=self.request.id or "direct"))
 
     @app.task(name=task_names.TRAIN, bind=True)
     def train(self: Any, job_id: str) -> str:
-        return _retrying(self, lambda: run_train(context(self.app), job_id,
-                                                 message_id=self.request.id or "direct"))
+        return _observed(self, job_id, "train", lambda: run_train(
+            context(self.app), job_id, message_id=self.request.id or "direct"))
 
     @app.task(name=task_names.EVALUATE, bind=True)
     def evaluate(self: Any, job_id: str) -> str:
         from core.jobs.evaluate import run_evaluate
 
-        return _retrying(self, lambda: run_evaluate(context(self.app), job_id,
-                                                    message_id=self.request.id or "direct"))
+        return _observed(self, job_id, "evaluate", lambda: run_evaluate(
+            context(self.app), job_id, message_id=self.request.id or "direct"))
 
     @app.task(name=task_names.EXPERIMENT_STEP, bind=True)
     def experiment_step(self: Any, job_id: str) -> str:
         from core.jobs.experiment import run_experiment
 
-        return _retrying(self, lambda: run_experiment(context(self.app), job_id,
-                                                      message_id=self.request.id or "direct"))
+        return _observed(self, job_id, "experiment", lambda: run_experiment(
+            context(self.app), job_id, message_id=self.request.id or "direct"))
 
     @app.task(name=task_names.RECONCILE, bind=True, ignore_result=True)
     def reconcile_jobs(self: Any) -> dict[str, object]:
@@ -118,7 +156,9 @@ def register(app: Celery) -> dict[str, Any]:
             log.warning("reconcile: a dependency is unavailable (%s: %s); next pass in %g s",
                         type(exc).__name__, exc, settings.reconcile_interval_s)
             return {"error": type(exc).__name__}
-        return report.summary()
+        summary = report.summary()
+        metrics.LEASE_EXPIRIES.inc(len(report.requeued))
+        return summary
 
     return {"generate_shard": generate_shard, "finalize_generation": finalize_generation, "train": train,
             "evaluate": evaluate, "experiment_step": experiment_step, "reconcile": reconcile_jobs}

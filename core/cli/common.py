@@ -108,3 +108,30 @@ def resolve_data_root_and_device(args: argparse.Namespace) -> tuple[Path, str]:
     settings = get_settings()
     root = args.data_root if args.data_root is not None else settings.data_root
     return root, args.device if args.device is not None else settings.device
+
+
+def add_nproc_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc", type=integer(1), default=1, metavar="N",
+                        help="data-parallel processes on this host (torch.distributed: gloo on the CPU, NCCL "
+                             "on GPUs cuda:K..K+N-1); under torchrun leave it at 1")  # fmt: skip
+
+
+def run_on_ranks(target: Callable[..., Any], args: argparse.Namespace, device: Any) -> Any:
+    """``target(args=args, progress=...)`` on ``args.nproc`` ranks (``core.training.distributed.launch``), or
+    on the rank torchrun started this process as; rank 0's result, ``None`` on the other torchrun ranks.
+    ``target`` must be a module-level function (child ranks import it); rank 0 draws the progress bar."""
+    from core.training.common import resolve_device
+    from core.training.distributed import is_main, launch, process_group_from_environment
+
+    device = resolve_device(device)
+    bar = ProgressBar()
+    try:
+        with process_group_from_environment(device) as under_torchrun:
+            if under_torchrun:
+                if args.nproc != 1:
+                    raise ValueError("--nproc does not apply under torchrun (use its --nproc-per-node)")
+                result = target(args=args, progress=bar if is_main() else None)
+                return result if is_main() else None
+            return launch(target, {"args": args}, nproc=args.nproc, device=device, progress=bar)
+    finally:
+        bar.close()

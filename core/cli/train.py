@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.cli.common import ProgressBar, integer, number
+from core.cli.common import add_nproc_argument, integer, number, run_on_ranks
 from core.cli.train_trades import add_trades_arguments, run_trades
 from core.models import ARCHS, UNET_PRESETS
 from core.settings import get_settings
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="digits, cifar10 or gtsrb")
+    parser.add_argument("--dataset", required=True, help="digits, mnist5k, mnist5k16, cifar10 or gtsrb")
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default: CDP_DATA_ROOT)")
     parser.add_argument("--epochs", type=integer(1), required=True)
     parser.add_argument("--seed", type=integer(0), default=0)
@@ -34,6 +34,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=integer(1), default=None)
     parser.add_argument("--lr", type=number(0.0, strict=True), default=None)
     parser.add_argument("--limit", type=integer(1), default=None, help="use only the first N training images")
+    add_nproc_argument(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -100,7 +101,8 @@ def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def run_diffusion(args: argparse.Namespace) -> int:
+def _train_diffusion_rank(*, args: argparse.Namespace, progress: Any) -> dict[str, Any]:
+    """One rank of ``cdp train diffusion`` (all of it with ``--nproc 1``)."""
     from core.training.diffusion import DiffusionTrainConfig, train_diffusion
 
     root, device = _resolve(args)
@@ -115,13 +117,15 @@ def run_diffusion(args: argparse.Namespace) -> int:
         **_options(args, ("batch_size", "lr")),
     )
     train = _load(args, "train", root)
-    bar = ProgressBar()
+    return train_diffusion(train, config=config, out_dir=args.out, seed=args.seed, device=device,
+                           progress=progress)  # fmt: skip
+
+
+def run_diffusion(args: argparse.Namespace) -> int:
     began = time.perf_counter()
-    try:
-        metrics = train_diffusion(train, config=config, out_dir=args.out, seed=args.seed, device=device,
-                                  progress=bar)  # fmt: skip
-    finally:
-        bar.close()
+    metrics = run_on_ranks(_train_diffusion_rank, args, _resolve(args)[1])
+    if metrics is None:  # a torchrun rank other than 0
+        return 0
     metrics["wall_seconds"] = round(time.perf_counter() - began, 2)
     summary = (
         f"diffusion on {args.dataset}: {metrics['epochs']} epochs, {metrics['steps']} steps, "
@@ -131,16 +135,14 @@ def run_diffusion(args: argparse.Namespace) -> int:
     return _emit(args, metrics, summary)
 
 
-def run_classifier(args: argparse.Namespace) -> int:
-    from core.models import load_classifier
-    from core.training.classifier import ClassifierTrainConfig, evaluate_accuracy, train_classifier
+def _classifier_config(args: argparse.Namespace) -> Any:
+    from core.training.classifier import ClassifierTrainConfig
 
     names = {"small_cnn": ("width", "feature_dim"), "wrn": ("depth", "widen_factor")}[args.arch]
     for other in ("width", "feature_dim", "depth", "widen_factor"):
         if other not in names and getattr(args, other) is not None:
             raise ValueError(f"--{other.replace('_', '-')} does not apply to --arch {args.arch}")
-    root, device = _resolve(args)
-    config = ClassifierTrainConfig(
+    return ClassifierTrainConfig(
         arch=args.arch,
         arch_options=_options(args, names),
         epochs=args.epochs,
@@ -151,14 +153,28 @@ def run_classifier(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing,
         **_options(args, ("batch_size", "lr")),
     )
+
+
+def _train_classifier_rank(*, args: argparse.Namespace, progress: Any) -> dict[str, Any]:
+    """One rank of ``cdp train classifier`` (all of it with ``--nproc 1``)."""
+    from core.training.classifier import train_classifier
+
+    root, device = _resolve(args)
     train, val = _load(args, "train", root), _load(args, "val", root)
-    bar = ProgressBar()
+    return train_classifier(train, val, config=_classifier_config(args), out_dir=args.out, seed=args.seed,
+                            device=device, progress=progress)  # fmt: skip
+
+
+def run_classifier(args: argparse.Namespace) -> int:
+    from core.models import load_classifier
+    from core.training.classifier import evaluate_accuracy
+
+    _classifier_config(args)  # bad options fail here, before any process starts
+    root, device = _resolve(args)
     began = time.perf_counter()
-    try:
-        metrics = train_classifier(train, val, config=config, out_dir=args.out, seed=args.seed, device=device,
-                                   progress=bar)  # fmt: skip
-    finally:
-        bar.close()
+    metrics = run_on_ranks(_train_classifier_rank, args, device)
+    if metrics is None:  # a torchrun rank other than 0
+        return 0
     test = evaluate_accuracy(
         load_classifier(args.out, device=device), _load(args, "test", root), device=device
     )

@@ -10,8 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from core.cli.common import ProgressBar, integer, number, parse_eps, resolve_data_root_and_device
+from core.cli.common import (
+    add_nproc_argument,
+    integer,
+    number,
+    parse_eps,
+    resolve_data_root_and_device,
+    run_on_ranks,
+)
 from core.models import ARCHS
 
 DEFAULT_EPS = "8/255"
@@ -19,7 +27,7 @@ DEFAULT_EPS = "8/255"
 
 def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``cdp train trades`` (defaults: official TRADES attack, Gowal et al.'s optimiser)."""
-    parser.add_argument("--dataset", required=True, help="digits, cifar10 or gtsrb")
+    parser.add_argument("--dataset", required=True, help="digits, mnist5k, mnist5k16, cifar10 or gtsrb")
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default: CDP_DATA_ROOT)")
     parser.add_argument("--epochs", type=integer(1), default=10)
     parser.add_argument("--seed", type=integer(0), default=0)
@@ -28,6 +36,8 @@ def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: CDP_DEVICE)")
     parser.add_argument("--eps", type=parse_eps, default=parse_eps(DEFAULT_EPS),
                         help="L-inf radius in [0, 1] pixel units, e.g. 0.1 or 8/255")  # fmt: skip
+    parser.add_argument("--limit", type=integer(1), default=None, help="use only the first N training images")
+    add_nproc_argument(parser)
     parser.add_argument("--synthetic", type=Path, nargs="+", default=None, metavar="PATH",
                         help="synthetic npz files or shard directories (keys image/label or arr_0/arr_1)")
     trades = parser.add_argument_group("TRADES")
@@ -68,14 +78,10 @@ def _arch_options(args: argparse.Namespace) -> dict[str, int]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def run_trades(args: argparse.Namespace) -> int:
-    """Load the data, train with TRADES, print the metrics."""
-    from core.data import load_dataset, load_synthetic
-    from core.training.trades import TradesConfig, train_trades
+def _trades_config(args: argparse.Namespace) -> Any:
+    from core.training.trades import TradesConfig
 
-    root, device = resolve_data_root_and_device(args)
-
-    config = TradesConfig(
+    return TradesConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, beta=args.beta, eps=args.eps,
         step_size=args.step_size if args.step_size is not None else max(args.eps / 4, 1e-12),
@@ -84,19 +90,31 @@ def run_trades(args: argparse.Namespace) -> int:
         mixing=args.mixing, synthetic_fraction=args.synthetic_fraction, eta=args.eta, arch=args.arch,
         arch_options=_arch_options(args), eval_steps=args.eval_steps, eval_max=args.eval_max,
     )
+
+
+def _train_trades_rank(*, args: argparse.Namespace, progress: Any) -> dict[str, Any]:
+    """One rank of ``cdp train trades`` (all of it with ``--nproc 1``): load the data, train."""
+    from core.data import load_dataset, load_synthetic
+    from core.training.trades import train_trades
+
+    root, device = resolve_data_root_and_device(args)
     train = load_dataset(args.dataset, "train", root=root)
+    if args.limit is not None:
+        train = train.subset(range(min(args.limit, len(train))))
     val = load_dataset(args.dataset, "val", root=root)
     synthetic = None
     if args.synthetic:
         synthetic = load_synthetic(args.synthetic, num_classes=train.info.num_classes)
-    bar = ProgressBar()
-    try:
-        metrics = train_trades(
-            train, val, synthetic=synthetic, config=config, out_dir=args.out, seed=args.seed,
-            device=device, progress=bar,
-        )
-    finally:
-        bar.close()
+    return train_trades(train, val, synthetic=synthetic, config=_trades_config(args), out_dir=args.out,
+                        seed=args.seed, device=device, progress=progress)  # fmt: skip
+
+
+def run_trades(args: argparse.Namespace) -> int:
+    """Train with TRADES on ``--nproc`` ranks, print the metrics."""
+    config = _trades_config(args)  # bad options fail here, before any process starts
+    metrics = run_on_ranks(_train_trades_rank, args, resolve_data_root_and_device(args)[1])
+    if metrics is None:  # a torchrun rank other than 0
+        return 0
     if args.json:
         print(json.dumps(metrics))
     else:

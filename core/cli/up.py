@@ -24,7 +24,7 @@ from types import TracebackType
 import httpx
 
 from core.jobs.embedded import RedisServer, free_port, redis_answers
-from core.jobs.queue import CONTROL_QUEUE, QUEUE
+from core.jobs.queue import CONTROL_QUEUE, WORK_QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,12 @@ class EmbeddedStack:
 
     def __init__(self, *, var: Path = Path("var"), host: str = "127.0.0.1", port: int = 8000,
                  redis_url: str | None = None, worker_threads: int | None = None,
-                 env: dict[str, str] | None = None, restart: bool = True, persist_redis: bool = True) -> None:
+                 env: dict[str, str] | None = None, restart: bool = True, persist_redis: bool = True,
+                 workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.var = var.resolve()
+        self.workers = workers
         self.host, self.port = host, port
         self.redis_url = redis_url
         self.worker_threads = worker_threads
@@ -136,7 +140,10 @@ class EmbeddedStack:
         self._env = self._environment(url)
         celery = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
                   "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
-        self._add("worker", [*celery, "-Q", QUEUE, "-n", "worker@%h"])
+        # the worker(s) serve every kind of work (generate, train, evaluate queues)
+        for k in range(self.workers):
+            name = "worker" if k == 0 else f"worker-{k + 1}"
+            self._add(name, [*celery, "-Q", ",".join(WORK_QUEUES), "-n", f"{name}@%h"])
         # The control worker serves only the reconciler's queue and runs Celery beat inside it (-B): one
         # instance per stack, so beat's schedule is sent once.
         self._add("control", [*celery, "-Q", CONTROL_QUEUE, "-n", "control@%h", "-B",

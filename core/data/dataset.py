@@ -45,6 +45,53 @@ class DatasetInfo:
         }
 
 
+class RowStack:
+    """Several uint8 N_k x H x W x C arrays (memory maps of .npy shards) read as one N x H x W x C array
+    without concatenating them: indexing with row indices (an int, a slice or an integer array, in any
+    order) reads only those rows. ``np.asarray`` materialises all of it (avoid that for large sets)."""
+
+    def __init__(self, parts: Sequence[np.ndarray]) -> None:
+        if not parts:
+            raise ValueError("RowStack needs at least one array")
+        tail = parts[0].shape[1:]
+        for part in parts:
+            if part.ndim != 4 or part.shape[1:] != tail or part.dtype != parts[0].dtype:
+                raise ValueError(f"RowStack parts must share dtype and H x W x C, got {part.dtype} "
+                                 f"{part.shape} "
+                                 f"beside {parts[0].dtype} {parts[0].shape}")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.offsets[-1]), *tail)
+        self.dtype = parts[0].dtype
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: object) -> np.ndarray:
+        if isinstance(index, slice):
+            rows = np.arange(*index.indices(len(self)))
+        elif isinstance(index, int | np.integer):
+            return self[np.asarray([index])][0]
+        else:
+            rows = np.asarray(index, dtype=np.int64)
+            if rows.ndim != 1:
+                raise IndexError("RowStack takes row indices only (one-dimensional)")
+            rows = np.where(rows < 0, rows + len(self), rows)
+            if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+                raise IndexError(f"row index out of range for {len(self)} rows")
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        part_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        for k in np.unique(part_of):
+            mask = part_of == k
+            out[mask] = self.parts[k][rows[mask] - self.offsets[k]]
+        return out
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        whole = np.concatenate(self.parts)
+        return whole if dtype is None else whole.astype(dtype)
+
+
 @dataclass
 class ImageDataset:
     """Images (uint8 N x H x W x C), labels (int64 N) and the dataset's metadata.
@@ -85,6 +132,16 @@ class ImageDataset:
         index = np.asarray(indices, dtype=np.int64)
         return ImageDataset(self.images[index].copy(), self.labels[index].copy(), self.info)
 
+    def concat(self, other: ImageDataset) -> ImageDataset:
+        """This dataset's rows followed by ``other``'s (same classes, image size and channels)."""
+        if (other.info.num_classes, other.info.image_size, other.info.channels) != (
+                self.info.num_classes, self.info.image_size, self.info.channels):
+            raise ValueError(f"cannot concatenate {other.info.name} to {self.info.name}: classes, image size "
+                             "or "
+                             "channels differ")
+        return ImageDataset(np.concatenate([self.images, other.images]),
+                            np.concatenate([self.labels, other.labels]), self.info)
+
     def class_histogram(self) -> list[int]:
         """Number of images per class, index = class id."""
         return np.bincount(self.labels, minlength=self.info.num_classes).astype(int).tolist()
@@ -93,8 +150,9 @@ class ImageDataset:
 def check_images_labels(
     images: np.ndarray, labels: np.ndarray, *, num_classes: int | None, source: str
 ) -> None:
-    """Raise ValueError naming ``source`` and the problem unless the arrays follow the dataset convention."""
-    if not isinstance(images, np.ndarray) or not isinstance(labels, np.ndarray):
+    """Raise ValueError naming ``source`` and the problem unless the arrays follow the dataset convention.
+    Reads the labels, never the pixels (``images`` may be a memory map or a :class:`RowStack`)."""
+    if not isinstance(images, np.ndarray | RowStack) or not isinstance(labels, np.ndarray):
         raise ValueError(f"{source}: images and labels must be numpy arrays")
     if images.dtype != np.uint8:
         raise ValueError(f"{source}: images must be uint8, got dtype {images.dtype}")

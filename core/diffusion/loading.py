@@ -4,11 +4,16 @@ Accepted layouts:
 
 - a diffusers *pipeline* directory: ``model_index.json``, ``unet/`` (``UNet2DModel.save_pretrained``) and
   ``scheduler/`` (``scheduler_config.json``), as written by ``DDPMPipeline.save_pretrained``;
+- the hub's flat layout, as ``google/ddpm-cifar10-32`` is published: ``model_index.json`` beside the UNet's
+  ``config.json``, ``scheduler_config.json`` and the weights in one directory;
 - a bare UNet directory (``config.json`` + weights) with a ``scheduler_config.json`` next to the config;
 - anything else is handed to ``from_pretrained`` as a hub id (works only where a hub is reachable).
 
 ``alphas_cumprod`` is recomputed in float64 from the scheduler config (linear, scaled_linear,
 squaredcos_cap_v2 or trained betas), not taken from the scheduler's float32 buffer.
+
+Weights: ``diffusion_pytorch_model.safetensors`` is preferred where present; ``.bin`` weights are read by
+diffusers with ``torch.load(weights_only=True)`` (torch >= 1.13), so a pickle that carries code is refused.
 """
 
 from __future__ import annotations
@@ -81,7 +86,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _locate(path: Path) -> tuple[Path, Path]:
     """(unet directory, scheduler config file) for a local directory, or ValueError."""
-    if (path / "model_index.json").is_file() or (path / "unet").is_dir():
+    flat = (path / "model_index.json").is_file() and not (path / "unet").is_dir() and (
+        path / "config.json").is_file()
+    if flat:  # the hub's flat layout: the UNet and the scheduler config side by side with model_index.json
+        unet_dir, sched = path, path / SCHEDULER_CONFIG
+    elif (path / "model_index.json").is_file() or (path / "unet").is_dir():
         unet_dir, sched = path / "unet", path / "scheduler" / SCHEDULER_CONFIG
     else:
         unet_dir, sched = path, path / SCHEDULER_CONFIG

@@ -23,6 +23,7 @@ from typing import Any
 from core.jobs import keys
 from core.jobs.execute import WorkerContext, _jsonable, _run_unit, write_manifest
 from core.jobs.leases import Lease
+from core.jobs.queue import job_priority
 from core.jobs.reconcile import initial_units
 from core.jobs.records import JobNotFound
 from core.specs import EvaluateSpec, ExperimentSpec, JobPlan, JobRecord, Progress, TrainSpec, job_id_of
@@ -47,9 +48,10 @@ def ensure_child(ctx: WorkerContext, parent: JobRecord, key: str, kind: str,
         return ctx.repo.get(job_id)
     except JobNotFound:
         pass
-    record = ctx.repo.create(kind=kind, owner=parent.owner, input=spec.model_dump(mode="json"),  # type: ignore[arg-type]
+    body = {**spec.model_dump(mode="json"), "priority": job_priority(parent)}  # children inherit it
+    record = ctx.repo.create(kind=kind, owner=parent.owner, input=body,  # type: ignore[arg-type]
                              job_id=job_id, plan=JobPlan(limits=parent.plan.limits), parent=parent.id)
-    ctx.enqueuer.units(job_id, initial_units(record, ctx.shard_size))
+    ctx.enqueuer.units(job_id, initial_units(record, ctx.shard_size), priority=job_priority(record))
     log.info("experiment %s: created %s job %s (%s)", parent.id, kind, job_id, key)
     return record
 

@@ -9,6 +9,13 @@ backstop for a message lost between delivery and lease. The reconciler runs ever
 ``CDP_RECONCILE_INTERVAL_S`` from Celery beat, on its own queue (``cdp.control``) so that long work never
 delays it. The attempt cap that stops a poisonous unit from looping lives in the stored job record
 (:meth:`core.jobs.records.JobRepository.count_attempt`).
+
+Queues per kind of work: generation units (shards, finalize) go to ``cdp.generate``, training to
+``cdp.train``, evaluations to ``cdp.evaluate``, the reconciler and experiment steps (short coordination)
+to ``cdp.control``; a worker serves the queues named in ``CDP_WORKER_QUEUES`` (or Celery's ``-Q``), so a
+day-long training job never sits in front of a generation job that a generate-queue worker serves. Within a
+queue a job's ``priority`` (low / normal / high) orders the messages: kombu's Redis transport keeps one list
+per priority step (``priority_steps``) and a worker's BRPOP reads the lists in step order, 0 first.
 """
 
 from __future__ import annotations
@@ -21,17 +28,42 @@ from celery import Celery
 from core.jobs import task_names
 from core.jobs.leases import UnitLeases
 from core.settings import Settings
+from core.specs import JobPriority
 
-QUEUE = "cdp"
-CONTROL_QUEUE = "cdp.control"  # the reconciler: served by the process that also runs Celery beat
+GENERATE_QUEUE = "cdp.generate"
+TRAIN_QUEUE = "cdp.train"
+EVALUATE_QUEUE = "cdp.evaluate"
+CONTROL_QUEUE = "cdp.control"  # reconciler and experiment steps: served by the process that runs Celery beat
+WORK_QUEUES: tuple[str, ...] = (GENERATE_QUEUE, TRAIN_QUEUE, EVALUATE_QUEUE)
+# The queue of each task: Celery's own routing (task_routes) and the enqueuer both read this.
+TASK_QUEUES: dict[str, str] = {
+    task_names.GENERATE_SHARD: GENERATE_QUEUE, task_names.FINALIZE_GENERATION: GENERATE_QUEUE,
+    task_names.TRAIN: TRAIN_QUEUE, task_names.EVALUATE: EVALUATE_QUEUE,
+    task_names.EXPERIMENT_STEP: CONTROL_QUEUE, task_names.RECONCILE: CONTROL_QUEUE,
+}  # fmt: skip
+QUEUE = GENERATE_QUEUE  # the queue generation shards go to (kept for callers that send a shard by hand)
+
+Priority = JobPriority
+# Message priority per job priority. kombu's Redis transport reads priority 0 first (its lists are
+# "<queue>", "<queue>\x06\x163", "<queue>\x06\x166", "<queue>\x06\x169"), the reverse of AMQP.
+PRIORITY_STEPS = [0, 3, 6, 9]
+MESSAGE_PRIORITY: dict[str, int] = {"high": 0, "normal": 3, "low": 6}
+PRIORITY_SEPARATOR = "\x06\x16"
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists holding ``queue``'s messages, one per priority step (for depth metrics and tests)."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     transport = {"visibility_timeout": settings.visibility_timeout_s}
+    broker_transport = {**transport, "priority_steps": PRIORITY_STEPS, "sep": PRIORITY_SEPARATOR,
+                        "queue_order_strategy": "priority"}  # fmt: skip
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,
-        "broker_transport_options": transport,
+        "broker_transport_options": broker_transport,
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "task_acks_late": True,
@@ -46,9 +78,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_expires": 24 * 3600,
-        "task_default_queue": QUEUE,
-        "task_routes": {**{name: {"queue": QUEUE} for name in task_names.ALL_TASKS},
-                        task_names.RECONCILE: {"queue": CONTROL_QUEUE}},
+        "task_default_queue": GENERATE_QUEUE,
+        "task_default_priority": MESSAGE_PRIORITY["normal"],
+        "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
         # A publish to an unreachable Redis gives up after about a second: the API then answers 503.
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.25,
                                       "interval_max": 0.5},
@@ -61,9 +93,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def make_celery(settings: Settings, *, main: str = "cdp") -> Celery:
+def make_celery(settings: Settings, *, main: str = "cdp", read_results: bool = True) -> Celery:
+    """The Celery app. ``read_results=False`` is for a producer that never reads task results (the API:
+    job state lives in the store and Redis, not in Celery's result backend): without a result backend on
+    this side, ``send_task`` no longer subscribes to each task's result channel (a SUBSCRIBE now and an
+    UNSUBSCRIBE when the AsyncResult is collected, on a pub/sub connection per thread). The messages are
+    the same, and the workers still store results as configured."""
     app = Celery(main)
     app.conf.update(celery_config(settings))
+    if not read_results:
+        app.conf.result_backend = None
     return app
 
 
@@ -92,14 +131,21 @@ class Enqueuer:
         self.app = app
         self.leases = leases
 
-    def unit(self, job_id: str, unit: str) -> str:
+    def unit(self, job_id: str, unit: str, *, priority: Priority = "normal") -> str:
         name, args = unit_task(job_id, unit)
         message_id = uuid.uuid4().hex
-        self.app.send_task(name, args=args, queue=QUEUE, task_id=message_id)
+        self.app.send_task(name, args=args, queue=TASK_QUEUES[name], task_id=message_id,
+                           priority=MESSAGE_PRIORITY[priority])  # fmt: skip
         if self.leases is not None:
             self.leases.mark_pending(job_id, unit, message_id)
         return message_id
 
-    def units(self, job_id: str, units: list[str]) -> None:
+    def units(self, job_id: str, units: list[str], *, priority: Priority = "normal") -> None:
         for unit in units:
-            self.unit(job_id, unit)
+            self.unit(job_id, unit, priority=priority)
+
+
+def job_priority(record: Any) -> Priority:
+    """The priority a job record asked for (its spec's ``priority``; "normal" for older records)."""
+    value = (getattr(record, "input", None) or {}).get("priority", "normal")
+    return value if value in MESSAGE_PRIORITY else "normal"

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 Arch = Literal["small_cnn", "wrn"]
+Activation = Literal["silu", "relu"]
+_ACTIVATIONS = {"silu": F.silu, "relu": F.relu}
 ARCHS: tuple[str, ...] = ("small_cnn", "wrn")
 
 
@@ -110,8 +112,9 @@ class SmallCNN(ImageClassifier):
 class _WideBlock(nn.Module):
     """Pre-activation residual block: BN - Swish - conv3x3(stride) - BN - Swish - conv3x3 (+ 1x1 shortcut)."""
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+    def __init__(self, in_planes: int, out_planes: int, stride: int, activation: Activation = "silu") -> None:
         super().__init__()
+        self.act = _ACTIVATIONS[activation]
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_planes)
@@ -121,9 +124,9 @@ class _WideBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = F.silu(self.bn1(x))
+        pre = self.act(self.bn1(x))
         out = self.conv1(pre)
-        out = self.conv2(F.silu(self.bn2(out)))
+        out = self.conv2(self.act(self.bn2(out)))
         skip = x if self.shortcut is None else self.shortcut(pre)
         return out + skip
 
@@ -132,7 +135,8 @@ class WideResNet(ImageClassifier):
     """WRN-depth-width (Zagoruyko & Komodakis) with Swish/SiLU activations, as in Gowal et al. and the paper.
 
     (depth - 4) / 6 blocks per group, widths 16, 16k, 32k, 64k; strides 1, 2, 2; global average pooling.
-    WRN-28-10 on 32 x 32 gives 640 features.
+    WRN-28-10 on 32 x 32 gives 640 features. ``activation="relu"`` is the original WRN's (TRADES and
+    RobustBench's ``WideResNet``), for weights converted with :mod:`core.models.convert`.
     """
 
     def __init__(
@@ -143,10 +147,14 @@ class WideResNet(ImageClassifier):
         image_size: int,
         depth: int = 28,
         widen_factor: int = 10,
+        activation: Activation = "silu",
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
         super().__init__(num_classes=num_classes, channels=channels, mean=mean, std=std)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}")
+        self.act = _ACTIVATIONS[activation]
         if depth < 10 or (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}")
         if widen_factor < 1:
@@ -161,7 +169,7 @@ class WideResNet(ImageClassifier):
         for group, stride in zip(range(3), (1, 2, 2), strict=True):
             for k in range(blocks):
                 in_planes = widths[group] if k == 0 else widths[group + 1]
-                layers.append(_WideBlock(in_planes, widths[group + 1], stride if k == 0 else 1))
+                layers.append(_WideBlock(in_planes, widths[group + 1], stride if k == 0 else 1, activation))
         self.blocks = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
@@ -174,7 +182,7 @@ class WideResNet(ImageClassifier):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         h = self.blocks(self.conv1(self.normalize(x)))  # N x 64k x H/4 x W/4
-        h = F.silu(self.bn(h))
+        h = self.act(self.bn(h))
         return h.mean(dim=(2, 3))  # N x 64k
 
 
@@ -192,7 +200,7 @@ def build_classifier(
 
     ``mean``/``std`` (per channel, in [0, 1] units; default 0.5 / 0.5) are the normalisation applied inside.
     Extra keyword arguments go to the architecture: ``small_cnn`` takes ``width``, ``feature_dim``; ``wrn``
-    takes ``depth``, ``widen_factor`` (WRN-28-10 by default).
+    takes ``depth``, ``widen_factor`` (WRN-28-10 by default), ``activation``.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown classifier arch {arch!r}; expected one of {', '.join(ARCHS)}")
@@ -200,7 +208,7 @@ def build_classifier(
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     mean_t = tuple(float(v) for v in (mean if mean is not None else [0.5] * channels))
     std_t = tuple(float(v) for v in (std if std is not None else [0.5] * channels))
-    allowed = {"small_cnn": {"width", "feature_dim"}, "wrn": {"depth", "widen_factor"}}[arch]
+    allowed = {"small_cnn": {"width", "feature_dim"}, "wrn": {"depth", "widen_factor", "activation"}}[arch]
     unknown = set(kwargs) - allowed
     if unknown:
         raise ValueError(f"unknown option(s) for {arch}: {', '.join(sorted(unknown))}")

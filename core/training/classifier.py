@@ -35,6 +35,15 @@ from core.training.common import (
     seed_everything,
     set_rng_state,
 )
+from core.training.distributed import (
+    all_reduce_sum,
+    is_main,
+    local_rows,
+    loss_scale,
+    rank_device,
+    unwrap,
+    wrap_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,12 +166,15 @@ def train_classifier(
     from it when present; the best model goes to ``out_dir`` as ``model.safetensors`` + ``config.json`` (load
     it with ``core.models.load_classifier``); ``metrics.json`` holds the per-epoch series. ``progress`` gets
     stage "train" per step and "epoch" per epoch and may raise ``core.progress.Cancelled``.
+
+    Under ``torch.distributed`` (:mod:`core.training.distributed`) every rank draws the same global batches
+    and augmentations and trains on its slice of the rows; rank 0 alone writes files and reports progress.
     """
     if train.info.num_classes != val.info.num_classes or train.info.image_size != val.info.image_size:
         raise ValueError(f"train ({train.info}) and val ({val.info}) datasets do not match")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
+    dev = rank_device(resolve_device(device))
     generator = seed_everything(seed)
     info = train.info
     mean, std = channel_stats(train) if config.normalize == "dataset" else ([0.5] * info.channels,) * 2
@@ -175,7 +187,9 @@ def train_classifier(
         std=std,
         **config.arch_options,
     ).to(dev)
-    optimizer = _make_optimizer(model, config)
+    model = wrap_model(model, dev)  # DDP when distributed; the optimiser, EMA and files see the inner module
+    net = unwrap(model)
+    optimizer = _make_optimizer(net, config)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     if config.schedule == "cosine":
@@ -195,7 +209,7 @@ def train_classifier(
         state = load_checkpoint(checkpoint_path, map_location=dev)
         check_resumable(state, kind="classifier", config=asdict(config), path=checkpoint_path,
                         fields=_RESUME_FIELDS + (("epochs",) if config.schedule == "cosine" else ()))
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], {"train": generator})
@@ -210,7 +224,7 @@ def train_classifier(
         loss_sum, correct, seen = 0.0, 0, 0
         for index in batch_order(len(train), config.batch_size, generator=generator):
             index = index.to(dev)
-            x, y = _to_float(images[index]), labels[index]
+            x, y = _to_float(images[index]), labels[index]  # the global batch: every rank draws the same
             if config.augment:
                 x = augment_batch(
                     x,
@@ -218,10 +232,12 @@ def train_classifier(
                     horizontal_flip=config.horizontal_flip,
                     generator=generator,
                 )
+            rows = local_rows(len(y))  # all rows on one process
+            x, y, n_global = x[rows], y[rows], len(y)
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * loss_scale(len(y), n_global)).backward()
             optimizer.step()
             scheduler.step()
             step += 1
@@ -230,8 +246,10 @@ def train_classifier(
             seen += len(y)
             report(progress, stage="train", current=step, total=total_steps,
                    message=f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")  # fmt: skip
+        loss_sum, correct_sum, seen_sum = all_reduce_sum([loss_sum, float(correct), float(seen)])
+        correct, seen = int(correct_sum), int(seen_sum)
         elapsed += time.perf_counter() - began
-        val_metrics = evaluate_accuracy(model, val, batch_size=config.eval_batch_size, device=dev)
+        val_metrics = evaluate_accuracy(net, val, batch_size=config.eval_batch_size, device=dev)
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen,
@@ -248,23 +266,25 @@ def train_classifier(
                 "val_accuracy": record["val_accuracy"],
                 "val_loss": record["val_loss"],
             }
-            save_classifier(model, out, config={**metadata_base, "epoch": epoch + 1, "val": val_metrics})
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "kind": "classifier",
-                "config": asdict(config),
-                "epoch": epoch + 1,
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state({"train": generator}),
-                "history": history,
-                "best": best,
-                "elapsed_s": elapsed,
-            },
-        )
+            if is_main():
+                save_classifier(net, out, config={**metadata_base, "epoch": epoch + 1, "val": val_metrics})
+        if is_main():
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "kind": "classifier",
+                    "config": asdict(config),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state({"train": generator}),
+                    "history": history,
+                    "best": best,
+                    "elapsed_s": elapsed,
+                },
+            )
         logger.info("classifier epoch %d/%d: %s", epoch + 1, config.epochs, record)
         report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
 
@@ -275,7 +295,7 @@ def train_classifier(
         "arch": config.arch,
         "epochs": config.epochs,
         "steps": step,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in net.parameters()),
         "train_seconds": round(elapsed, 2),
         "best_epoch": int(best["epoch"]),
         "best_val_accuracy": best["val_accuracy"],
@@ -285,5 +305,6 @@ def train_classifier(
         "config": asdict(config),
         "model_dir": str(out),
     }
-    (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
+    if is_main():
+        (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

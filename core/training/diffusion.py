@@ -35,6 +35,14 @@ from core.training.common import (
     seed_everything,
     set_rng_state,
 )
+from core.training.distributed import (
+    all_reduce_sum,
+    is_main,
+    local_rows,
+    loss_scale,
+    rank_device,
+    wrap_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +103,21 @@ def diffusion_loss(
     generator: torch.Generator,
     class_labels: torch.Tensor | None = None,
     timesteps: torch.Tensor | None = None,
+    rows: slice | None = None,
 ) -> torch.Tensor:
     """Mean squared error between eps and eps_theta(x_t, t) (DDPM eq. 14), with t and eps drawn on the CPU
-    from ``generator`` (so a run is reproducible on any device) unless ``timesteps`` are given."""
+    from ``generator`` (so a run is reproducible on any device) unless ``timesteps`` are given.
+
+    With ``rows``, t and eps are drawn for all of ``x0`` (the global batch) and the loss covers only those
+    rows (one rank's share in data-parallel training)."""
     n = x0.shape[0]
     if timesteps is None:
         timesteps = torch.randint(0, alphas_cumprod.numel(), (n,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    if rows is not None:
+        x0, noise, timesteps = x0[rows], noise[rows], timesteps[rows]
+        class_labels = class_labels[rows] if class_labels is not None else None
+        n = x0.shape[0]
     a_bar = alphas_cumprod[timesteps].to(x0.device, torch.float32).view(n, 1, 1, 1)
     x_t = a_bar.sqrt() * x0 + (1.0 - a_bar).sqrt() * noise
     eps = unet(x_t, timesteps.to(x0.device), class_labels=class_labels).sample
@@ -145,10 +161,13 @@ def train_diffusion(
     Resumes from ``out_dir/checkpoint.pt`` when it exists (same result as an uninterrupted run with the same
     seed). ``progress`` gets stage "train" per optimisation step and "epoch" per epoch; it may raise
     ``core.progress.Cancelled`` (the last finished epoch's checkpoint stays). Returns the final metrics.
+
+    Under ``torch.distributed`` (:mod:`core.training.distributed`) every rank draws t, eps and flips for the
+    global batch and trains on its slice of the rows; rank 0 alone writes files and reports progress.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
+    dev = rank_device(resolve_device(device))
     generator = seed_everything(seed)
     info = train.info
     num_classes = info.num_classes if config.class_conditional else None
@@ -156,6 +175,7 @@ def train_diffusion(
         config.preset, image_size=info.image_size, channels=info.channels, num_classes=num_classes
     )
     unet.to(dev).train()
+    model = wrap_model(unet, dev)  # DDP when distributed (GroupNorm only: no batch statistics to sync)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = EMA(unet, config.ema_decay, warmup=True)
     alphas_cumprod = torch.from_numpy(
@@ -189,7 +209,8 @@ def train_diffusion(
 
     stopped_early = False
     for epoch in range(start_epoch, config.epochs):
-        if config.time_limit_s is not None and elapsed >= config.time_limit_s:
+        # every rank must take the same decision (any rank past the limit stops them all)
+        if config.time_limit_s is not None and all_reduce_sum([float(elapsed >= config.time_limit_s)])[0]:
             stopped_early = True
             logger.info("time limit %.0f s reached after %d epochs", config.time_limit_s, epoch)
             break
@@ -203,23 +224,26 @@ def train_diffusion(
                 x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(3), x0)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+            rows = local_rows(x0.shape[0])  # all rows on one process
             loss = diffusion_loss(
-                unet,
+                model,
                 x0,
                 alphas_cumprod=alphas_cumprod,
                 generator=generator,
                 class_labels=labels[index.to(dev)] if num_classes is not None else None,
+                rows=rows,
             )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * loss_scale(rows.stop - rows.start, x0.shape[0])).backward()
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
             optimizer.step()
             ema.update(unet)
             step += 1
-            losses.append(float(loss.detach()))
+            losses.append(float(loss.detach()) * (rows.stop - rows.start) / x0.shape[0])
             report(progress, stage="train", current=step, total=total_steps,
-                   message=f"epoch {epoch + 1}/{config.epochs} loss {losses[-1]:.4f}")  # fmt: skip
+                   message=f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")  # fmt: skip
+        losses = all_reduce_sum(losses)  # each rank's share of every step's loss -> the global batch's loss
         record = {
             "epoch": epoch + 1,
             "train_loss": sum(losses) / len(losses),
@@ -230,6 +254,8 @@ def train_diffusion(
         }
         elapsed += time.perf_counter() - began  # training steps and the per-epoch evaluation
         history.append(record)
+        if not is_main():  # rank 0 alone writes
+            continue
         save_checkpoint(
             checkpoint_path,
             {
@@ -249,6 +275,8 @@ def train_diffusion(
         logger.info("diffusion epoch %d/%d: %s", epoch + 1, config.epochs, record)
         report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
 
+    if not is_main():
+        return {"kind": "diffusion", "rank_of_a_distributed_run": True}
     save_diffusion(ema.module, out, num_train_timesteps=config.num_train_timesteps)
     metrics: dict[str, Any] = {
         "kind": "diffusion",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,13 +102,29 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def stack(service_env: dict[str, str], tiny_models: Path, monkeypatch: pytest.MonkeyPatch,
           redis_client: redis.Redis) -> Iterator[Stack]:
-    """The real service: private Redis, a Celery worker in this process (solo pool, not eager), the API."""
+    """The real service: private Redis, a Celery worker in this process (solo pool, not eager) serving every
+    queue (generate, train, evaluate and control: experiment steps; beat does not run), the API."""
+    from core.jobs.queue import CONTROL_QUEUE, WORK_QUEUES
+
+    with start_stack(service_env, tiny_models, redis_client, queues=[*WORK_QUEUES, CONTROL_QUEUE]) as running:
+        yield running
+
+
+@pytest.fixture
+def stack_serving(service_env: dict[str, str], tiny_models: Path, redis_client: redis.Redis):
+    """``stack_serving(queues)``: a context manager for the stack with a worker serving only ``queues``."""
+    return lambda queues: start_stack(service_env, tiny_models, redis_client, queues=queues)
+
+
+@contextlib.contextmanager
+def start_stack(service_env: dict[str, str], tiny_models: Path, redis_client: redis.Redis, *,
+                queues: list[str]) -> Iterator[Stack]:
+    """The stack of :func:`stack` with a worker that serves only ``queues``."""
     import shutil
 
     from celery.contrib.testing.worker import start_worker
 
     from api.app import create_app as create_api
-    from core.jobs.queue import QUEUE
     from worker.app import create_app as create_worker
     for name in ("unet-t", "cnn-t"):
         shutil.copytree(tiny_models / name, Path(service_env["CDP_MODEL_DIR"]) / name)
@@ -115,7 +132,7 @@ def stack(service_env: dict[str, str], tiny_models: Path, monkeypatch: pytest.Mo
     settings = get_settings()
     store = LocalStore(settings.store_root)
     worker_app = create_worker(settings)
-    with start_worker(worker_app, pool="solo", concurrency=1, perform_ping_check=False, queues=[QUEUE],
+    with start_worker(worker_app, pool="solo", concurrency=1, perform_ping_check=False, queues=queues,
                       loglevel="WARNING", shutdown_timeout=60):
         api = create_api(settings, store=store, redis_client=redis_client)
         with TestClient(api) as client:

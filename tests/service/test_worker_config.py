@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.jobs import task_names
-from core.jobs.queue import CONTROL_QUEUE, QUEUE
+from core.jobs.queue import CONTROL_QUEUE, EVALUATE_QUEUE, GENERATE_QUEUE, TRAIN_QUEUE
 from core.settings import Settings
 
 
@@ -28,7 +28,25 @@ def test_worker_app_is_configured_for_at_least_once_delivery(settings: Settings)
     assert entry["options"]["queue"] == CONTROL_QUEUE
     assert entry["options"]["expires"] == settings.reconcile_interval_s
     assert conf.task_routes[task_names.RECONCILE] == {"queue": CONTROL_QUEUE}
-    assert conf.task_routes[task_names.GENERATE_SHARD] == {"queue": QUEUE}
+    # one queue per kind of work, so a worker can serve only some kinds
+    assert conf.task_routes[task_names.GENERATE_SHARD] == {"queue": GENERATE_QUEUE}
+    assert conf.task_routes[task_names.FINALIZE_GENERATION] == {"queue": GENERATE_QUEUE}
+    assert conf.task_routes[task_names.TRAIN] == {"queue": TRAIN_QUEUE}
+    assert conf.task_routes[task_names.EVALUATE] == {"queue": EVALUATE_QUEUE}
+    assert conf.task_routes[task_names.EXPERIMENT_STEP] == {"queue": CONTROL_QUEUE}
+    # Redis priority lists read in step order (0 first), messages without a priority are "normal"
+    assert conf.broker_transport_options["queue_order_strategy"] == "priority"
+    assert conf.task_default_priority == 3
+    assert sorted(app.amqp.queues.consume_from) == sorted([GENERATE_QUEUE, TRAIN_QUEUE, EVALUATE_QUEUE])
+
+
+def test_a_worker_serves_the_queues_its_setting_names() -> None:
+    from worker.app import create_app
+
+    app = create_app(Settings(worker_queues="cdp.train"))
+    assert list(app.amqp.queues.consume_from) == [TRAIN_QUEUE]
+    with pytest.raises(ValueError, match="worker_queues"):
+        Settings(worker_queues="cdp.trian")
 
 
 def test_settings_refuse_a_lease_renewed_too_rarely() -> None:

@@ -1,0 +1,108 @@
+"""Data-parallel training (core.training.distributed): two gloo processes on the CPU reach the weights of one
+process with the same global batch and seed, and a distributed run killed after an epoch resumes.
+
+Tolerances: the classifier agrees to float rounding (atol 1e-6). In TRADES, PGD takes sign() of input
+gradients, and gradients near zero computed over a half batch can round to the other sign than over the
+whole batch, which moves that pixel of x_adv by 2 step sizes; after the three steps of one epoch with a
+1-step attack the weights agree to about 4e-5, so the TRADES check uses atol 2e-4 (a wrong gradient scale
+or a wrong slice of the batch differs by 1e-3 or more).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.cli import build_parser, main
+from core.cli.train import _train_classifier_rank
+from core.data import load_dataset
+from core.progress import Cancelled
+from core.training.distributed import launch
+
+CLASSIFIER = ["train", "classifier", "--dataset", "digits", "--limit", "64", "--batch-size", "16", "--width",
+              "4", "--feature-dim", "8", "--augment", "--device", "cpu", "--seed", "3"]  # fmt: skip
+
+
+def _weights(out: Path, part: str = "model") -> dict[str, torch.Tensor]:
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    return state[part] if part == "model" else state[part]["module"]
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], *, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    assert worst <= atol, f"largest weight difference {worst:.3g} > {atol:g}"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread per process (launch() passes it on to the children): a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_process_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("classifier-1proc")
+    torch.set_num_threads(1)
+    assert main([*CLASSIFIER, "--epochs", "3", "--out", str(out), "--json"]) == 0
+    return out
+
+
+def test_two_gloo_ranks_train_trades_like_one_process(tmp_path: Path) -> None:
+    val = load_dataset("digits", "val")
+    synthetic = tmp_path / "synthetic.npz"
+    np.savez(synthetic, image=val.images[:64], label=val.labels[:64])
+    args = ["train", "trades", "--dataset", "digits", "--limit", "96", "--batch-size", "32", "--attack-steps",
+            "1", "--epochs", "1", "--width", "4", "--eval-max", "32", "--eval-steps", "1", "--device", "cpu",
+            "--eps", "0.1", "--synthetic", str(synthetic), "--synthetic-fraction", "0.5"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
+    for part in ("model", "ema"):
+        _assert_close(_weights(tmp_path / "one", part), _weights(tmp_path / "two", part), atol=2e-4)
+    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["history"][-1]
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["history"][-1]
+    assert two["train_clean_acc"] == pytest.approx(one["train_clean_acc"], abs=1 / 96)  # the global batch's
+
+
+def test_two_gloo_ranks_train_the_classifier_like_one_process(one_process_classifier: Path,
+                                                               tmp_path: Path) -> None:
+    assert main([*CLASSIFIER, "--epochs", "3", "--out", str(tmp_path), "--nproc", "2"]) == 0
+    _assert_close(_weights(one_process_classifier), _weights(tmp_path), atol=1e-6)
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "metrics.json").is_file()
+
+
+def test_a_distributed_run_killed_after_an_epoch_resumes(one_process_classifier: Path,
+                                                         tmp_path: Path) -> None:
+    """Rank 0's progress callback stops the run after epoch 1 (as a cancel or a lost lease does in the
+    worker); the launcher kills the other rank; the same command then resumes from the checkpoint."""
+    args = build_parser().parse_args([*CLASSIFIER, "--epochs", "3", "--out", str(tmp_path), "--nproc", "2"])
+
+    def stop_after_first_epoch(*, stage: str, current: int, **_: object) -> None:
+        if stage == "epoch" and current == 1:
+            raise Cancelled("stopped after epoch 1")
+
+    with pytest.raises(Cancelled):
+        launch(_train_classifier_rank, {"args": args}, nproc=2, device="cpu", progress=stop_after_first_epoch)
+    assert int(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"]) == 1
+    assert main([*CLASSIFIER, "--epochs", "3", "--out", str(tmp_path), "--nproc", "2"]) == 0
+    _assert_close(_weights(one_process_classifier), _weights(tmp_path), atol=1e-6)
+
+
+def test_a_train_job_with_two_devices_runs_two_ranks_from_the_worker(tmp_path: Path) -> None:
+    """The worker's path (core.jobs.training.train_for_spec): rank 0 keeps the job's progress callback."""
+    from core.jobs.training import train_for_spec
+    from core.specs import TrainSpec
+
+    spec = TrainSpec(kind="classifier", dataset="digits", epochs=1, batch_size=64, devices=2,
+                     final_eval=False, arch_options={"width": 4, "feature_dim": 8})
+    stages: list[str] = []
+    metrics = train_for_spec(spec, out_dir=tmp_path / "out", data_root=tmp_path, device="cpu",
+                             progress=lambda **event: stages.append(event["stage"]))  # fmt: skip
+    assert metrics["steps"] == 21 and stages.count("epoch") == 1  # ceil(1295 / 64) steps of the global batch
+    assert (Path(metrics["_model_dir"]) / "model.safetensors").is_file()
