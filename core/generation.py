@@ -43,7 +43,9 @@ Schedule = Literal["uniform", "quad"]
 class GenerationParams:
     """Sampling and guidance settings (paper Algorithm 1; App. C.1). ``loss="none"`` or ``lam=0`` is vanilla
     DDIM. ``guidance_window=(lo, hi)`` guides only for lo <= t <= hi (None: every step but the first).
-    ``feature_on`` (extension): features on x_t (the paper) or on the predicted x_0."""
+    ``feature_on`` (extension): features on x_t (the paper) or on the predicted x_0. ``head_scope`` (with
+    ``embedding_head``): one head trained online across every batch of the run ("run", as the authors'
+    loop does) or a fresh head per batch ("batch", this project's first reading)."""
 
     loss: GenLoss = "hnm"
     lam: float
@@ -58,6 +60,7 @@ class GenerationParams:
     guidance_window: tuple[int, int] | None
     batch_size: int
     feature_on: Literal["x_t", "x0_hat"] = "x_t"
+    head_scope: Literal["run", "batch"] = "run"
 
     def __post_init__(self) -> None:
         if isinstance(self.guidance_window, list):
@@ -81,6 +84,8 @@ class GenerationParams:
             raise ValueError(f"embedding_head must be a bool, got {self.embedding_head!r}")
         if self.feature_on not in ("x_t", "x0_hat"):
             raise ValueError(f"feature_on must be 'x_t' or 'x0_hat', got {self.feature_on!r}")
+        if self.head_scope not in ("run", "batch"):
+            raise ValueError(f"head_scope must be 'run' or 'batch', got {self.head_scope!r}")
 
     @property
     def guided(self) -> bool:
@@ -157,8 +162,19 @@ def generate(
     device: str | torch.device = "cpu",
     progress: ProgressFn | None = None,
     speed: SamplingSpeed | None = None,
+    feature_extractor: nn.Module | None = None,
+    head_seed: int | None = None,
+    label_offset: int = 0,
 ) -> GeneratedSet:
     """Sample ``count`` images (guided per ``params``), pseudo-label them with ``classifier``.
+
+    The guidance takes its features from ``feature_extractor`` when given (e.g. an adversarially trained
+    model), else from ``classifier``; the pseudo-labels always come from ``classifier``. With
+    ``params.head_scope == "run"`` one embedding head serves the whole run, initialised from ``head_seed``
+    (default ``seed``): a sharded job passes its job seed, so every shard starts from the same head.
+    A class-conditional model gets label ``(label_offset + i) % num_classes`` for the run's i-th image: a
+    sharded job passes the index of its shard's first image, so the classes are balanced over the whole job
+    (not restarted at 0 in every shard).
 
     Deterministic given ``seed`` (batch b uses a generator seeded from (seed, b)). The models must already
     be on ``device``; the classifier is put in eval mode. ``real_images`` (uint8 N x H x W x C, same size as
@@ -169,8 +185,12 @@ def generate(
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive int, got {count!r}")
+    if isinstance(label_offset, bool) or not isinstance(label_offset, int) or label_offset < 0:
+        raise ValueError(f"label_offset must be an int >= 0, got {label_offset!r}")
     if not hasattr(classifier, "features"):
         raise ValueError(f"classifier {type(classifier).__name__} has no features() method")
+    if feature_extractor is not None and not hasattr(feature_extractor, "features"):
+        raise ValueError(f"feature_extractor {type(feature_extractor).__name__} has no features() method")
     ts = params.timesteps(diffusion.num_train_timesteps)
     shape = (diffusion.channels, diffusion.image_size, diffusion.image_size)
     real = None
@@ -183,33 +203,38 @@ def generate(
             raise ValueError(f"real_images have shape {got} (C, H, W); the model makes {shape}")
     classifier.eval()
     diffusion.unet.eval()
+    extractor = feature_extractor if feature_extractor is not None else classifier
+    extractor.eval()
     speed = speed or SamplingSpeed()
     unet = fast_unet(diffusion.unet, speed)
-    feature_fn = fast_features(classifier_feature_fn(classifier), speed)
+    feature_fn = fast_features(classifier_feature_fn(extractor), speed)
     n_batches = math.ceil(count / params.batch_size)
     total_steps = n_batches * len(ts)
     images: list[np.ndarray] = []
     cond: list[np.ndarray] = []
     history: list[dict[str, float]] = []
+    guidance: ContrastiveGuidance | None = None
     for b in range(n_batches):
         n = min(params.batch_size, count - b * params.batch_size)
         gen = torch.Generator(device=device).manual_seed(batch_seed(seed, b))
         x_T = torch.randn((n, *shape), generator=gen, device=device)
         class_labels = None
-        if diffusion.num_classes is not None:  # balanced labels, cycling over the whole run
-            start = b * params.batch_size
+        if diffusion.num_classes is not None:  # balanced labels, cycling over the whole job
+            start = label_offset + b * params.batch_size
             class_labels = (torch.arange(start, start + n, device=device) % diffusion.num_classes).long()
             cond.append(class_labels.cpu().numpy())
-        guidance = None
-        if params.guided:
+        run_scope = params.embedding_head and params.head_scope == "run"  # else a fresh guidance per batch
+        if params.guided and (guidance is None or not run_scope):
+            head_gen_seed = batch_seed(seed if head_seed is None else head_seed, 0) if run_scope else \
+                batch_seed(seed, b)
             guidance = ContrastiveGuidance(
                 feature_fn,
                 loss=params.loss,  # type: ignore[arg-type]  # "none" excluded by params.guided
                 lam=params.lam, tau=params.tau, tau_plus=params.tau_plus, beta=params.beta,
                 strategy=params.strategy, window=params.guidance_window, feature_on=params.feature_on,
                 real=real, label_fn=classifier_label_fn(classifier) if class_labels is None else None,
-                embedding_head=params.embedding_head,
-                generator=torch.Generator(device=device).manual_seed(batch_seed(seed, b) ^ 0x5EED),
+                embedding_head=params.embedding_head, keep_head=run_scope,
+                generator=torch.Generator(device=device).manual_seed(head_gen_seed ^ 0x5EED),
             )
 
         def on_step(step: int, _total: int, _b: int = b) -> None:

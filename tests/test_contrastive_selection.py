@@ -88,13 +88,55 @@ def test_entropy_and_grad_norm_criteria(data) -> None:
     )
 
 
-def test_separability_criterion(data) -> None:
-    model, x, labels = data
-    f = model.features(x).detach()
-    cents = torch.stack([f[labels == c].mean(0) for c in labels.unique()])
-    summed = torch.cdist(f, cents).sum(1)
-    got = select_top_k(model, x, labels, k=2, criterion="separability").tolist()
-    assert got == _top_per_class(-summed, labels, 2)
+def test_separability_criteria_match_their_definitions(data) -> None:
+    model, x, _ = data
+    labels = torch.tensor([3, 5, 7]).repeat(10)  # given labels (three classes, ids not 0..C-1)
+    f = model.features(x).detach().double()
+    classes = labels.unique().tolist()
+    cents = torch.stack([f[labels == c].mean(0) for c in classes])
+    dist = torch.cdist(f, cents)
+    column = torch.tensor([classes.index(int(c)) for c in labels])  # labels need not be 0..C-1
+    own = dist[torch.arange(len(labels)), column]
+    mask = torch.nn.functional.one_hot(column, dist.shape[1]).bool()
+    other = dist.masked_fill(mask, float("inf")).min(1).values
+    for criterion, score in (("separability_literal", -dist.sum(1)), ("separability", -own),
+                             ("separability_margin", other - own)):
+        torch.testing.assert_close(selection_scores(model, x, labels, criterion=criterion), score, rtol=1e-5,
+                                   atol=1e-5)
+        got = select_top_k(model, x, labels, k=2, criterion=criterion).tolist()
+        assert got == _top_per_class(score, labels, 2), criterion
+
+
+class _Identity(torch.nn.Module):
+    """Features = the input itself (2-D points as 2 x 1 x 1 images), logits = the features."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+def test_default_separability_keeps_samples_near_their_own_centroid_unlike_the_literal_reading() -> None:
+    # Class 0 around (0, 0), class 1 around (10, 0). Among class 0, sample a = (0, 0) sits on its own
+    # centroid; sample b = (4, 0) is halfway towards class 1. Summed distances to both centroids are about
+    # equal for a (0 + 10) and b (4 + 6), and c = (0, 3) is worse than b under the literal reading
+    # (3 + 10.4 > 10) although it is closer to its own class than b.
+    class0 = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [-4.0, 0.0], [0.0, -3.0]])
+    class1 = torch.tensor([[10.0, 0.0], [11.0, 0.0], [9.0, 0.0], [10.0, 1.0], [10.0, -1.0]])
+    x = torch.cat([class0, class1])[:, :, None, None]
+    labels = torch.tensor([0] * 5 + [1] * 5)
+    model = _Identity()
+    literal = select_top_k(model, x, labels, k=2, criterion="separability_literal").tolist()
+    default = select_top_k(model, x, labels, k=2, criterion="separability").tolist()
+    cent0 = class0.mean(0)
+
+    def mean_own_distance(idx: list[int]) -> float:
+        kept0 = [i for i in idx if i < 5]
+        return float((class0[kept0] - cent0).norm(dim=1).mean())
+
+    assert 1 in literal and 1 not in default  # the sample halfway to the other class
+    assert mean_own_distance(default) < mean_own_distance(literal)
 
 
 def test_robust_grad_norm_is_seeded_and_differs(data) -> None:

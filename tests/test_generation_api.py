@@ -241,3 +241,79 @@ def test_select_top_k_on_generated(
     out.save_npz(tmp_path / "s.npz")
     with np.load(tmp_path / "s.npz") as z:
         assert np.array_equal(z["image"], out.images) and np.array_equal(z["label"], out.labels)
+
+
+def _count_heads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the input width of every EmbeddingHead created from now on."""
+    from core.contrastive import guidance as guidance_module
+
+    created: list[int] = []
+    original = guidance_module.EmbeddingHead.__init__
+
+    def counting(self, in_dim: int, **kw) -> None:
+        created.append(in_dim)
+        original(self, in_dim, **kw)
+
+    monkeypatch.setattr(guidance_module.EmbeddingHead, "__init__", counting)
+    return created
+
+
+def test_one_embedding_head_per_run_persists_across_batches_and_is_fresh_for_the_next_run(
+    diffusion: DiffusionModel, classifier: TinyClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = _count_heads(monkeypatch)
+    run = generate(diffusion, classifier, params=params(embedding_head=True), count=9, seed=4)  # 3 batches
+    assert len(created) == 1  # the head of the run, trained on across its three batches
+    again = generate(diffusion, classifier, params=params(embedding_head=True), count=9, seed=4)
+    assert len(created) == 2  # a new run (a new job) starts from a fresh head...
+    np.testing.assert_array_equal(run.images, again.images)  # ...the same one: nothing leaks between runs
+    per_batch = generate(diffusion, classifier, params=params(embedding_head=True, head_scope="batch"),
+                         count=9, seed=4)
+    assert len(created) == 2 + 3  # the per-batch option: one head per batch
+    # the first batch sees the same fresh head either way; later batches see the trained one only per run
+    np.testing.assert_array_equal(run.images[:3], per_batch.images[:3])
+    assert not np.array_equal(run.images[3:], per_batch.images[3:])
+
+
+def test_head_seed_fixes_the_initial_head_of_every_shard(
+    diffusion: DiffusionModel, classifier: TinyClassifier
+) -> None:
+    p = params(embedding_head=True, lam=500.0)
+    # the same noise (seed) with heads seeded differently differ; with the same head seed they agree
+    a = generate(diffusion, classifier, params=p, count=3, seed=1, head_seed=7)
+    b = generate(diffusion, classifier, params=p, count=3, seed=1, head_seed=7)
+    c = generate(diffusion, classifier, params=p, count=3, seed=1, head_seed=8)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_guidance_features_come_from_the_feature_extractor_and_labels_from_the_classifier(
+    diffusion: DiffusionModel, classifier: TinyClassifier
+) -> None:
+    other = TinyClassifier(seed=5).eval()
+    calls = {"classifier": 0, "extractor": 0}
+
+    def counted(model: TinyClassifier, name: str) -> None:
+        plain = model.features
+
+        def features(x: torch.Tensor) -> torch.Tensor:
+            calls[name] += 1
+            return plain(x)
+
+        model.features = features  # type: ignore[method-assign]
+
+    own = generate(diffusion, classifier, params=params(), count=3, seed=2)
+    counted(other, "extractor")
+    counted(classifier, "classifier")
+    try:
+        generate(diffusion, classifier, params=params(loss="none"), count=3, seed=2)
+        labelling_calls, calls["classifier"] = calls["classifier"], 0  # what pseudo-labelling alone costs
+        guided = generate(diffusion, classifier, params=params(), count=3, seed=2, feature_extractor=other)
+    finally:
+        del classifier.features  # back to the class's method
+    assert calls["extractor"] >= params().steps - 1  # every guided step asked the extractor
+    assert labelling_calls > 0 and calls["classifier"] == labelling_calls  # the classifier only labels
+    assert not np.array_equal(own.images, guided.images)
+    with torch.no_grad():
+        expected = classifier(torch.from_numpy(guided.images).permute(0, 3, 1, 2).float() / 255).argmax(1)
+    np.testing.assert_array_equal(guided.labels, expected.numpy())

@@ -120,7 +120,11 @@ def test_the_guided_loop_does_not_synchronise_per_step(models, options) -> None:
                          ids=["channels_last", "compiled", "compiled+channels_last"])
 def test_the_fast_paths_give_the_eager_samples(models, speed) -> None:
     """Compiled (graph capture through aot_eager: inductor's code generation takes minutes on this CPU and
-    runs on GPU hosts, tests/test_device_paths.py) and channels_last loops match the plain loop at 1e-5."""
+    runs on GPU hosts, tests/test_device_paths.py) and channels_last loops match the plain loop at 1e-4.
+
+    channels_last runs other convolution kernels, which sum in another order: float32 reassociation, grown
+    through four guided steps (lambda 50), reached 1.4e-5 on one pixel of 1024 on one CPU of this pool (and
+    stayed under 1e-5 on another). A layout or graph bug moves samples by O(1), far above the tolerance."""
     from core.diffusion.fast import SamplingSpeed, fast_features, fast_unet
 
     unet, classifier = models
@@ -132,7 +136,7 @@ def test_the_fast_paths_give_the_eager_samples(models, speed) -> None:
     plain = sample(unet, x_T, alphas_cumprod=ALPHAS, timesteps=ts, guidance=plain_g)
     fast = sample(fast_unet(unet, SamplingSpeed(**speed)), x_T, alphas_cumprod=ALPHAS, timesteps=ts,
                   guidance=fast_g)
-    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
     unet.to(memory_format=torch.contiguous_format)  # the module fixture is shared
 
 

@@ -164,6 +164,10 @@ class ContrastiveGuidance:
         real_batch: how many real samples to draw per step (default: the batch size).
         label_fn: labels for class_conditional when the model is unconditional.
         embedding_head: train an embedding head online (Adam, ``head_lr``, one step per guided step).
+        keep_head: keep the head (and its optimiser) from one ``sample`` run to the next, so one head is
+            trained across all batches of a generation run, as the authors train one head over their whole
+            sampling loop; ``False`` re-creates it for every run (the per-batch head). :meth:`reset_head`
+            starts afresh.
         generator: the randomness of real-sample draws and of the head's initialisation.
     """
 
@@ -188,6 +192,7 @@ class ContrastiveGuidance:
         head_lr: float = 1e-2,
         generator: torch.Generator | None = None,
         reuse_features: bool = True,
+        keep_head: bool = False,
     ) -> None:
         check_guidance_args(loss=loss, lam=lam, tau=tau, tau_plus=tau_plus, beta=beta, strategy=strategy)
         validate_window(window)
@@ -212,6 +217,7 @@ class ContrastiveGuidance:
         self.real_batch = real_batch
         self.label_fn = label_fn
         self.use_head = embedding_head
+        self.keep_head = bool(keep_head)
         self.head_hidden, self.head_dim, self.head_lr = head_hidden, head_dim, head_lr
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.head: EmbeddingHead | None = None
@@ -235,13 +241,19 @@ class ContrastiveGuidance:
 
     # -- sampler hooks -------------------------------------------------------------------------------
     def prepare(self, timesteps: Sequence[int]) -> None:
-        """Called by ``sample`` before a run: validate the window, reset the head and per-run state."""
+        """Called by ``sample`` before a run: validate the window, reset the per-run state (and the head,
+        unless ``keep_head``)."""
         validate_window(self.window, timesteps)
-        self.head = None
-        self._optimizer = None
+        if not self.keep_head:
+            self.reset_head()
         self._prev_x0 = None
         self._kept = None
         self._pending, self._history = [], []
+
+    def reset_head(self) -> None:
+        """Forget the embedding head and its optimiser: the next guided step creates a fresh one."""
+        self.head = None
+        self._optimizer = None
 
     def active(self, t: int, step: int) -> bool:
         if step == 0 or self.lam == 0.0:

