@@ -13,6 +13,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+_QUEUE = r"cdp\.(generate|train|evaluate|control)"
+# CDP_WORKER_QUEUES: names of core.jobs.queue's queues, comma-separated
+_QUEUE_LIST = rf"^{_QUEUE}(,{_QUEUE})*$"
+
 # Credentials from MinIO's documentation and examples; anyone can guess them.
 _WELL_KNOWN_MINIO_CREDENTIALS = {("minioadmin", "minioadmin"), ("minio", "minio123")}
 
@@ -29,8 +33,9 @@ class Settings(BaseSettings):
     data_root: Path = Path("var/data")
     # Named models the service may load (diffusion models and classifiers); never arbitrary paths.
     model_dir: Path = Path("var/models")
-    # "auto" picks CUDA when present, else CPU.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto" picks CUDA when present, else CPU; "cuda:N" pins a worker to GPU N (one worker per GPU). A train
+    # job with devices: n runs its ranks on cuda:N .. cuda:N+n-1.
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
     # --- service (api/ and worker/) ---
     # Celery broker, result backend and the live-progress mirror of job records.
@@ -43,11 +48,36 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=1024, ge=1)
     max_epochs: int = Field(default=400, ge=1)
     max_lambda: float = Field(default=1e6, gt=0)
+    # Most data-parallel processes one train job may ask for (TrainSpec.devices); a worker host needs that
+    # many GPUs (or CPU cores) for such a job.
+    max_devices: int = Field(default=8, ge=1)
     # Images per generation shard (one Celery task per shard).
     shard_size: int = Field(default=1000, ge=1)
-    # Bearer token -> owner (user or team). When empty, auth is off and every caller is "anonymous".
-    # Set as JSON: CDP_API_TOKENS='{"s3cret": "team-a"}'.
+    # API keys: a JSON file of hashed keys (sha256), each with its team and role ("member" or "admin"),
+    # written by `cdp keys create --team T [--role admin] --file PATH`. Unset (and no CDP_API_TOKENS): auth
+    # is off and every caller is the single local team "anonymous". Re-read when the file changes.
+    api_keys_file: Path | None = None
+    # Deprecated (use CDP_API_KEYS_FILE): plaintext bearer token -> team, as JSON
+    # CDP_API_TOKENS='{"s3cret": "team-a"}'. Still honoured (role "member"); the API logs a warning.
     api_tokens: dict[str, str] = Field(default_factory=dict)
+    # Quotas per team (HTTP 429 with Retry-After beyond them): jobs not yet finished at once (an
+    # experiment counts once, not its child jobs), ...
+    quota_concurrent_jobs: int = Field(default=100, ge=1)
+    # ... images requested by generation jobs per UTC day, ...
+    quota_images_per_day: int = Field(default=10_000_000, ge=1)
+    # ... and training epochs per UTC day (train jobs: epochs; experiments: epochs x arms x seeds).
+    quota_epochs_per_day: int = Field(default=100_000, ge=1)
+    # Largest request body the API reads, bytes (HTTP 413 beyond it).
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Log format of the API and the workers: "json" (one object per line with job_id, unit, owner, attempt
+    # where known) or "text".
+    log_format: Literal["json", "text"] = "json"
+    # Port of a worker's Prometheus exporter (0 = none). With PROMETHEUS_MULTIPROC_DIR set (prefork pools)
+    # it serves the metrics of all the worker's processes.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Queues a worker serves when Celery's -Q is not given, comma-separated: any of cdp.generate (generation
+    # shards and finalize), cdp.train, cdp.evaluate, cdp.control (reconciler, experiment steps).
+    worker_queues: str = Field(default="cdp.generate,cdp.train,cdp.evaluate", pattern=_QUEUE_LIST)
     # Longest one unit of work (a shard, a finalize, a training run) may run. Enforced cooperatively by the
     # progress callback on every pool (and by Celery's hard limit under prefork); past it the job fails.
     task_time_limit_s: int = Field(default=6 * 3600, ge=1)

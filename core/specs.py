@@ -28,56 +28,74 @@ from pydantic import (
 from core.settings import get_settings
 
 JOB_ID_PATTERN = r"[0-9a-f]{24}"
-_JOB_REF = re.compile(rf"^job:({JOB_ID_PATTERN})$")
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Both are matched against the whole string (re.fullmatch): "$" would also match before a final newline.
+_JOB_REF = re.compile(rf"job:({JOB_ID_PATTERN})")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_MODEL_REF_PATTERN = rf"^(job:{JOB_ID_PATTERN}|[A-Za-z0-9][A-Za-z0-9_.-]{{0,63}})$"
+_SHORT = 40
 
-DatasetName = Literal["digits", "cifar10", "gtsrb"]
+
+def short(value: object) -> str:
+    """``repr(value)`` cut to a short prefix: validation messages never echo a long input back."""
+    text = repr(value)
+    return text if len(text) <= _SHORT else text[:_SHORT] + f"... ({len(text)} characters)"
+
+
+DatasetName = Literal["digits", "mnist5k", "mnist5k16", "cifar10", "gtsrb"]
 JobKind = Literal["generate", "train", "evaluate", "experiment"]
+JobPriority = Literal["low", "normal", "high"]
+_PRIORITY_DOC = ("orders this job's units among the waiting ones of their queue (cdp.generate, cdp.train, "
+                 "cdp.evaluate): high before normal before low")
 AttackName = Literal["pgd_ce", "pgd_cw", "autoattack"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 Timestep = Annotated[int, Field(ge=0, le=100_000)]
 ArchOption = Literal["width", "feature_dim", "depth", "widen_factor"]
-SelectionCriterion = Literal["separability", "grad_norm", "robust_grad_norm", "entropy"]
+SelectionCriterion = Literal["separability", "separability_margin", "separability_literal", "grad_norm",
+                             "robust_grad_norm", "entropy"]
 
 
 def _check_model_ref(value: str) -> str:
-    if _JOB_REF.match(value):
+    if _JOB_REF.fullmatch(value):
         return value
-    if _MODEL_NAME.match(value) and ".." not in value:
+    if _MODEL_NAME.fullmatch(value) and ".." not in value:
         return value
     raise ValueError(
-        f"{value!r} is neither 'job:<24 hex digits>' nor a model name (letters, digits, '.', '_', '-'; "
+        f"{short(value)} is neither 'job:<24 hex digits>' nor a model name (letters, digits, '.', '_', '-'; "
         "no paths)"
     )
 
 
 def _check_job_ref(value: str) -> str:
-    if not _JOB_REF.match(value):
-        raise ValueError(f"{value!r} is not a job reference of the form 'job:<24 hex digits>'")
+    if not _JOB_REF.fullmatch(value):
+        raise ValueError(f"{short(value)} is not a job reference of the form 'job:<24 hex digits>'")
     return value
 
 
 ModelRef = Annotated[
     str,
+    Field(max_length=64, pattern=_MODEL_REF_PATTERN),
     AfterValidator(_check_model_ref),
     Field(description="`job:<id>` of a finished training job, or a model name from the server's model "
           "directory", examples=["job:0190a1b2c3d4e5f6a7b8c9d0", "digits-unet"]),
 ]
-JobRef = Annotated[str, AfterValidator(_check_job_ref), Field(examples=["job:0190a1b2c3d4e5f6a7b8c9d0"])]
+JobRef = Annotated[str, Field(max_length=28, pattern=rf"^job:{JOB_ID_PATTERN}$"),
+                   AfterValidator(_check_job_ref), Field(examples=["job:0190a1b2c3d4e5f6a7b8c9d0"])]
 
 
 def job_id_of(ref: str) -> str | None:
     """The job id in a ``job:<id>`` reference, or None for a model name."""
-    match = _JOB_REF.match(ref)
+    match = _JOB_REF.fullmatch(ref)
     return match.group(1) if match else None
 
 
 # Which setting bounds each numeric spec field (the server's limits, CDP_MAX_*).
 _SERVER_LIMITS = {
     "count": "max_count", "top_k": "max_count", "steps": "max_steps", "batch_size": "max_batch_size",
-    "lam": "max_lambda", "epochs": "max_epochs", "limit": "max_count",
+    "lam": "max_lambda", "epochs": "max_epochs", "limit": "max_count", "eval_samples": "max_count",
+    "devices": "max_devices",
 }
+SERVER_LIMITS = _SERVER_LIMITS  # public: the API documents these bounds in its OpenAPI document
 
 
 def server_limits() -> dict[str, float]:
@@ -103,7 +121,7 @@ def _within_server_limit(value: float | None, info: ValidationInfo) -> float | N
 class SelectionSpec(BaseModel):
     """Keep the top K samples per class by one of the criteria of paper App. D.3."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     criterion: SelectionCriterion = "separability"
     top_k: int = Field(ge=1, description="samples kept per class")
 
@@ -115,6 +133,7 @@ class GenerateSpec(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # numbers are numbers: "64", 2.0 and true are not a count (see STRICT_INPUT)
         validate_default=True,  # a default above a server limit is refused too
         json_schema_extra={
             "examples": [
@@ -139,17 +158,25 @@ class GenerateSpec(BaseModel):
     beta: float = Field(default=1.0, ge=0, le=100)
     strategy: Literal["previous", "real_positive", "real_negative", "class_conditional"] = "previous"
     embedding_head: bool = False
+    head_scope: Literal["run", "batch"] = Field(
+        default="run", description="with embedding_head: one head trained online across every batch of a "
+        "shard (each shard starts from the same head, seeded by the job seed), or a fresh head per batch")
     steps: int = Field(default=200, ge=1)
     schedule: Literal["uniform", "quad"] = "quad"
     eta: float = Field(default=0.0, ge=0, le=1)
     guidance_window: tuple[Timestep, Timestep] | None = Field(
-        default=None, description="guide only for lo <= t <= hi (DDPM timesteps); default: the whole schedule"
+        default=None, strict=False,  # a JSON array is a tuple here (the items stay strict integers)
+        description="guide only for lo <= t <= hi (DDPM timesteps); default: the whole schedule"
     )
     batch_size: int = Field(default=256, ge=1)
     seed: int = Field(default=0, ge=0, lt=2**63)
     feature_on: Literal["x_t", "x0_hat"] = Field(
         default="x_t", description="features on x_t (the paper) or on the predicted x_0 (extension)")
     selection: SelectionSpec | None = None
+    feature_extractor: ModelRef | None = Field(
+        default=None,
+        description="the classifier whose features the guidance uses (e.g. job:<id> of a finished TRADES "
+        "job: an adversarially trained model); default: `classifier`, which always makes the pseudo-labels")
     judge: ModelRef | None = Field(
         default=None,
         description="an independent classifier (job:<id> of a finished classifier/trades training job, or a "
@@ -157,6 +184,8 @@ class GenerateSpec(BaseModel):
     tstr: bool = Field(
         default=False, description="also train a small CNN on the generated set and report its accuracy on "
         "the dataset's real test split (tstr_accuracy)")
+
+    priority: JobPriority = Field(default="normal", description=_PRIORITY_DOC)
 
     _limits = field_validator("count", "steps", "batch_size", "lam")(_within_server_limit)
 
@@ -177,11 +206,30 @@ class GenerateSpec(BaseModel):
         return self
 
 
+# Which arch_options each classifier architecture takes (core.models.build_classifier).
+ARCH_OPTIONS: dict[str, frozenset[str]] = {"small_cnn": frozenset({"width", "feature_dim"}),
+                                           "wrn": frozenset({"depth", "widen_factor"})}
+
+
+def _check_arch_options(arch: str, options: dict[str, int]) -> None:
+    """What the worker would refuse when it builds the model, refused at submission instead."""
+    unknown = sorted(set(options) - ARCH_OPTIONS[arch])
+    if unknown:
+        raise ValueError(f"arch_options {unknown} do not apply to arch={arch!r} (it takes "
+                         f"{sorted(ARCH_OPTIONS[arch])})")
+    depth = options.get("depth")
+    if arch == "wrn" and depth is not None and (depth < 10 or (depth - 4) % 6 != 0):
+        raise ValueError(f"arch_options.depth={depth}: a WRN depth is 6n + 4 with n >= 1 (10, 16, 22, ...)")
+    if arch == "wrn" and options.get("widen_factor", 1) > 32:
+        raise ValueError(f"arch_options.widen_factor={options['widen_factor']} exceeds 32")
+
+
 class TrainSpec(BaseModel):
     """Training of a diffusion model, a classifier (feature extractor / pseudo-labeler), or TRADES."""
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         validate_default=True,  # a default above a server limit is refused too
         json_schema_extra={
             "examples": [
@@ -202,6 +250,8 @@ class TrainSpec(BaseModel):
     arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(
         default_factory=dict, description="small_cnn: width, feature_dim; wrn: depth, widen_factor")
     unet: Literal["tiny", "ddpm_cifar10"] = Field(default="tiny", description="diffusion: UNet preset")
+    class_conditional: bool = Field(default=False, description="diffusion: a class-conditional UNet (class "
+                                    "embeddings); its generation jobs draw labels balanced over the job")
     # TRADES (Zhang et al. 2019) and the real/synthetic mixing of paper eq. (3).
     synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
                                     description="finished generation jobs mixed into TRADES training")
@@ -222,20 +272,41 @@ class TrainSpec(BaseModel):
         "real training images (the same subset for every seed), keeping the rest out")
     final_eval: bool = Field(default=True, description="classifier / trades: evaluate on the test split at "
                              "the end (experiments turn it off and run evaluation jobs instead)")
+    oracle: bool = Field(default=False, description="trades on mnist5k: also train on the oracle pool (real "
+                         "images held out of the train split): the ceiling of what more real data gives")
+    steps_per_epoch: int | None = Field(
+        default=None, ge=1, le=100_000, description="trades: optimizer steps per epoch; default "
+        "ceil(real images / batch_size). Fix it so arms with different real sets train for the same steps")
+    eps_warmup: float = Field(default=0.0, ge=0, le=1, description="trades: fraction of all steps over "
+                              "which eps and the attack step ramp linearly up from 0 (0: full eps at once)")
 
-    _limits = field_validator("epochs", "batch_size")(_within_server_limit)
+    devices: int = Field(default=1, ge=1, description="data-parallel processes on one worker host "
+                         "(torch.distributed: one GPU each, or gloo on the CPU); at most CDP_MAX_DEVICES")
+
+    priority: JobPriority = Field(default="normal", description=_PRIORITY_DOC)
+
+    _limits = field_validator("epochs", "batch_size", "eval_samples", "devices")(_within_server_limit)
 
     @model_validator(mode="after")
     def _synthetic_only_for_trades(self) -> TrainSpec:
         if self.synthetic and self.kind != "trades":
             raise ValueError(f"synthetic data is only used by kind='trades', not kind={self.kind!r}")
+        if self.class_conditional and self.kind != "diffusion":
+            raise ValueError(f"class_conditional: only kind='diffusion' is conditioned, not "
+                             f"kind={self.kind!r}")
+        if self.oracle and (self.kind != "trades" or not self.dataset.startswith("mnist5k")):
+            raise ValueError("oracle: only TRADES on mnist5k / mnist5k16 has an oracle pool")
+        _check_arch_options(self.arch, self.arch_options)
+        if self.devices > self.batch_size:
+            raise ValueError(f"devices={self.devices}: each process needs a share of the batch "
+                             f"(batch_size={self.batch_size})")
         return self
 
 
 class EvaluationSettings(BaseModel):
     """How a model is attacked: shared by evaluation jobs and the evaluation step of experiments."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
     split: Literal["test", "val"] = "test"
     eps: float = Field(default=8 / 255, ge=0, le=1, description="L_inf radius")
@@ -266,12 +337,13 @@ class EvaluateSpec(EvaluationSettings):
     """Clean and adversarial accuracy of a finished classifier or TRADES model on a split of a dataset."""
 
     model_config = ConfigDict(
-        extra="forbid", validate_default=True,
-        json_schema_extra={"examples": [{"model": "job:0190a1b2c3d4e5f6a7b8c9d0", "dataset": "digits",
+        extra="forbid", strict=True, validate_default=True,
+        json_schema_extra={"examples": [{"model": "digits-cnn", "dataset": "digits",
                                          "attacks": ["pgd_ce", "pgd_cw"], "limit": 500}]},
     )
     model: ModelRef
     dataset: DatasetName
+    priority: JobPriority = Field(default="normal", description=_PRIORITY_DOC)
 
 
 _ARM_NAME = r"^[A-Za-z0-9+][A-Za-z0-9 _.+()-]{0,63}$"
@@ -280,18 +352,19 @@ _ARM_NAME = r"^[A-Za-z0-9+][A-Za-z0-9 _.+()-]{0,63}$"
 class ExperimentArm(BaseModel):
     """One arm: TRADES on the real data plus these synthetic sets (none: the real-only reference)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(pattern=_ARM_NAME, examples=["real only", "+ Contrastive-DP"])
     synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
                                     description="finished generation jobs; [] = real data only")
     synthetic_fraction: float = Field(default=0.5, ge=0, lt=1)
     mixing: Literal["batch", "loss"] = "batch"
+    oracle: bool = Field(default=False, description="mnist5k: also train on the oracle pool of real images")
 
 
 class ExperimentTrades(BaseModel):
     """The TRADES settings every arm shares (see TrainSpec for their meaning)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
     epochs: int = Field(ge=1)
     batch_size: int = Field(default=128, ge=1)
     lr: float | None = Field(default=None, gt=0, le=10)
@@ -301,15 +374,23 @@ class ExperimentTrades(BaseModel):
     eps: float = Field(default=8 / 255, ge=0, le=1)
     step_size: float = Field(default=2 / 255, gt=0, le=1)
     attack_steps: int = Field(default=10, ge=1, le=100)
+    steps_per_epoch: int | None = Field(default=None, ge=1, le=100_000,
+                                        description="optimizer steps per epoch, the same for every arm")
+    eps_warmup: float = Field(default=0.0, ge=0, le=1, description="fraction of steps with a ramped eps")
 
     _limits = field_validator("epochs", "batch_size")(_within_server_limit)
+
+    @model_validator(mode="after")
+    def _arch_options(self) -> ExperimentTrades:
+        _check_arch_options(self.arch, self.arch_options)
+        return self
 
 
 class ExperimentSpec(BaseModel):
     """Arms x seeds: one TRADES job and one evaluation job per (arm, seed), then statistics over seeds."""
 
     model_config = ConfigDict(
-        extra="forbid", validate_default=True,
+        extra="forbid", strict=True, validate_default=True,
         json_schema_extra={"examples": [{
             "dataset": "digits", "seeds": [0, 1],
             "arms": [{"name": "real only"},
@@ -324,8 +405,9 @@ class ExperimentSpec(BaseModel):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     real_subset: int | None = Field(default=None, ge=10, le=1_000_000,
                                     description="train every arm on one stratified subset of n real images")
-    reference: str | None = Field(default=None, description="the arm the others are compared to; default: "
-                                  "the first")
+    reference: str | None = Field(default=None, max_length=64, description="the arm the others are "
+                                  "compared to; default: the first")
+    priority: JobPriority = Field(default="normal", description=_PRIORITY_DOC + "; its child jobs inherit it")
 
     @model_validator(mode="after")
     def _names(self) -> ExperimentSpec:
@@ -337,12 +419,12 @@ class ExperimentSpec(BaseModel):
         if self.reference is None:
             self.reference = names[0]
         elif self.reference not in names:
-            raise ValueError(f"reference={self.reference!r} is not one of the arms {names}")
+            raise ValueError(f"reference={short(self.reference)} is not one of the arms {names}")
         return self
 
     def child_train_spec(self, arm: ExperimentArm, seed: int) -> TrainSpec:
         return TrainSpec(kind="trades", dataset=self.dataset, seed=seed, synthetic=list(arm.synthetic),
-                         synthetic_fraction=arm.synthetic_fraction, mixing=arm.mixing,
+                         synthetic_fraction=arm.synthetic_fraction, mixing=arm.mixing, oracle=arm.oracle,
                          real_subset=self.real_subset, final_eval=False, **self.trades.model_dump())
 
     def child_evaluate_spec(self, model_job_id: str, seed: int) -> EvaluateSpec:

@@ -139,6 +139,32 @@ def test_loss_mixing_and_real_only_plans() -> None:
     assert sorted(torch.cat([r for r, _ in real_only]).tolist()) == list(range(95))  # a permutation
 
 
+@pytest.mark.parametrize("n_real", [40, 95, 700], ids=["small", "medium", "large"])
+def test_a_fixed_step_budget_gives_every_real_set_the_same_steps_of_full_batches(n_real: int) -> None:
+    config = TradesConfig(batch_size=20, steps_per_epoch=12)
+    generator = torch.Generator().manual_seed(0)
+    real_only = epoch_plan(n_real, 0, config=config, generator=generator)
+    assert len(real_only) == 12 and all(len(r) == 20 and s is None for r, s in real_only)
+    drawn = torch.cat([r for r, _ in real_only])
+    first = drawn[: min(n_real, len(drawn))]
+    assert len(set(first.tolist())) == len(first)  # consecutive permutations: no repeat before all are seen
+    assert drawn.max() < n_real
+    mixed = epoch_plan(n_real, 50, config=config, generator=generator)
+    assert len(mixed) == 12 and all(len(r) == 6 and len(s) == 14 for r, s in mixed)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        TradesConfig(steps_per_epoch=0)
+
+
+def test_eps_warmup_ramps_the_attack_radius_linearly_then_holds_it() -> None:
+    from core.training.trades import eps_scale
+
+    ramp = TradesConfig(eps_warmup=0.25)
+    assert [eps_scale(step, 100, ramp) for step in (0, 11, 24, 25, 99)] == [0.04, 0.48, 1.0, 1.0, 1.0]
+    assert all(eps_scale(step, 100, TradesConfig()) == 1.0 for step in (0, 50))  # off by default
+    with pytest.raises(ValueError, match="eps_warmup"):
+        TradesConfig(eps_warmup=1.5)
+
+
 def test_learning_rate_schedules() -> None:
     cosine = TradesConfig(lr=0.2, schedule="cosine")
     assert learning_rate(0, 100, config=cosine) == pytest.approx(0.2)

@@ -40,7 +40,7 @@ import numpy as np
 
 from core.jobs import keys
 from core.jobs.leases import DeadlineExceeded, Lease, LeaseLost
-from core.jobs.queue import Enqueuer
+from core.jobs.queue import Enqueuer, job_priority
 from core.jobs.reconcile import shard_count
 from core.jobs.records import JobNotFound, JobRepository, is_dependency_error
 from core.progress import Cancelled
@@ -152,6 +152,12 @@ def shard_seed(seed: int, shard: int) -> int:
 def shard_size_of(job: JobRecord, spec: GenerateSpec, shard: int, default_shard_size: int) -> int:
     size = job.plan.shard_size or default_shard_size
     return min(size, spec.count - shard * size)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:
@@ -315,7 +321,10 @@ def run_generate_shard(ctx: WorkerContext, job_id: str, shard: int, message_id: 
         ctx.repo.mark_running(job_id)
         data = _generate_shard_arrays(ctx, job, spec, shard, n_shards)
         lease.check()
-        ctx.store.put_bytes(key, _npz_bytes(**data), content_type="application/octet-stream")
+        images_key, labels_key = keys.shard_npy_keys(job_id, shard)
+        ctx.store.put_bytes(images_key, _npy_bytes(data["image"]), content_type="application/octet-stream")
+        ctx.store.put_bytes(labels_key, _npy_bytes(data["label"]), content_type="application/octet-stream")
+        ctx.store.put_bytes(key, _npz_bytes(**data), content_type="application/octet-stream")  # complete
         log.info("job %s: shard %d written (%d images, lease %d)", job_id, shard, len(data["label"]),
                  lease.token)
         ctx.repo.note_shard_done(job_id, shard)
@@ -331,6 +340,8 @@ def _generate_shard_arrays(ctx: WorkerContext, job: JobRecord, spec: GenerateSpe
 
     diffusion = ctx.models.get("diffusion", spec.model)
     classifier = ctx.models.get("classifier", spec.classifier)
+    extractor = (ctx.models.get("classifier", spec.feature_extractor) if spec.feature_extractor is not None
+                 else None)
     real_images = None
     if spec.strategy in ("real_positive", "real_negative"):
         from core.data import load_dataset
@@ -340,7 +351,7 @@ def _generate_shard_arrays(ctx: WorkerContext, job: JobRecord, spec: GenerateSpe
         loss=spec.loss, lam=float(spec.lam or 0.0), tau=float(spec.tau or 1.0), tau_plus=spec.tau_plus,
         beta=spec.beta, strategy=spec.strategy, embedding_head=spec.embedding_head, steps=spec.steps,
         schedule=spec.schedule, eta=spec.eta, guidance_window=spec.guidance_window,
-        batch_size=spec.batch_size, feature_on=spec.feature_on,
+        batch_size=spec.batch_size, feature_on=spec.feature_on, head_scope=spec.head_scope,
     )
     done_before = ctx.repo.shards_done(job.id)
     progress = _JobProgress(ctx, job.id, part=lambda stage, f: (
@@ -349,15 +360,19 @@ def _generate_shard_arrays(ctx: WorkerContext, job: JobRecord, spec: GenerateSpe
     count = shard_size_of(job, spec, shard, ctx.shard_size)
     result = generate(diffusion, classifier, params=params, count=count,
                       seed=shard_seed(spec.seed, shard), real_images=real_images, device=ctx.device,
-                      progress=progress, speed=ctx.speed)
+                      progress=progress, speed=ctx.speed, feature_extractor=extractor, head_seed=spec.seed,
+                      label_offset=shard * (job.plan.shard_size or ctx.shard_size))
     elapsed = time.perf_counter() - started
-    return {
+    arrays = {
         "image": np.asarray(result.images, dtype=np.uint8),
         "label": np.asarray(result.labels, dtype=np.int64),
         "confidence": np.asarray(result.confidence, dtype=np.float32),
         "entropy": np.asarray(result.entropy, dtype=np.float32),
         "elapsed_s": np.asarray(elapsed, dtype=np.float64),
     }
+    if result.class_labels is not None:  # the conditioning label, next to the pseudo-label
+        arrays["class_label"] = np.asarray(result.class_labels, dtype=np.int64)
+    return arrays
 
 
 def _maybe_enqueue_finalize(ctx: WorkerContext, job_id: str) -> bool:
@@ -370,10 +385,11 @@ def _maybe_enqueue_finalize(ctx: WorkerContext, job_id: str) -> bool:
     if job.terminal:
         return False
     n_shards = shard_count(job, ctx.shard_size)
-    present = sum(1 for _ in ctx.store.list(keys.job_prefix(job_id) + "shards/"))
+    listed = ctx.store.list(keys.job_prefix(job_id) + "shards/")
+    present = sum(1 for info in listed if info.key.endswith(".npz"))  # not the .npy pairs beside them
     if present < n_shards or ctx.repo.leases.has_state(job_id, "finalize"):
         return False
-    ctx.enqueuer.unit(job_id, "finalize")
+    ctx.enqueuer.unit(job_id, "finalize", priority=job_priority(job))
     return True
 
 
@@ -383,10 +399,12 @@ def load_shards(store: ObjectStore, job_id: str, n_shards: int) -> dict[str, np.
     elapsed = 0.0
     for shard in range(n_shards):
         with np.load(io.BytesIO(store.get_bytes(keys.shard_key(job_id, shard)))) as npz:
-            for name in parts:
+            for name in ("image", "label", "confidence", "entropy"):
                 parts[name].append(npz[name])
+            if "class_label" in npz.files:
+                parts.setdefault("class_label", []).append(npz["class_label"])
             elapsed += float(npz["elapsed_s"]) if "elapsed_s" in npz.files else 0.0
-    out = {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    out = {name: np.concatenate(arrays) for name, arrays in parts.items() if arrays}
     out["elapsed_s"] = np.asarray(elapsed)
     return out
 
@@ -438,6 +456,8 @@ def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") ->
         elapsed = float(data["elapsed_s"])
         metrics.update(
             generated=int(len(data["label"])),
+            class_label_histogram=(np.bincount(data["class_label"], minlength=train.info.num_classes).tolist()
+                                   if "class_label" in data else None),
             mean_confidence_all=float(np.mean(data["confidence"])),
             mean_entropy_all=float(np.mean(data["entropy"])),
             sampling_seconds=elapsed,

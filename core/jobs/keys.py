@@ -18,7 +18,13 @@ def record_key(job_id: str) -> str:
 
 
 def shard_key(job_id: str, shard: int) -> str:
+    """The shard's npz (keys image/label/...): written last, so its presence means the shard is complete."""
     return f"{PREFIX}/{job_id}/shards/{shard}.npz"
+
+
+def shard_npy_keys(job_id: str, shard: int) -> tuple[str, str]:
+    """The shard's .npy pair (uint8 N x H x W x C images, int64 labels) that training memory-maps."""
+    return (f"{PREFIX}/{job_id}/shards/{shard}.images.npy", f"{PREFIX}/{job_id}/shards/{shard}.labels.npy")
 
 
 def metrics_key(job_id: str) -> str:
@@ -42,9 +48,12 @@ def model_prefix(job_id: str) -> str:
     return f"{PREFIX}/{job_id}/model/"
 
 
+INDEX_PREFIX = "index/"
+
+
 def owner_index_prefix(owner: str) -> str:
     """Empty markers ``index/<owner digest>/<job id>`` list an owner's jobs without reading them all."""
-    return f"index/{hashlib.sha256(owner.encode()).hexdigest()[:32]}/"
+    return f"{INDEX_PREFIX}{hashlib.sha256(owner.encode()).hexdigest()[:32]}/"
 
 
 def active_key(job_id: str) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from core.jobs import keys
-from core.jobs.queue import Enqueuer
+from core.jobs.queue import Enqueuer, job_priority
 from core.jobs.records import JobNotFound, JobRepository, is_dependency_error
 from core.specs import JobRecord, job_id_of
 
@@ -88,7 +88,8 @@ def why_it_cannot_run(repo: JobRepository, record: JobRecord, model_dir: Path | 
     refs: list[tuple[str, str | None]] = []
     if record.kind == "generate":
         refs = [("model", spec.model), ("classifier", spec.classifier),
-                ("judge", getattr(spec, "judge", None))]
+                ("judge", getattr(spec, "judge", None)),
+                ("feature_extractor", getattr(spec, "feature_extractor", None))]
     elif record.kind == "train":
         refs = [(f"synthetic[{i}]", ref) for i, ref in enumerate(spec.synthetic)]
     elif record.kind == "evaluate":
@@ -183,5 +184,5 @@ def _reconcile_job(repo: JobRepository, enqueuer: Enqueuer, job_id: str, report:
                                                     f"{max_attempts}){cause}")
                 report.failed.append(job_id)
                 return
-        enqueuer.unit(job_id, unit)
+        enqueuer.unit(job_id, unit, priority=job_priority(record))  # to its kind's queue
         report.requeued.append((job_id, unit))

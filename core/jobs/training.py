@@ -23,14 +23,32 @@ NOT_MODEL = ("checkpoint.pt", "metrics.json")
 
 def train_for_spec(spec: TrainSpec, *, out_dir: Path, data_root: Path, device: str, progress: ProgressFn,
                    synthetic_dirs: Sequence[Path] = ()) -> dict[str, Any]:
-    from core.data import load_dataset
+    """Train on this host: in this process, or with ``spec.devices`` > 1 on that many torch.distributed ranks
+    (this process is rank 0 and keeps ``progress``; ``core.training.distributed.launch``)."""
+    from core.training.distributed import launch
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = launch(_train_rank, {"spec": spec, "out_dir": out_dir, "data_root": data_root, "device": device,
+                                   "synthetic_dirs": list(synthetic_dirs)},
+                     nproc=spec.devices, device=device, progress=progress)  # fmt: skip
+    model_dir = out_dir.parent / f"{out_dir.name}-model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.copytree(out_dir, model_dir, ignore=shutil.ignore_patterns(*NOT_MODEL))
+    return {**metrics, "_model_dir": str(model_dir)}
+
+
+def _train_rank(*, spec: TrainSpec, out_dir: Path, data_root: Path, device: str, progress: ProgressFn | None,
+                synthetic_dirs: Sequence[Path]) -> dict[str, Any]:
+    """One rank of a training job (all of it with one device); the final evaluation runs on rank 0 only."""
+    from core.data import load_dataset
+    from core.training.distributed import is_main
+
     train = load_dataset(spec.dataset, "train", root=data_root)
     if spec.kind == "diffusion":
         from core.training.diffusion import DiffusionTrainConfig, train_diffusion
 
         config = DiffusionTrainConfig(preset=spec.unet, epochs=spec.epochs, batch_size=spec.batch_size,
+                                      class_conditional=spec.class_conditional,
                                       **({"lr": spec.lr} if spec.lr else {}))
         metrics = train_diffusion(train, config=config, out_dir=out_dir, seed=spec.seed, device=device,
                                   progress=progress)
@@ -43,15 +61,12 @@ def train_for_spec(spec: TrainSpec, *, out_dir: Path, data_root: Path, device: s
                                        **({"lr": spec.lr} if spec.lr else {}))
         metrics = train_classifier(train, val, config=config, out_dir=out_dir, seed=spec.seed, device=device,
                                    progress=progress)
-        if spec.final_eval:
+        if spec.final_eval and is_main():
             metrics["test"] = _evaluate(spec, out_dir, data_root=data_root, device=device, progress=progress)
     else:
         metrics = _train_trades(spec, train, out_dir=out_dir, data_root=data_root, device=device,
                                 progress=progress, synthetic_dirs=synthetic_dirs)
-    model_dir = out_dir.parent / f"{out_dir.name}-model"
-    shutil.rmtree(model_dir, ignore_errors=True)
-    shutil.copytree(out_dir, model_dir, ignore=shutil.ignore_patterns(*NOT_MODEL))
-    return {**metrics, "_model_dir": str(model_dir)}
+    return metrics
 
 
 def _evaluate(spec: TrainSpec, model_path: Path, *, data_root: Path, device: str,
@@ -71,20 +86,24 @@ def _evaluate(spec: TrainSpec, model_path: Path, *, data_root: Path, device: str
 
 
 def _train_trades(spec: TrainSpec, train: Any, *, out_dir: Path, data_root: Path, device: str,
-                  progress: ProgressFn, synthetic_dirs: Sequence[Path]) -> dict[str, Any]:
+                  progress: ProgressFn | None, synthetic_dirs: Sequence[Path]) -> dict[str, Any]:
     from core.data import load_dataset, load_synthetic
+    from core.training.distributed import is_main
     from core.training.trades import TradesConfig, train_trades
 
     val = load_dataset(spec.dataset, "val", root=data_root)
     if spec.real_subset is not None:
         train = real_subset(train, spec.real_subset)
+    if spec.oracle:  # R + O: the real images held out of the train split, the ceiling of more real data
+        train = train.concat(load_dataset(spec.dataset, "oracle", root=data_root))
     synthetic = (load_synthetic(list(synthetic_dirs), num_classes=train.info.num_classes)
                  if synthetic_dirs else None)
     options: dict[str, Any] = dict(arch=spec.arch, arch_options=dict(spec.arch_options), epochs=spec.epochs,
                                    batch_size=spec.batch_size, beta=spec.beta, eps=spec.eps,
                                    step_size=spec.step_size, steps=spec.attack_steps,
                                    synthetic_fraction=spec.synthetic_fraction, mixing=spec.mixing,
-                                   eval_steps=spec.eval_attack_steps)
+                                   eval_steps=spec.eval_attack_steps, steps_per_epoch=spec.steps_per_epoch,
+                                   eps_warmup=spec.eps_warmup)
     if spec.eval_samples is not None:
         options["eval_max"] = spec.eval_samples
     if spec.lr:
@@ -92,6 +111,8 @@ def _train_trades(spec: TrainSpec, train: Any, *, out_dir: Path, data_root: Path
     config = TradesConfig(**options)
     metrics = train_trades(train, val, synthetic=synthetic, config=config, out_dir=out_dir, seed=spec.seed,
                            device=device, progress=progress)
+    if not is_main():
+        return metrics
     metrics["real_images"] = len(train)
     metrics["synthetic_images"] = len(synthetic) if synthetic is not None else 0
     # The share of synthetic images in every step, exactly as core.training.trades.epoch_plan draws them:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,6 +52,15 @@ from core.training.common import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
+)
+from core.training.distributed import (
+    all_reduce_sum,
+    is_main,
+    local_rows,
+    rank_device,
+    unwrap,
+    world_size,
+    wrap_model,
 )
 
 logger = logging.getLogger(__name__)
@@ -102,6 +112,8 @@ class TradesConfig:
     eval_steps: int = 10
     eval_max: int = 1024
     eval_batch_size: int = 256
+    steps_per_epoch: int | None = None  # None: ceil(n_real / batch_size); set it to fix the step budget
+    eps_warmup: float = 0.0  # fraction of all steps over which eps and the attack step ramp up from 0
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -120,6 +132,12 @@ class TradesConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if self.steps_per_epoch is not None and (isinstance(self.steps_per_epoch, bool)
+                                                 or not isinstance(self.steps_per_epoch, int)
+                                                 or self.steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be a positive int or None, got {self.steps_per_epoch!r}")
+        if not (math.isfinite(self.eps_warmup) and 0.0 <= self.eps_warmup <= 1.0):
+            raise ValueError(f"eps_warmup must be a fraction in [0, 1], got {self.eps_warmup!r}")
         if self.eps > 1:
             raise ValueError(f"eps is in [0, 1] pixel units (8/255 = {8 / 255:.4f}), got {self.eps!r}")
         if self.schedule not in ("cosine", "onecycle", "constant"):
@@ -156,19 +174,25 @@ def trades_adversary(
     steps: int,
     start: Literal["normal", "uniform"] = "normal",
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """x_adv = argmax_{x' in B(x, eps) ∩ [0,1]} KL(softmax f(x) || softmax f(x')) by signed-gradient PGD.
 
     The model runs in eval mode (each sub-module's flag restored after). x: N x C x H x W in [0, 1].
+    ``noise`` (x's shape: N(0, 1) for "normal", U[0, 1) for "uniform") replaces the start's draw from
+    ``generator``; the distributed trainer draws it for the global batch and passes each rank its rows.
     """
     x = x.detach()
     with eval_mode(model):
         with torch.no_grad():
             p_natural = F.softmax(model(x), dim=1)  # N x K, fixed target of the inner maximisation
         if start == "normal":
-            noise_device = generator.device if generator is not None else x.device
-            noise = torch.randn(x.shape, generator=generator, device=noise_device, dtype=x.dtype).to(x.device)
-            x_adv = project_linf(x + 0.001 * noise, x, eps=eps)
+            if noise is None:
+                noise_device = generator.device if generator is not None else x.device
+                noise = torch.randn(x.shape, generator=generator, device=noise_device, dtype=x.dtype)
+            x_adv = project_linf(x + 0.001 * noise.to(x.device), x, eps=eps)
+        elif noise is not None:  # the same formula as uniform_start, from the given U[0, 1) draw
+            x_adv = project_linf(x + (2.0 * noise.to(x.device) - 1.0) * eps, x, eps=eps)
         else:
             x_adv = uniform_start(x, eps=eps, generator=generator)
         for _ in range(steps):
@@ -250,8 +274,18 @@ def make_optimizer(model: nn.Module, config: TradesConfig) -> torch.optim.SGD:
 
 
 def steps_per_epoch(n_real: int, config: TradesConfig) -> int:
-    """ceil(n_real / B), with or without synthetic data."""
+    """ceil(n_real / B), with or without synthetic data, unless ``config.steps_per_epoch`` fixes it (so
+    arms with more or fewer real images train for the same number of steps)."""
+    if config.steps_per_epoch is not None:
+        return config.steps_per_epoch
     return math.ceil(n_real / config.batch_size)
+
+
+def eps_scale(step: int, total_steps: int, config: TradesConfig) -> float:
+    """The share of eps (and of the attack step) at ``step``: a linear ramp from 1 / (warm-up steps) to 1
+    over the first ``eps_warmup`` of all steps, then 1 (1 throughout when ``eps_warmup`` is 0)."""
+    warm = config.eps_warmup * total_steps
+    return 1.0 if warm <= 0 else min(1.0, (step + 1) / warm)
 
 
 def epoch_plan(
@@ -260,9 +294,14 @@ def epoch_plan(
     """(real indices, synthetic indices or None) for every step of one epoch, drawn from ``generator``."""
     steps = steps_per_epoch(n_real, config)
     batch = config.batch_size
-    if n_synthetic == 0:
+    if n_synthetic == 0 and config.steps_per_epoch is None:
         order = torch.randperm(n_real, generator=generator)
         return [(order[i * batch : (i + 1) * batch], None) for i in range(steps)]
+    if n_synthetic == 0:  # a fixed step budget: consecutive permutations, cut into full batches
+        need = steps * batch
+        orders = [torch.randperm(n_real, generator=generator) for _ in range(math.ceil(need / n_real))]
+        real = torch.cat(orders)[:need].view(steps, batch)
+        return [(real[i], None) for i in range(steps)]
     if config.mixing == "batch":
         n_syn = math.floor(config.synthetic_fraction * batch)
         n_real_batch = batch - n_syn
@@ -359,6 +398,10 @@ def train_trades(
     ``metrics.json``.
     ``progress`` gets stage "train" per step and "epoch" per epoch; raising ``core.progress.Cancelled`` from
     it stops training (the last finished epoch stays resumable).
+
+    Under ``torch.distributed`` (:mod:`core.training.distributed`) every rank draws the same global batch
+    (real and synthetic indices, attack start noise) and trains on its slice of the rows, with DDP averaging
+    the gradients; rank 0 alone evaluates, writes files and reports progress.
     """
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"train ({len(train)}) and val ({len(val)}) sets must not be empty")
@@ -368,7 +411,7 @@ def train_trades(
     n_synthetic = len(synthetic) if synthetic is not None else 0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
+    dev = rank_device(resolve_device(device))
     data_generator = seed_everything(seed)
     attack_generator = torch.Generator().manual_seed(seed + 1)
     info = train.info
@@ -378,15 +421,18 @@ def train_trades(
     )
     if config.init == "kaiming":
         kaiming_init(model)
-    model = model.to(dev)
-    optimizer = make_optimizer(model, config)
-    ema = EMA(model, config.ema_decay, warmup=config.ema_warmup) if config.ema_decay > 0 else None
+    model = wrap_model(model.to(dev), dev)  # DDP when distributed; optimiser, EMA, attack and files use `net`
+    net = unwrap(model)
+    optimizer = make_optimizer(net, config)
+    ema = EMA(net, config.ema_decay, warmup=config.ema_warmup) if config.ema_decay > 0 else None
     per_epoch = steps_per_epoch(len(train), config)
     total_steps = per_epoch * config.epochs
 
     real_images, real_labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
     if synthetic is not None:
-        syn_images, syn_labels = torch.from_numpy(synthetic.images), torch.from_numpy(synthetic.labels)
+        # numpy rows, gathered per batch: a memory-mapped set (load_synthetic over .npy shards) is read only
+        # for the rows of each batch, never as a whole
+        syn_images, syn_labels = synthetic.images, torch.from_numpy(synthetic.labels)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "val_pgd_acc": -1.0, "val_clean_acc": -1.0}
@@ -396,7 +442,7 @@ def train_trades(
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, map_location=dev)
         _check_resumable(state, config, n_synthetic, checkpoint_path)
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -407,44 +453,62 @@ def train_trades(
 
     metadata = {"dataset": info.to_dict(), "seed": seed, "trades_config": asdict(config),
                 "synthetic_count": n_synthetic}  # fmt: skip
-    evaluated = ema.module if ema is not None else model
+    evaluated = ema.module if ema is not None else net
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "accuracy": 0.0}
         plan = epoch_plan(len(train), n_synthetic, config=config, generator=data_generator)
         for real_index, syn_index in plan:
-            x = _to_float(real_images[real_index], dev)
-            y = real_labels[real_index].to(dev)
-            weights = None
+            # the global batch is real rows then synthetic rows; this rank keeps rows[a:b] of it (all of it
+            # on one process), reading only those rows of a memory-mapped synthetic set
+            n_r, n_s = len(real_index), len(syn_index) if syn_index is not None else 0
+            rows = local_rows(n_r + n_s)
+            local_real = real_index[rows.start : min(rows.stop, n_r)]
+            x = _to_float(real_images[local_real], dev)
+            y = real_labels[local_real].to(dev)
+            weights = torch.full((n_r + n_s,), 1.0 / (n_r + n_s))
             if syn_index is not None:
-                x = torch.cat([x, _to_float(syn_images[syn_index], dev)])
-                y = torch.cat([y, syn_labels[syn_index].to(dev)])
+                local_syn = syn_index[max(rows.start - n_r, 0) : max(rows.stop - n_r, 0)]
+                syn_rows = torch.from_numpy(np.ascontiguousarray(syn_images[local_syn.numpy()]))
+                x = torch.cat([x, _to_float(syn_rows, dev)])
+                y = torch.cat([y, syn_labels[local_syn].to(dev)])
                 if config.mixing == "loss":  # eq. (3): eta * mean over real + (1 - eta) * mean over synthetic
-                    n_r, n_s = len(real_index), len(syn_index)
                     weights = torch.cat([torch.full((n_r,), config.eta / n_r),
-                                         torch.full((n_s,), (1 - config.eta) / n_s)]).to(dev)  # fmt: skip
+                                         torch.full((n_s,), (1 - config.eta) / n_s)])  # fmt: skip
+            weights = weights[rows].to(dev)  # this rank's share of the global batch's weights
+            noise_shape = (n_r + n_s, *x.shape[1:])
+            noise = (torch.randn(noise_shape, generator=attack_generator) if config.start == "normal"
+                     else torch.rand(noise_shape, generator=attack_generator))[rows]  # fmt: skip
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, config=config)
+            scale = eps_scale(step, total_steps, config)
             x_adv = trades_adversary(
-                model, x, eps=config.eps, step_size=config.step_size, steps=config.steps, start=config.start,
-                generator=attack_generator,
+                net, x, eps=config.eps * scale, step_size=config.step_size * scale, steps=config.steps,
+                start=config.start,
+                noise=noise,
             )
             model.train()
             loss, parts = trades_loss(
                 model, x, y, x_adv, beta=config.beta, label_smoothing=config.label_smoothing, weights=weights
             )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages over the ranks; scaled by the world size the sum of the local weighted losses
+            # is the one-process loss
+            (loss * world_size()).backward()
             optimizer.step()
             if ema is not None:
-                ema.update(model)
+                ema.update(net)
             step += 1
             sums["loss"] += float(loss.detach())
-            for name in ("ce", "kl", "accuracy"):
-                sums[name] += parts[name]
+            sums["ce"] += parts["ce"]
+            sums["kl"] += parts["kl"]
+            sums["accuracy"] += parts["accuracy"] * len(y) / (n_r + n_s)
             report(progress, stage="train", current=step, total=total_steps,
                    message=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
+        sums = dict(zip(sums, all_reduce_sum(list(sums.values())), strict=True))
         elapsed += time.perf_counter() - began
+        if not is_main():  # rank 0 alone evaluates and writes; the others go on to the next epoch
+            continue
         val_metrics = robust_accuracy(
             evaluated, val, eps=config.eps, steps=config.eval_steps, limit=config.eval_max,
             batch_size=config.eval_batch_size, seed=seed, device=dev,
@@ -472,7 +536,7 @@ def train_trades(
                 "synthetic_count": n_synthetic,
                 "epoch": epoch + 1,
                 "step": step,
-                "model": model.state_dict(),
+                "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
                 "rng": rng_state(generators),
@@ -484,6 +548,8 @@ def train_trades(
         logger.info("TRADES epoch %d/%d: %s", epoch + 1, config.epochs, record)
         report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
 
+    if not is_main():
+        return {"kind": "trades", "rank_of_a_distributed_run": True}
     save_classifier(evaluated, out / FINAL_DIR, config={**metadata, "epoch": config.epochs})
     final = history[-1] if history else {}
     metrics: dict[str, Any] = {
@@ -496,7 +562,7 @@ def train_trades(
         "steps_per_epoch": per_epoch,
         "real_count": len(train),
         "synthetic_count": n_synthetic,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in net.parameters()),
         "train_seconds": round(elapsed, 2),
         "best_epoch": int(best["epoch"]),
         "best_val_pgd_acc": best["val_pgd_acc"],

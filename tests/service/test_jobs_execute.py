@@ -28,16 +28,18 @@ class RecordingEnqueuer:
     def __init__(self, repo: JobRepository) -> None:
         self.repo = repo
         self.sent: list[tuple[str, str]] = []
+        self.priorities: list[str] = []
 
-    def unit(self, job_id: str, unit: str) -> str:
+    def unit(self, job_id: str, unit: str, *, priority: str = "normal") -> str:
         message_id = uuid.uuid4().hex
         self.sent.append((job_id, unit))
+        self.priorities.append(priority)
         self.repo.leases.mark_pending(job_id, unit, message_id)
         return message_id
 
-    def units(self, job_id: str, units: list[str]) -> None:
+    def units(self, job_id: str, units: list[str], *, priority: str = "normal") -> None:
         for unit in units:
-            self.unit(job_id, unit)
+            self.unit(job_id, unit, priority=priority)
 
 
 def make_ctx(settings: Settings, store, redis_client: redis.Redis, **overrides) -> WorkerContext:

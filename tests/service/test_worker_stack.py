@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.jobs import keys, task_names
-from core.jobs.queue import QUEUE
+from core.jobs.queue import GENERATE_QUEUE
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -47,7 +47,7 @@ def test_generation_job_end_to_end(stack) -> None:
             "manifest.json"} <= names
     sizes = []
     for artifact in listing["items"]:
-        if artifact["name"].startswith("shards/"):
+        if artifact["name"].startswith("shards/") and artifact["name"].endswith(".npz"):
             body = client.get(artifact["url"])  # the local store: the API's streamed download route
             assert body.status_code == 200
             assert hashlib.sha256(body.content).hexdigest() == artifact["sha256"]
@@ -58,6 +58,8 @@ def test_generation_job_end_to_end(stack) -> None:
                 assert npz["confidence"].shape == npz["entropy"].shape == npz["label"].shape
                 sizes.append(len(npz["label"]))
     assert sorted(sizes) == [4, 8, 8]
+    npy = sorted(n for n in names if n.endswith(".npy"))  # the memory-mappable pair of every shard
+    assert npy == sorted(f"shards/{k}.{part}.npy" for k in range(3) for part in ("images", "labels"))
 
     # manifest.json is written last and lists every other artifact with its digest
     manifest = json.loads(stack.store.get_bytes(keys.manifest_key(job_id)))
@@ -101,11 +103,13 @@ def test_same_seed_same_images_and_redelivered_shard_is_not_redone(stack) -> Non
     # Redeliver shard 0 of the finished job: the worker sees the complete shard and does not redo it.
     key = keys.shard_key(first["id"], 0)
     before = stack.store.stat(key)
-    result = stack.worker_app.send_task(task_names.GENERATE_SHARD, args=[first["id"], 0], queue=QUEUE)
+    result = stack.worker_app.send_task(task_names.GENERATE_SHARD, args=[first["id"], 0],
+                                        queue=GENERATE_QUEUE)
     assert result.get(timeout=60) == "exists"
     after = stack.store.stat(key)
     assert (after.etag, after.sha256) == (before.etag, before.sha256)
-    assert len(list(stack.store.list(keys.job_prefix(first["id"]) + "shards/"))) == 1
+    shards = [i for i in stack.store.list(keys.job_prefix(first["id"]) + "shards/") if i.key.endswith(".npz")]
+    assert len(shards) == 1
     assert stack.client.get(f"/jobs/{first['id']}").json()["attempt"] == 1
 
 
@@ -162,3 +166,31 @@ def test_selection_keeps_the_top_k_per_class(stack) -> None:
     shards = [np.load(io.BytesIO(stack.store.get_bytes(keys.shard_key(job["id"], k)))) for k in range(2)]
     all_labels = np.concatenate([shard["label"] for shard in shards])
     assert set(labels.tolist()) == set(all_labels.tolist())
+
+
+@pytest.fixture
+def shards_of_two(service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDP_SHARD_SIZE", "2")  # before the stack reads the settings
+
+
+def test_class_conditional_model_through_the_api_generates_every_class_evenly(shards_of_two, stack) -> None:
+    client = stack.client
+    trained = client.post("/jobs/train", json={"kind": "diffusion", "dataset": "digits", "epochs": 1,
+                                                "batch_size": 128, "class_conditional": True})
+    assert trained.status_code == 202, trained.text
+    model_job = stack.wait(trained.json()["id"], until={"succeeded", "failed", "canceled"}, timeout=180)
+    assert model_job["status"] == "succeeded", model_job["error"]
+    body = small_generation(model=f"job:{model_job['id']}", count=30, steps=2, batch_size=2, loss="none")
+    created = client.post("/jobs/generate", json=body)
+    assert created.status_code == 202, created.text
+    job = stack.wait(created.json()["id"], until={"succeeded", "failed", "canceled"}, timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["plan"]["shards"] == 15  # shards of two images: fewer than the ten classes
+    metrics = client.get(f"/jobs/{job['id']}/metrics").json()["metrics"]
+    assert metrics["class_label_histogram"] == [3] * 10  # every class, evenly, over the whole job
+    labels = []
+    for shard in range(15):
+        with np.load(io.BytesIO(stack.store.get_bytes(keys.shard_key(job["id"], shard)))) as npz:
+            assert npz["class_label"].dtype == np.int64 and npz["label"].shape == npz["class_label"].shape
+            labels += npz["class_label"].tolist()
+    assert labels == [i % 10 for i in range(30)]
