@@ -11,6 +11,7 @@ when Redis is unreachable. No torch here: the API uses it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,6 +32,12 @@ from core.specs import TERMINAL_STATUSES, JobKind, JobPlan, JobRecord, JobStatus
 from core.storage import ObjectNotFound, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
+
+# A record update holds its lock for one small read and write (milliseconds; a slow S3 round trip at most);
+# a waiter waits longer than the lock lives, so a holder killed mid-update delays the next update, never
+# fails it.
+UPDATE_LOCK_TTL_S = 10
+UPDATE_LOCK_WAIT_S = 20
 
 # Errors of the service's dependencies (Redis, the object store), as opposed to errors of a job itself: a
 # unit that meets one gives up its lease and is retried; the API answers 503.
@@ -231,8 +238,22 @@ class JobRepository:
 
     # --- updates ---
     def update(self, job_id: str, change: Callable[[JobRecord], None]) -> JobRecord:
-        """Apply ``change`` to the stored record under a lock and write it back (store, then Redis)."""
-        with self.redis.lock(keys.r_lock(job_id), timeout=30, blocking_timeout=30):
+        """Apply ``change`` to the stored record under a lock and write it back (store, then Redis).
+
+        The lock expires after UPDATE_LOCK_TTL_S (an update is one small read and write) and a caller waits
+        longer than that, so a lock left behind by a killed process never fails the next update; if it still
+        cannot be had (a hung holder), the update is a DependencyUnavailable (a 503 with Retry-After), not a
+        crash."""
+        lock = self.redis.lock(keys.r_lock(job_id), timeout=UPDATE_LOCK_TTL_S,
+                               blocking_timeout=UPDATE_LOCK_WAIT_S)
+        try:
+            acquired = lock.acquire()
+        except redis_lib.exceptions.LockError:
+            acquired = False
+        if not acquired:
+            raise DependencyUnavailable("redis", f"the record of job {job_id} is locked by another update; "
+                                        "retry shortly")
+        try:
             try:
                 record = self.load(job_id)
             except JobNotFound:  # it was there when the caller read it: the store is failing
@@ -242,6 +263,9 @@ class JobRepository:
             change(record)
             put_json(self.store, keys.record_key(job_id), record.model_dump(mode="json"))
             self._mirror(record)
+        finally:
+            with contextlib.suppress(redis_lib.exceptions.LockError, *REDIS_ERRORS):
+                lock.release()  # an expired lock (a very slow store) is simply gone
         if record.terminal:
             try:
                 self.deactivate(job_id)

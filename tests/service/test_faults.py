@@ -98,6 +98,15 @@ def leased_units(stack: EmbeddedStack, job_id: str) -> list[str]:
         client.close()
 
 
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a zombie has stopped executing)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 def test_kill_9_of_the_worker_mid_generation(stack_factory, var: Path) -> None:
     stack = stack_factory()
     http = httpx.Client(base_url=stack.base_url, timeout=30)
@@ -114,7 +123,9 @@ def test_kill_9_of_the_worker_mid_generation(stack_factory, var: Path) -> None:
     victim = stack.pid("worker")
     os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
     (unit,) = running
-    # the worker is dead: whether its shard landed in the instant before the kill is now settled
+    # SIGKILL takes effect when the process next runs: a rename already in the kernel completes first. Once
+    # the process is gone (or a zombie), whether its shard landed in that instant is settled.
+    wait_for("the killed worker to be gone", lambda: not process_alive(victim), 30)  # type: ignore[arg-type]
     lost = not (var / "store" / "jobs" / job_id / "shards" / f"{unit.removeprefix('shard-')}.npz").exists()
     wait_for("the supervisor to restart the worker", lambda: stack.pid("worker") not in (None, victim), 30)
     assert http.get("/healthz").status_code == 200  # the stack stays up

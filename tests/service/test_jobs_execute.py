@@ -241,3 +241,22 @@ def test_training_resumes_from_store_checkpoints_after_a_lost_worker(
     assert 0 <= metrics["test"]["clean_acc"] <= 1 and 0 <= metrics["test"]["robust_acc"] <= 1
     model_files = {i.key.rsplit("/", 1)[-1] for i in ctx.store.list(keys.model_prefix(job.id))}
     assert {"model.safetensors", "config.json"} <= model_files and "checkpoint.pt" not in model_files
+
+
+def test_a_record_lock_left_by_a_killed_process_delays_the_next_update_and_never_fails_it(
+        ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.jobs import records
+    from core.jobs.records import DependencyUnavailable
+
+    monkeypatch.setattr(records, "UPDATE_LOCK_TTL_S", 1)
+    monkeypatch.setattr(records, "UPDATE_LOCK_WAIT_S", 3)
+    job = generate_job(ctx)
+    # a process killed inside an update leaves its lock, which lives as long as any update's lock
+    ctx.repo.redis.set(keys.r_lock(job.id), "a-dead-holder", px=records.UPDATE_LOCK_TTL_S * 1000)
+    assert ctx.repo.request_cancel(job.id).cancel_requested  # waits for the lock to expire, then updates
+    # a holder that never lets go (a hung process): the update is a dependency failure (a 503), not a crash
+    ctx.repo.redis.set(keys.r_lock(job.id), "a-hung-holder")
+    monkeypatch.setattr(records, "UPDATE_LOCK_WAIT_S", 0.3)
+    with pytest.raises(DependencyUnavailable, match="locked"):
+        ctx.repo.mark_running(job.id)
+    ctx.repo.redis.delete(keys.r_lock(job.id))
