@@ -61,11 +61,12 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     Arm("R+O", real="R+O"),
     Arm("R (3x steps)", epochs_scale=3),
     Arm("R+O (3x steps)", real="R+O", epochs_scale=3),
-    Arm("R+vanilla@0.3", synthetic="vanilla", fraction=0.3),
-    Arm("R+vanilla@0.7", synthetic="vanilla", fraction=0.7),
-    Arm("R+CDP@0.3", synthetic="cdp", fraction=0.3),
-    Arm("R+CDP@0.7", synthetic="cdp", fraction=0.7),
-    Arm("R+CDP@eq3", synthetic="cdp", fraction=0.5, mixing="loss"),
+    # the arms train at the budget gate 1 passed at: 3x the gate's 800 steps
+    Arm("R+vanilla@0.3", synthetic="vanilla", fraction=0.3, epochs_scale=3),
+    Arm("R+vanilla@0.7", synthetic="vanilla", fraction=0.7, epochs_scale=3),
+    Arm("R+CDP@0.3", synthetic="cdp", fraction=0.3, epochs_scale=3),
+    Arm("R+CDP@0.7", synthetic="cdp", fraction=0.7, epochs_scale=3),
+    Arm("R+CDP@eq3", synthetic="cdp", fraction=0.5, mixing="loss", epochs_scale=3),
 )}
 
 
@@ -394,7 +395,8 @@ def synthetic_set(work: Path, name: str) -> Path:
 # ------------------------------------------------------------------------------------------------ report
 
 SEEDS = (0, 1, 2)
-REPORT_ARMS = ("R", "R+O", "R+vanilla@0.3", "R+vanilla@0.7", "R+CDP@0.3", "R+CDP@0.7", "R+CDP@eq3")
+REPORT_ARMS = ("R (3x steps)", "R+O (3x steps)", "R+vanilla@0.3", "R+vanilla@0.7", "R+CDP@0.3", "R+CDP@0.7",
+               "R+CDP@eq3")
 METRICS = ("clean", "pgd_ce", "pgd_cw", "worst", "autoattack")
 
 

@@ -16,7 +16,7 @@ if ! "$PY" -c 'import json, sys; sys.exit(0 if json.load(open("var/mnist5k/gate2
   exit 3
 fi
 run sweep                                                       # Contrastive-DP configurations -> frozen.json
-arms=("R" "R+O" "R+vanilla@0.3" "R+vanilla@0.7" "R+CDP@0.3" "R+CDP@0.7" "R+CDP@eq3")
+arms=("R (3x steps)" "R+O (3x steps)" "R+vanilla@0.3" "R+vanilla@0.7" "R+CDP@0.3" "R+CDP@0.7" "R+CDP@eq3")
 run sets                                                        # vanilla and Contrastive-DP, same x_T
 for arm in "${arms[@]}"; do for seed in 0 1 2; do printf '%s\0%s\0' "$arm" "$seed"; done; done |
   xargs -0 -n 2 -P "$JOBS" sh -c '"$0" experiments/mnist5k.py run --arm "$1" --seed "$2"' "$PY"
