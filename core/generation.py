@@ -29,6 +29,7 @@ from core.contrastive import (
     pseudo_label,
     validate_window,
 )
+from core.data.images import to_signed, to_unit
 from core.diffusion import DiffusionModel, ddim_timesteps, sample
 from core.diffusion.fast import SamplingSpeed, fast_features, fast_unet
 from core.progress import ProgressFn
@@ -141,8 +142,7 @@ def images_to_model_space(images: np.ndarray, *, device: str | torch.device = "c
             f"images must be a uint8 N x H x W x C array, got {getattr(images, 'dtype', type(images))} "
             f"{getattr(images, 'shape', '')}"
         )
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().to(device)
-    return x / 127.5 - 1.0
+    return to_signed(images, device)
 
 
 def model_space_to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -314,10 +314,6 @@ def sample_metrics(
 DUPLICATE_THRESHOLD = 0.02
 
 
-def _float01_nchw(images_uint8_nhwc: torch.Tensor) -> torch.Tensor:
-    return images_uint8_nhwc.permute(0, 3, 1, 2).float().div(255.0)
-
-
 def _check_uint8_nhwc(name: str, images: np.ndarray) -> None:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(
@@ -334,7 +330,7 @@ def total_variation(images_uint8_nhwc: np.ndarray, *, batch_size: int = 4096,
     out = []
     for start in range(0, len(images_uint8_nhwc), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images_uint8_nhwc[start : start + batch_size]))
-        x = _float01_nchw(x.to(device))
+        x = to_unit(x, device)
         tv = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(1, 2, 3))
         tv = tv + (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(1, 2, 3))
         out.append(tv.cpu().double().numpy())
@@ -383,7 +379,7 @@ def judge_labels(judge: nn.Module, images_uint8_nhwc: np.ndarray, *, num_classes
         preds = []
         for start in range(0, len(images_uint8_nhwc), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images_uint8_nhwc[start : start + batch_size]))
-            logits = judge(_float01_nchw(x.to(dev)))
+            logits = judge(to_unit(x, dev))
             if logits.ndim != 2 or (num_classes is not None and logits.shape[1] != num_classes):
                 raise ValueError(f"the judge returned logits of shape {tuple(logits.shape)}; expected "
                                  f"N x {num_classes if num_classes is not None else 'K'}")
@@ -519,7 +515,7 @@ def train_on_synthetic_test_on_real(
     model.train()
     for _ in range(epochs):
         for index in torch.randperm(len(images), generator=generator).split(batch_size):
-            x = _float01_nchw(x_all[index].to(device))
+            x = to_unit(x_all[index], device)
             loss = torch.nn.functional.cross_entropy(model(x), y[index].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -529,6 +525,6 @@ def train_on_synthetic_test_on_real(
     with torch.no_grad():
         for start in range(0, len(test_images), 512):
             x = torch.from_numpy(np.ascontiguousarray(test_images[start : start + 512]))
-            pred = model(_float01_nchw(x.to(device))).argmax(dim=1).cpu()
+            pred = model(to_unit(x, device)).argmax(dim=1).cpu()
             correct += int((pred == y_test[start : start + 512]).sum())
     return correct / len(test_images)

@@ -614,6 +614,7 @@ def disagreement_figure(work: Path, img_dir: Path) -> None:
     import torch
 
     from core.data import load_dataset
+    from core.data.images import to_unit
     from core.models import load_classifier
 
     path = work / "sets" / "gate2-vanilla-w32aug" / "shards" / "0.npz"
@@ -622,7 +623,7 @@ def disagreement_figure(work: Path, img_dir: Path) -> None:
     with np.load(path) as npz:
         images, labels = npz["image"], npz["label"]
     with torch.no_grad():
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        x = to_unit(images)
         judged = load_classifier(judge(work))(x).argmax(1).numpy()
     odd = np.flatnonzero(judged != labels)[:40]
     train = load_dataset(DATASET, "train")

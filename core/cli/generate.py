@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from core.cli.common import ProgressBar, integer, number
+from core.data.images import grid_png
 from core.settings import get_settings
 
 # Paper defaults for tau (App. C): InfoNCE 0.1, HNM 10.
@@ -61,25 +61,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sampler.add_argument("--eta", type=number(0.0), default=0.0)
     sampler.add_argument("--batch-size", type=integer(1), default=100)
     parser.set_defaults(func=run_generate)
-
-
-def image_grid(images: np.ndarray, *, columns: int = 10, max_images: int = 100, scale: int = 2) -> np.ndarray:
-    """uint8 N x H x W x C -> one uint8 grid (rows of ``columns``, 1-pixel gaps), upscaled by ``scale``."""
-    shown = images[:max_images]
-    n, h, w, c = shown.shape
-    rows = math.ceil(n / columns)
-    grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, c), 64, dtype=np.uint8)
-    for k in range(n):
-        r, col = divmod(k, columns)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = shown[k]
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    return grid[..., 0] if c == 1 else grid
-
-
-def save_grid_png(images: np.ndarray, path: Path, **kwargs: Any) -> None:
-    from PIL import Image
-
-    Image.fromarray(image_grid(images, **kwargs)).save(path)
 
 
 def _params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -165,7 +146,7 @@ def run_generate(args: argparse.Namespace) -> int:
         target = shard_dir / f"{k}.npz"
         np.savez(target, **arrays)
         files.append(str(target))
-    save_grid_png(result.images, args.out / "preview.png")
+    (args.out / "preview.png").write_bytes(grid_png(result.images))
 
     metrics: dict[str, Any] = {
         "params": params.to_dict(),

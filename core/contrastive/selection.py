@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.data.images import to_unit
+
 Criterion = Literal[
     "separability", "separability_margin", "separability_literal", "grad_norm", "robust_grad_norm", "entropy"
 ]
@@ -38,7 +40,7 @@ def as_float01(images: Tensor | np.ndarray) -> Tensor:
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"image arrays must be uint8 N x H x W x C, got {images.dtype} {images.shape}")
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        return to_unit(images)
     return images
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from core.data.images import to_unit
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -122,8 +124,7 @@ class ImageDataset:
 
     def to_tensors(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)``: x float32 N x C x H x W in [0, 1], y int64 N, on ``device``."""
-        x = torch.from_numpy(np.ascontiguousarray(self.images)).to(device)  # N x H x W x C uint8
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # N x C x H x W in [0, 1]
+        x = to_unit(self.images, device)
         y = torch.from_numpy(self.labels).to(device)
         return x.contiguous(), y
 

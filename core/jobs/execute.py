@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from core.data.images import grid_png
 from core.jobs import keys
 from core.jobs.leases import DeadlineExceeded, Lease, LeaseLost
 from core.jobs.queue import Enqueuer, job_priority
@@ -409,26 +410,6 @@ def load_shards(store: ObjectStore, job_id: str, n_shards: int) -> dict[str, np.
     return out
 
 
-def preview_png(images: np.ndarray, *, columns: int = 10, max_images: int = 100) -> bytes:
-    """A grid of the first images (uint8 NHWC) as PNG bytes."""
-    from PIL import Image
-
-    images = images[:max_images]
-    n, h, w, c = images.shape
-    rows = max(1, math.ceil(n / columns))
-    grid = np.zeros((rows * (h + 2) + 2, columns * (w + 2) + 2, c), dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, col = divmod(i, columns)
-        grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + col * (w + 2): 2 + col * (w + 2) + w] = image
-    mode = "L" if c == 1 else "RGB"
-    picture = Image.fromarray(grid[..., 0] if c == 1 else grid, mode=mode)
-    scale = max(1, 256 // max(picture.size))
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> str:
     def work(job: JobRecord, lease: Lease) -> str:
         spec = job.generate_spec()
@@ -465,7 +446,7 @@ def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") ->
             spec=spec.model_dump(mode="json"),
         )
         ctx.store.put_json(keys.metrics_key(job_id), _jsonable(metrics))
-        ctx.store.put_bytes(keys.preview_key(job_id), preview_png(images), content_type="image/png")
+        ctx.store.put_bytes(keys.preview_key(job_id), grid_png(images), content_type="image/png")
         lease.check()
         write_manifest(ctx.store, job_id)
         ctx.repo.finish(job_id, "succeeded")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.data import ImageDataset, channel_stats
+from core.data.images import to_unit
 from core.models.classifiers import ARCHS, Arch, build_classifier
 from core.models.io import save_classifier
 from core.progress import ProgressFn
@@ -114,10 +115,6 @@ def augment_batch(
     return x
 
 
-def _to_float(images_uint8_nhwc: torch.Tensor) -> torch.Tensor:
-    return images_uint8_nhwc.permute(0, 3, 1, 2).float().div(255.0)  # N x C x H x W in [0, 1]
-
-
 @torch.no_grad()
 def evaluate_accuracy(
     model: nn.Module, dataset: ImageDataset, *, batch_size: int = 512, device: str | torch.device = "cpu"
@@ -129,7 +126,7 @@ def evaluate_accuracy(
     labels = torch.from_numpy(dataset.labels)
     correct, loss_sum = 0, 0.0
     for start in range(0, len(dataset), batch_size):
-        x = _to_float(images[start : start + batch_size]).to(device)
+        x = to_unit(images[start : start + batch_size], device)
         y = labels[start : start + batch_size].to(device)
         logits = model(x)
         correct += int((logits.argmax(1) == y).sum())
@@ -224,7 +221,7 @@ def train_classifier(
         loss_sum, correct, seen = 0.0, 0, 0
         for index in batch_order(len(train), config.batch_size, generator=generator):
             index = index.to(dev)
-            x, y = _to_float(images[index]), labels[index]  # the global batch: every rank draws the same
+            x, y = to_unit(images[index]), labels[index]  # the global batch: every rank draws the same
             if config.augment:
                 x = augment_batch(
                     x,

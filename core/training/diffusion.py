@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 
 from core.data import ImageDataset
+from core.data.images import to_signed
 from core.models.unet import UNET_PRESETS, UnetPreset, build_unet, make_scheduler, save_diffusion
 from core.progress import ProgressFn
 from core.training.common import (
@@ -88,11 +89,6 @@ class DiffusionTrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ValueError(f"time_limit_s must be positive or None, got {self.time_limit_s}")
-
-
-def to_model_range(images_uint8_nhwc: torch.Tensor) -> torch.Tensor:
-    """uint8 N x H x W x C -> float N x C x H x W in [-1, 1] (the diffusion model's range)."""
-    return images_uint8_nhwc.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def diffusion_loss(
@@ -185,7 +181,7 @@ def train_diffusion(
     images = torch.from_numpy(train.images).to(dev)  # N x H x W x C uint8, converted per batch
     labels = torch.from_numpy(train.labels).to(dev)
     eval_index = torch.arange(min(config.eval_batch, len(train)))
-    eval_x0 = to_model_range(images[eval_index])
+    eval_x0 = to_signed(images[eval_index])
     eval_labels = labels[eval_index] if num_classes is not None else None
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -218,7 +214,7 @@ def train_diffusion(
         unet.train()
         losses: list[float] = []
         for index in batch_order(len(train), config.batch_size, generator=generator):
-            x0 = to_model_range(images[index.to(dev)])
+            x0 = to_signed(images[index.to(dev)])
             if config.horizontal_flip:
                 flip = (torch.rand(x0.shape[0], generator=generator) < 0.5).to(dev)
                 x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(3), x0)

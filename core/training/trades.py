@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.data import ImageDataset
+from core.data.images import to_unit
 from core.models import ARCHS, build_classifier, save_classifier
 from core.models.classifiers import Arch
 from core.progress import ProgressFn
@@ -314,10 +315,6 @@ def epoch_plan(
     return [(real[i], synthetic[i] if n_syn > 0 else None) for i in range(steps)]
 
 
-def _to_float(images_uint8_nhwc: Tensor, device: torch.device) -> Tensor:
-    return images_uint8_nhwc.to(device).permute(0, 3, 1, 2).float().div(255.0)  # N x C x H x W in [0, 1]
-
-
 # --------------------------------------------------------------------------------------------- evaluation
 
 
@@ -340,7 +337,7 @@ def robust_accuracy(
     clean = robust = 0
     with eval_mode(model):
         for start in range(0, n, batch_size):
-            x = _to_float(images[start : start + batch_size], device)
+            x = to_unit(images[start : start + batch_size], device)
             y = labels[start : start + batch_size].to(device)
             with torch.no_grad():
                 clean += int((model(x).argmax(1) == y).sum())
@@ -464,13 +461,13 @@ def train_trades(
             n_r, n_s = len(real_index), len(syn_index) if syn_index is not None else 0
             rows = local_rows(n_r + n_s)
             local_real = real_index[rows.start : min(rows.stop, n_r)]
-            x = _to_float(real_images[local_real], dev)
+            x = to_unit(real_images[local_real], dev)
             y = real_labels[local_real].to(dev)
             weights = torch.full((n_r + n_s,), 1.0 / (n_r + n_s))
             if syn_index is not None:
                 local_syn = syn_index[max(rows.start - n_r, 0) : max(rows.stop - n_r, 0)]
                 syn_rows = torch.from_numpy(np.ascontiguousarray(syn_images[local_syn.numpy()]))
-                x = torch.cat([x, _to_float(syn_rows, dev)])
+                x = torch.cat([x, to_unit(syn_rows, dev)])
                 y = torch.cat([y, syn_labels[local_syn].to(dev)])
                 if config.mixing == "loss":  # eq. (3): eta * mean over real + (1 - eta) * mean over synthetic
                     weights = torch.cat([torch.full((n_r,), config.eta / n_r),

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.cli.generate import save_grid_png
 from core.data import ImageDataset, load_dataset, load_synthetic
+from core.data.images import grid_png, to_unit
 from core.models import load_classifier
 from core.training.classifier import ClassifierTrainConfig, evaluate_accuracy, train_classifier
 
 
 def confidence_summary(classifier: torch.nn.Module, images: np.ndarray) -> dict[str, object]:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x = to_unit(images)
     with torch.no_grad():
         probs = torch.softmax(classifier(x), dim=1)
     confidence, labels = probs.max(dim=1)
@@ -84,7 +84,7 @@ def main() -> None:
     if args.grid is not None:
         # top five rows: real training digits; bottom five rows: the first 50 generated digits
         rows = np.concatenate([train.images[:50], synthetic.images[:50]])
-        save_grid_png(rows, args.grid, columns=10, max_images=100, scale=3)
+        args.grid.write_bytes(grid_png(rows, columns=10, max_images=100, scale=3))
 
 
 if __name__ == "__main__":

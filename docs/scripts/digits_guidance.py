@@ -27,6 +27,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from torch import nn
 
 from core.data import load_dataset
+from core.data.images import to_unit
 from core.diffusion import load_diffusion_model
 from core.generation import GenerationParams, generate, sample_metrics
 
@@ -60,7 +61,7 @@ class CNN(nn.Module):
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    return to_unit(images)
 
 
 def train_cnn(images: np.ndarray, labels: np.ndarray, *, epochs: int, seed: int) -> CNN:
