@@ -8,7 +8,7 @@ from torch import nn
 
 from core.contrastive import ContrastiveGuidance, batch_contrastive_loss
 from core.diffusion import ddim_timesteps, sample
-from core.toy2d import ExactMixtureEps, Toy2DConfig, toy_feature_map
+from core.simulation.toy2d import ExactMixtureEps, Toy2DConfig, toy_feature_map
 
 
 @pytest.fixture(autouse=True, scope="module")

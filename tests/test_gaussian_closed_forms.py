@@ -9,12 +9,12 @@ import pytest
 
 from core.simulation import (
     batch_accuracies,
+    closed_form_robust_accuracy,
     empirical_accuracies,
     make_mu,
     optimal_accuracies,
     optimal_robust_direction,
     orthogonal_unit,
-    robust_accuracy,
     sample_mixture,
     standard_accuracy,
     synthetic_mean,
@@ -39,7 +39,7 @@ def test_closed_forms_match_monte_carlo(theta: np.ndarray, mu: np.ndarray, sigma
     mc_standard = np.mean(np.sign(x @ theta) == y)
     mc_robust = np.mean(np.sign(x_adv @ theta) == y)
     standard = standard_accuracy(theta, mu, sigma=sigma)
-    robust = robust_accuracy(theta, mu, sigma=sigma, eps=eps)
+    robust = closed_form_robust_accuracy(theta, mu, sigma=sigma, eps=eps)
     for closed, mc in ((standard, mc_standard), (robust, mc_robust)):
         tolerance = 5 * math.sqrt(closed * (1 - closed) / n)  # 5 standard errors of a proportion
         assert abs(closed - mc) < tolerance, (closed, mc)
@@ -63,8 +63,9 @@ def test_robust_accuracy_never_exceeds_standard_accuracy() -> None:
         d = int(rng.integers(1, 8))
         theta, mu = rng.normal(size=d), rng.normal(size=d)
         eps, sigma = float(rng.uniform(0, 1)), float(rng.uniform(0.2, 2))
-        assert robust_accuracy(theta, mu, sigma=sigma, eps=eps) <= standard_accuracy(theta, mu, sigma=sigma)
-        assert robust_accuracy(theta, mu, sigma=sigma, eps=0.0) == pytest.approx(
+        robust = closed_form_robust_accuracy(theta, mu, sigma=sigma, eps=eps)
+        assert robust <= standard_accuracy(theta, mu, sigma=sigma)
+        assert closed_form_robust_accuracy(theta, mu, sigma=sigma, eps=0.0) == pytest.approx(
             standard_accuracy(theta, mu, sigma=sigma)
         )
 
@@ -73,8 +74,8 @@ def test_robust_accuracy_never_exceeds_standard_accuracy() -> None:
 def test_accuracies_are_invariant_to_positive_scaling(scale: float) -> None:
     theta, mu = np.array([0.4, -1.2, 0.7]), np.array([1.0, -0.5, 0.2])
     assert standard_accuracy(scale * theta, mu) == pytest.approx(standard_accuracy(theta, mu), abs=1e-12)
-    assert robust_accuracy(scale * theta, mu, eps=0.2) == pytest.approx(
-        robust_accuracy(theta, mu, eps=0.2), abs=1e-12
+    assert closed_form_robust_accuracy(scale * theta, mu, eps=0.2) == pytest.approx(
+        closed_form_robust_accuracy(theta, mu, eps=0.2), abs=1e-12
     )
     # A negative scale flips every prediction.
     assert standard_accuracy(-scale * theta, mu) == pytest.approx(1 - standard_accuracy(theta, mu), abs=1e-12)
@@ -87,7 +88,7 @@ def test_batch_accuracies_match_the_scalar_functions() -> None:
     assert standard.shape == robust.shape == (4, 3)
     for idx in np.ndindex(4, 3):
         assert standard[idx] == pytest.approx(standard_accuracy(thetas[idx], mu, sigma=0.8))
-        assert robust[idx] == pytest.approx(robust_accuracy(thetas[idx], mu, sigma=0.8, eps=0.15))
+        assert robust[idx] == pytest.approx(closed_form_robust_accuracy(thetas[idx], mu, sigma=0.8, eps=0.15))
 
 
 @pytest.mark.parametrize(
@@ -103,7 +104,7 @@ def test_batch_accuracies_match_the_scalar_functions() -> None:
 def test_no_random_direction_beats_the_thresholded_one(mu: np.ndarray, eps: float) -> None:
     best = optimal_robust_direction(mu, eps)
     assert np.linalg.norm(best) == pytest.approx(1.0)
-    best_value = robust_accuracy(best, mu, eps=eps)
+    best_value = closed_form_robust_accuracy(best, mu, eps=eps)
     rng = np.random.default_rng(3)
     random_dirs = rng.normal(size=(5000, mu.size))
     nearby = best + 0.05 * rng.normal(size=(2000, mu.size))  # small perturbations of the optimum
@@ -127,9 +128,9 @@ def test_optimal_direction_refuses_eps_at_least_every_coordinate() -> None:
     ("call", "match"),
     [
         (lambda: standard_accuracy(np.zeros(2), np.ones(2)), "zero vector"),
-        (lambda: robust_accuracy(np.zeros(3), np.ones(3), eps=0.1), "zero vector"),
+        (lambda: closed_form_robust_accuracy(np.zeros(3), np.ones(3), eps=0.1), "zero vector"),
         (lambda: standard_accuracy(np.ones(3), np.ones(2)), r"shape \(3,\).*shape \(2,\)"),
-        (lambda: robust_accuracy(np.ones(2), np.ones(2), eps=-0.1), r"eps .*-0\.1"),
+        (lambda: closed_form_robust_accuracy(np.ones(2), np.ones(2), eps=-0.1), r"eps .*-0\.1"),
         (lambda: standard_accuracy(np.ones(2), np.ones(2), sigma=-1.0), r"sigma .*-1\.0"),
         (lambda: standard_accuracy(np.ones(2), np.ones(2), sigma=0.0), r"sigma .*0\.0"),
         (lambda: standard_accuracy(np.array([1.0, np.nan]), np.ones(2)), "finite"),

@@ -11,8 +11,8 @@ import torch
 
 from core.cli import main
 from core.diffusion import ddim_timesteps, sample
-from core.simulation.gaussian import robust_accuracy, self_training, standard_accuracy
-from core.toy2d import (
+from core.simulation.gaussian import closed_form_robust_accuracy, self_training, standard_accuracy
+from core.simulation.toy2d import (
     ExactMixtureEps,
     GuidanceSettings,
     Toy2DConfig,
@@ -88,7 +88,7 @@ def test_set_metrics_against_hand_values() -> None:
         np.mean([standard_accuracy(self_training(*r, x).theta_final, np.ones(2)) for r in reals])
     )
     assert 0.5 < standard_accuracy(theta, np.ones(2)) <= 0.9215
-    assert robust_accuracy(theta, np.ones(2), eps=0.5) < standard_accuracy(theta, np.ones(2))
+    assert closed_form_robust_accuracy(theta, np.ones(2), eps=0.5) < standard_accuracy(theta, np.ones(2))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

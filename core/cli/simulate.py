@@ -18,13 +18,8 @@ from typing import Any
 from tqdm import tqdm
 
 from core.cli.common import integer, number
-from core.simulation.gaussian import (
-    DIRECTIONS,
-    GaussianStudy,
-    ResultRow,
-    optimal_accuracies,
-    run_gaussian_study,
-)
+from core.simulation.gaussian import DIRECTIONS, optimal_accuracies
+from core.simulation.study import GaussianStudy, ResultRow, run_gaussian_study
 
 FORMATS = ("table", "json", "csv")
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from core.cli.common import integer, number
 from core.contrastive import STRATEGIES
-from core.toy2d import GuidanceSettings, Toy2DConfig, Toy2DResult, plot_toy2d, run_toy2d
+from core.simulation.toy2d import GuidanceSettings, Toy2DConfig, Toy2DResult, run_toy2d
+from core.simulation.toy2d_plots import plot_toy2d
 
 METRICS = (
     ("spread", "per-class spread"),

@@ -18,16 +18,15 @@ from matplotlib.figure import Figure
 
 from core.simulation.gaussian import (
     DIRECTIONS,
-    GaussianStudy,
-    ResultRow,
+    closed_form_robust_accuracy,
     optimal_accuracies,
     optimal_robust_direction,
-    robust_accuracy,
     sample_mixture,
     self_training,
     standard_accuracy,
     synthetic_mean,
 )
+from core.simulation.study import GaussianStudy, ResultRow
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -137,7 +136,7 @@ def plot_proposition1(
         if np.any(fit.theta_final):
             _boundary(ax, fit.theta_final, extent, color="C2", lw=1.5, label="learned theta_final (eq. 5)")
             acc = standard_accuracy(fit.theta_final, mu, sigma=sigma)
-            rob = robust_accuracy(fit.theta_final, mu, sigma=sigma, eps=eps)
+            rob = closed_form_robust_accuracy(fit.theta_final, mu, sigma=sigma, eps=eps)
             scores = f"acc {acc:.3f}, rob {rob:.3f}"
         else:
             scores = "theta_final = 0"

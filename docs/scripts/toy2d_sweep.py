@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.toy2d import GuidanceSettings, Toy2DConfig, build_eps_model, plot_toy2d_grid, run_toy2d
+from core.simulation.toy2d import GuidanceSettings, Toy2DConfig, build_eps_model, run_toy2d
+from core.simulation.toy2d_plots import plot_toy2d_grid
 
 log = logging.getLogger("toy2d_sweep")
 
@@ -180,7 +181,7 @@ def experiment2(seeds: int) -> dict:
 def reference_prop1(seeds: int) -> dict:
     """What Proposition 1 promises here: eq.-5 accuracy with n~ = 32 samples drawn from 0.5 N(+-c mu, I)."""
     from core.simulation.gaussian import sample_mixture
-    from core.toy2d import set_metrics
+    from core.simulation.toy2d import set_metrics
 
     cfg = Toy2DConfig(model="exact")
     mu = np.asarray(cfg.mu)
