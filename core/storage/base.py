@@ -155,6 +155,15 @@ def sha256_file(path: Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[st
     return digest.hexdigest(), size
 
 
+def existing_file(path: Path) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if it is a regular file, else :class:`FileNotFoundError` (the
+    source check of every ``put_file``)."""
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"put_file: no such file {str(source)!r}")
+    return source
+
+
 def as_bytes(data: object) -> bytes:
     if isinstance(data, bytes):
         return data
@@ -165,7 +174,8 @@ def as_bytes(data: object) -> bytes:
 
 @runtime_checkable
 class ObjectStore(Protocol):
-    """What the service needs from object storage (INTERFACES.md). All keys go through :func:`validate_key`.
+    """What the service needs from object storage; ``tests/test_storage_contract.py`` holds every adapter to
+    it. All keys go through :func:`validate_key`.
 
     Errors: :class:`InvalidKey` for bad keys (before any I/O), :class:`ObjectNotFound` for missing keys,
     :class:`StorageError` for everything else; backend exceptions never escape.
@@ -226,7 +236,8 @@ class ObjectStore(Protocol):
 
 
 class BaseStore(ABC):
-    """Shared helpers for adapters: JSON, ``exists`` via ``stat``, ``download_file`` via chunks."""
+    """Shared helpers for adapters: ``put_many`` as ordered ``put_bytes``, ``exists`` via ``stat``, JSON
+    through bytes, and ``presigned_url`` for backends that have no URLs."""
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo: ...
@@ -251,6 +262,13 @@ class BaseStore(ABC):
         except ObjectNotFound:
             return False
         return True
+
+    def presigned_url(self, key: str, *, expires: int) -> str | None:
+        """``None`` after checking the arguments: this backend has no URLs (the API streams the object
+        instead). Adapters that can sign URLs override it."""
+        validate_key(key)
+        validate_expiry(expires)
+        return None
 
     def put_json(self, key: str, value: Any, *, allow_nan: bool = False) -> ObjectInfo:
         """Store ``value`` as UTF-8 JSON; NaN/Infinity (not JSON) are refused unless ``allow_nan``."""

@@ -2,11 +2,11 @@
 
 Layout under ``root``: the object ``a/b/c.npz`` is the file ``root/a/b/c.npz``. Next to it, the hidden
 sidecar ``root/a/b/.c.npz.meta.json`` records the sha256 and content type computed while the object was
-written, together with the file's (inode, size, mtime_ns). A sidecar counts only while those three still
-match the data file, so a stale sidecar (a concurrent overwrite, a file copied in by hand) is detected and the
-hash is recomputed once and cached again. Keys never contain a segment starting with ``.``
-(:func:`~core.storage.base.validate_key`), so sidecars and temporary files can never collide with objects and
-are never listed.
+written, together with the file's (inode, size, mtime_ns) (:mod:`core.storage.local_files`). A sidecar
+counts only while those three still match the data file, so a stale sidecar (a concurrent overwrite, a file
+copied in by hand) is detected and the hash is recomputed once and cached again. Keys never contain a
+segment starting with ``.`` (:func:`~core.storage.base.validate_key`), so sidecars and temporary files can
+never collide with objects and are never listed.
 
 Writes are atomic: data goes to a temporary file in the target directory, is fsynced, then renamed over the
 target (``os.replace``), so readers see the old object or the new one, never a partial one. Create-if-absent
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import logging
 import os
 import shutil
 import tempfile
@@ -40,31 +38,23 @@ from core.storage.base import (
     StorageError,
     as_bytes,
     copy_stream,
+    existing_file,
     guess_content_type,
     sha256_file,
     validate_chunk_size,
-    validate_expiry,
     validate_key,
     validate_prefix,
 )
-
-logger = logging.getLogger(__name__)
-
-_SIDECAR_SUFFIX = ".meta.json"
-
-
-def _sidecar_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}{_SIDECAR_SUFFIX}")
-
-
-def _identity(st: os.stat_result) -> dict[str, int]:
-    return {"inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+from core.storage.local_files import (
+    etag,
+    identity,
+    keys_under,
+    read_sidecar,
+    sidecar_path,
+    temporary_file,
+    write_all,
+    write_sidecar,
+)
 
 
 @dataclass
@@ -81,9 +71,14 @@ class _Staged:
     placed: bool = False  # renamed into place
 
 
-def _etag(st: os.stat_result) -> str:
-    # Opaque and cheap: changes whenever the file is replaced (new inode) or rewritten in place.
-    return hashlib.sha256(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:32]
+def _fill_with(payload: bytes) -> Callable[[BinaryIO], tuple[str, int]]:
+    """A ``fill`` for :meth:`LocalStore._write` that writes ``payload``."""
+
+    def fill(fh: BinaryIO) -> tuple[str, int]:
+        fh.write(payload)
+        return hashlib.sha256(payload).hexdigest(), len(payload)
+
+    return fill
 
 
 class LocalStore(BaseStore):
@@ -120,36 +115,6 @@ class LocalStore(BaseStore):
 
     # -- metadata ----------------------------------------------------------------------------------
 
-    def _write_sidecar(self, path: Path, st: os.stat_result, sha256: str, content_type: str | None) -> None:
-        record = {**_identity(st), "sha256": sha256, "content_type": content_type}
-        tmp: str | None = None
-        try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-meta-{path.name}-")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(record, fh)
-            os.replace(tmp, _sidecar_path(path))
-            tmp = None
-        except OSError as exc:  # the sidecar is a cache: losing it costs a re-hash, not data
-            logger.warning("could not write the metadata sidecar of %s: %s", path, exc)
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-
-    @staticmethod
-    def _read_sidecar(path: Path, st: os.stat_result) -> dict | None:
-        """The sidecar record if it describes exactly this file, else ``None``."""
-        try:
-            record = json.loads(_sidecar_path(path).read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(record, dict) or any(record.get(k) != v for k, v in _identity(st).items()):
-            return None
-        sha = record.get("sha256")
-        if not isinstance(sha, str) or len(sha) != 64:
-            return None
-        return record
-
     def _stat_file(self, key: str, path: Path) -> os.stat_result:
         try:
             st = os.stat(path)
@@ -165,7 +130,7 @@ class LocalStore(BaseStore):
         return ObjectInfo(
             key=key,
             size=st.st_size,
-            etag=_etag(st),
+            etag=etag(st),
             sha256=record["sha256"] if record else None,
             last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
             content_type=record.get("content_type") if record else None,
@@ -184,34 +149,28 @@ class LocalStore(BaseStore):
         """Write via a temporary file; ``None`` if ``exclusive`` and the key already existed."""
         path = self._path(key)
         self._make_parent(path, key)
-        tmp: str | None = None
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
-            with os.fdopen(fd, "wb") as fh:
-                sha256, _ = fill(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            st = os.stat(tmp)  # rename and link keep inode and mtime, so this identifies the final file
-            if path.is_dir():  # a prefix of other objects, or an empty directory they left behind
-                self._remove_empty_dir(path, key)
-            if exclusive:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    return None
-            else:
-                os.replace(tmp, path)
-                tmp = None
+            with temporary_file(path.parent, f".tmp-{path.name}-") as tmp:
+                with os.fdopen(tmp.fd, "wb") as fh:
+                    sha256, _ = fill(fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.chmod(tmp.name, 0o644)
+                st = os.stat(tmp.name)  # rename and link keep inode and mtime: this identifies the final file
+                if path.is_dir():  # a prefix of other objects, or an empty directory they left behind
+                    self._remove_empty_dir(path, key)
+                if exclusive:
+                    try:
+                        os.link(tmp.name, path)  # the temporary name is removed on the way out
+                    except FileExistsError:
+                        return None
+                else:
+                    tmp.place(path)
         except StorageError:
             raise
         except OSError as exc:
             raise StorageError(f"cannot write {key!r}: {exc}") from exc
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-        self._write_sidecar(path, st, sha256, content_type)
+        write_sidecar(path, st, sha256, content_type)
         return self._info(key, st, {"sha256": sha256, "content_type": content_type})
 
     @staticmethod
@@ -224,24 +183,12 @@ class LocalStore(BaseStore):
             ) from exc
 
     def put_bytes(self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
-        payload = as_bytes(data)
-
-        def fill(fh: BinaryIO) -> tuple[str, int]:
-            fh.write(payload)
-            return hashlib.sha256(payload).hexdigest(), len(payload)
-
-        info = self._write(key, fill, content_type, exclusive=False)
+        info = self._write(key, _fill_with(as_bytes(data)), content_type, exclusive=False)
         assert info is not None
         return info
 
     def put_bytes_if_absent(self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE) -> bool:
-        payload = as_bytes(data)
-
-        def fill(fh: BinaryIO) -> tuple[str, int]:
-            fh.write(payload)
-            return hashlib.sha256(payload).hexdigest(), len(payload)
-
-        return self._write(key, fill, content_type, exclusive=True) is not None
+        return self._write(key, _fill_with(as_bytes(data)), content_type, exclusive=True) is not None
 
     def put_many(self, items: Sequence[tuple[str, bytes, str]]) -> list[ObjectInfo]:
         """As ``put_bytes`` on each item in order, with the fsyncs in one round: every payload goes to its own
@@ -263,7 +210,7 @@ class LocalStore(BaseStore):
                 self._make_parent(path, key)
                 fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
                 staged.append(_Staged(key, path, content_type, hashlib.sha256(payload).hexdigest(), tmp, fd))
-                _write_all(fd, payload)
+                write_all(fd, payload)
             for item in staged:
                 current = item.key
                 os.fsync(item.fd)
@@ -277,7 +224,7 @@ class LocalStore(BaseStore):
                     self._remove_empty_dir(item.path, item.key)
                 os.replace(item.tmp, item.path)
                 item.placed = True
-                self._write_sidecar(item.path, st, item.sha256, item.content_type)
+                write_sidecar(item.path, st, item.sha256, item.content_type)
                 meta = {"sha256": item.sha256, "content_type": item.content_type}
                 infos.append(self._info(item.key, st, meta))
         except StorageError:
@@ -295,9 +242,7 @@ class LocalStore(BaseStore):
         return infos
 
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> ObjectInfo:
-        source = Path(path)
-        if not source.is_file():
-            raise FileNotFoundError(f"put_file: no such file {str(source)!r}")
+        source = existing_file(path)
 
         def fill(fh: BinaryIO) -> tuple[str, int]:
             with open(source, "rb") as src:
@@ -312,7 +257,7 @@ class LocalStore(BaseStore):
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
         st = self._stat_file(key, path)
-        record = self._read_sidecar(path, st)
+        record = read_sidecar(path, st)
         if record is None:
             # Unknown or stale hash: compute it once and cache it, if the file did not change meanwhile.
             try:
@@ -323,8 +268,8 @@ class LocalStore(BaseStore):
                 raise StorageError(f"cannot read {key!r}: {exc}") from exc
             record = {"sha256": sha256, "content_type": guess_content_type(key)}
             with contextlib.suppress(OSError):
-                if _identity(os.stat(path)) == _identity(st):
-                    self._write_sidecar(path, st, sha256, record["content_type"])
+                if identity(os.stat(path)) == identity(st):
+                    write_sidecar(path, st, sha256, record["content_type"])
         return self._info(key, st, record)
 
     def get_bytes(self, key: str) -> bytes:
@@ -351,49 +296,27 @@ class LocalStore(BaseStore):
         src = self._path(key)
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp: str | None = None
         try:
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.part-")
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
-                shutil.copyfileobj(fh, out, DEFAULT_CHUNK_SIZE)
-            os.replace(tmp, dest)
-            tmp = None
+            with temporary_file(dest.parent, f".{dest.name}.part-") as tmp:
+                with os.fdopen(tmp.fd, "wb") as out, open(src, "rb") as fh:
+                    shutil.copyfileobj(fh, out, DEFAULT_CHUNK_SIZE)
+                tmp.place(dest)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             if not src.is_file():
                 raise ObjectNotFound(key) from None
             raise StorageError(f"cannot download {key!r} to {str(dest)!r}: {exc}") from exc
         except OSError as exc:
             raise StorageError(f"cannot download {key!r} to {str(dest)!r}: {exc}") from exc
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
-        if prefix == "" or prefix.endswith("/"):
-            base, name_start = self.root / prefix, ""
-        else:
-            head, _, tail = prefix.rpartition("/")
-            base, name_start = self.root / head, tail
-        keys: list[str] = []
-        if base.is_dir():
-            for dirpath, dirnames, filenames in os.walk(base):
-                top = Path(dirpath) == base
-                dirnames[:] = [
-                    d for d in dirnames if not d.startswith(".") and (not top or d.startswith(name_start))
-                ]
-                for name in filenames:
-                    if name.startswith(".") or (top and not name.startswith(name_start)):
-                        continue
-                    keys.append(Path(dirpath, name).relative_to(self.root).as_posix())
-        for key in sorted(keys):
+        for key in keys_under(self.root, prefix):
             path = self.root / key
             try:
                 st = os.stat(path)
             except FileNotFoundError:  # deleted while listing
                 continue
-            yield self._info(key, st, self._read_sidecar(path, st))
+            yield self._info(key, st, read_sidecar(path, st))
 
     # -- the rest ----------------------------------------------------------------------------------
 
@@ -401,19 +324,13 @@ class LocalStore(BaseStore):
         path = self._path(key)
         if path.is_dir():
             return  # a prefix, not an object: nothing to delete (S3 semantics)
-        for target in (path, _sidecar_path(path)):
+        for target in (path, sidecar_path(path)):
             try:
                 os.unlink(target)
             except (FileNotFoundError, NotADirectoryError):
                 pass
             except OSError as exc:
                 raise StorageError(f"cannot delete {key!r}: {exc}") from exc
-
-    def presigned_url(self, key: str, *, expires: int) -> str | None:
-        """Always ``None``: files under a directory have no URL; the API streams them instead."""
-        validate_key(key)
-        validate_expiry(expires)
-        return None
 
     def ping(self) -> None:
         try:

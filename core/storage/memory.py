@@ -20,9 +20,9 @@ from core.storage.base import (
     ObjectNotFound,
     StorageError,
     as_bytes,
+    existing_file,
     guess_content_type,
     validate_chunk_size,
-    validate_expiry,
     validate_key,
     validate_prefix,
 )
@@ -76,9 +76,7 @@ class MemoryStore(BaseStore):
         return self._store(key, as_bytes(data), content_type, exclusive=True) is not None
 
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> ObjectInfo:
-        source = Path(path)
-        if not source.is_file():
-            raise FileNotFoundError(f"put_file: no such file {str(source)!r}")
+        source = existing_file(path)
         return self.put_bytes(key, source.read_bytes(), content_type=content_type or guess_content_type(key))
 
     def get_bytes(self, key: str) -> bytes:
@@ -112,11 +110,6 @@ class MemoryStore(BaseStore):
         self._check()
         with self._lock:
             self._objects.pop(key, None)
-
-    def presigned_url(self, key: str, *, expires: int) -> str | None:
-        validate_key(key)
-        validate_expiry(expires)
-        return None
 
     def ping(self) -> None:
         self._check()

@@ -8,6 +8,7 @@
 - Presigned GET URLs are signed by a second client configured with ``public_endpoint`` when one is set: the
   signature covers the Host header, so a URL signed for ``minio:9000`` (the compose-internal name) is useless
   to a client outside the compose network. Presigning needs no request to the server (the region is fixed).
+- The endpoint is parsed and the HTTP pool built by :mod:`core.storage.s3_endpoint`.
 - ``S3Error``, other SDK errors and urllib3 errors are translated to :class:`StorageError` /
   :class:`ObjectNotFound` here; none escapes this module.
 """
@@ -18,15 +19,12 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
-import certifi
 import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
@@ -39,6 +37,7 @@ from core.storage.base import (
     ObjectNotFound,
     StorageError,
     as_bytes,
+    existing_file,
     guess_content_type,
     sha256_file,
     validate_chunk_size,
@@ -46,6 +45,7 @@ from core.storage.base import (
     validate_key,
     validate_prefix,
 )
+from core.storage.s3_endpoint import http_client, split_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -56,39 +56,6 @@ DEFAULT_PART_SIZE = 16 * 1024 * 1024
 _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 _ALREADY_EXISTS = {"PreconditionFailed", "ConditionalRequestConflict"}
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-
-
-def split_endpoint(endpoint: str, *, secure: bool, name: str = "endpoint") -> tuple[str, bool]:
-    """``host[:port]`` plus the TLS flag from an endpoint given as ``host[:port]`` or ``http(s)://host[:port]``.
-
-    A scheme, when present, decides TLS (it overrides ``secure``). Paths are refused: S3 endpoints have none.
-    """
-    if not isinstance(endpoint, str) or not endpoint.strip():
-        raise ValueError(
-            f"{name} must be a non-empty 'host[:port]' or 'http(s)://host[:port]', got {endpoint!r}"
-        )
-    value = endpoint.strip()
-    if "://" in value:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https"):
-            raise ValueError(f"{name} must use http or https, got {endpoint!r}")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or not parts.netloc:
-            raise ValueError(f"{name} must be 'scheme://host[:port]' without a path, got {endpoint!r}")
-        return parts.netloc, parts.scheme == "https"
-    if "/" in value or "@" in value:
-        raise ValueError(f"{name} must be 'host[:port]' without a path, got {endpoint!r}")
-    return value, secure
-
-
-def _http_client(*, connect_timeout: float, read_timeout: float) -> urllib3.PoolManager:
-    # The SDK's default pool waits up to 5 minutes to connect; a readiness probe must fail fast instead.
-    return urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-        maxsize=16,
-        cert_reqs="CERT_REQUIRED",
-        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
-        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-    )
 
 
 class MinioStore(BaseStore):
@@ -130,29 +97,26 @@ class MinioStore(BaseStore):
         self.part_size = part_size
         self.auto_create_bucket = auto_create_bucket
         self._bucket_ready = False
-        http = _http_client(connect_timeout=connect_timeout, read_timeout=read_timeout)
-        self._client = Minio(
-            endpoint=host,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=tls,
-            region=region,
-            http_client=http,
-        )
+        http = http_client(connect_timeout=connect_timeout, read_timeout=read_timeout)
+
+        def client(client_host: str, client_tls: bool) -> Minio:
+            return Minio(
+                endpoint=client_host,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=client_tls,
+                region=region,
+                http_client=http,
+            )
+
+        self._client = client(host, tls)
         self.public_endpoint: str | None = None
         self._public_client: Minio | None = None
         if public_endpoint:
             public_host, public_tls = split_endpoint(public_endpoint, secure=tls, name="public_endpoint")
             self.public_endpoint = public_host
             # Only used to sign URLs, which happens offline because the region is given.
-            self._public_client = Minio(
-                endpoint=public_host,
-                access_key=access_key,
-                secret_key=secret_key,
-                secure=public_tls,
-                region=region,
-                http_client=http,
-            )
+            self._public_client = client(public_host, public_tls)
 
     def __repr__(self) -> str:
         scheme = "https" if self.secure else "http"
@@ -240,9 +204,7 @@ class MinioStore(BaseStore):
 
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> ObjectInfo:
         validate_key(key)
-        source = Path(path)
-        if not source.is_file():
-            raise FileNotFoundError(f"put_file: no such file {str(source)!r}")
+        source = existing_file(path)
         # The hash goes into the upload's headers, so it is computed in a first pass over the file.
         sha256, size = sha256_file(source)
         with open(source, "rb") as fh:
