@@ -1,10 +1,12 @@
 """Datasets as uint8 NHWC arrays with int64 labels: digits, MNIST-5k, CIFAR-10, GTSRB, npz files and
 generation shards.
 
-``from core.data import load_dataset`` is the entry point; see :mod:`core.data.loaders` for the formats.
+``from core.data import load_dataset`` is the entry point; see :mod:`core.data.loaders` for the named datasets
+and :mod:`core.data.files` for npz files, shards and ``.npy`` pairs.
 """
 
 from core.data.dataset import DatasetInfo, ImageDataset, channel_stats, check_images_labels, seeded_split
+from core.data.files import load_npz, load_synthetic, shard_files
 from core.data.loaders import (
     DATASET_NAMES,
     PACKAGED_DATASETS,
@@ -14,10 +16,7 @@ from core.data.loaders import (
     load_digits,
     load_gtsrb,
     load_mnist5k,
-    load_npz,
-    load_synthetic,
     read_cifar10_batch,
-    shard_files,
 )
 
 __all__ = [

@@ -1,6 +1,7 @@
 """The in-memory image dataset every loader returns, and the checks that keep malformed arrays out.
 
-Convention (INTERFACES.md): images are ``uint8`` arrays in N x H x W x C layout, labels ``int64`` of length N.
+Convention (that of the generation shards, README.md "Architecture", and of the npz files other tools write):
+images are ``uint8`` arrays in N x H x W x C layout, labels ``int64`` of length N.
 Models receive ``float`` N x C x H x W tensors in [0, 1] (see :meth:`ImageDataset.to_tensors`).
 """
 
