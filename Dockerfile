@@ -13,11 +13,18 @@ WORKDIR /srv/cdp
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "${TORCH_SPEC}" \
     && python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/keep-cpu-torch.txt
 
-COPY pyproject.toml README.md ./
+# Dependencies from pyproject.toml alone (a layer rebuilt only when it changes), then the source, installed
+# without dependencies.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+        > /tmp/requirements.txt \
+    && pip install --constraint /tmp/keep-cpu-torch.txt --requirement /tmp/requirements.txt
+
+COPY README.md ./
 COPY core ./core
 COPY api ./api
 COPY worker ./worker
-RUN pip install --constraint /tmp/keep-cpu-torch.txt .
+RUN pip install --no-deps --constraint /tmp/keep-cpu-torch.txt .
 
 RUN useradd --create-home --uid 10001 cdp \
     && mkdir -p /srv/cdp/var/models /srv/cdp/var/data /srv/cdp/var/work \

@@ -275,6 +275,23 @@ def test_gpu_image_does_not_install_a_second_torch() -> None:
         assert "--constraint" in args or "-c" in args, f"pip install without the torch constraint: {args}"
 
 
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_dependencies_are_a_layer_below_the_source(name: str) -> None:
+    # The dependency install sees only pyproject.toml, so editing the source does not invalidate it; the
+    # project itself is installed after the source is copied, without dependencies.
+    instructions = dockerfile_instructions(ROOT / name)
+    installs = [i for i, (kw, rest) in enumerate(instructions) if kw == "RUN" and "pip install" in rest]
+    source = [i for i, (kw, rest) in enumerate(instructions)
+              if kw == "COPY" and rest.split()[0] in ("core", "api", "worker")]  # fmt: skip
+    assert installs and source, f"{name}: no pip install or no source copied"
+    dependencies = [i for i in installs if i < min(source)]
+    assert dependencies, f"{name}: no dependency install before the source is copied"
+    copied_first = [rest for kw, rest in instructions[: dependencies[-1]] if kw == "COPY"]
+    assert copied_first == ["pyproject.toml ./"], f"{name}: the dependency layer also sees {copied_first}"
+    project = [instructions[i][1] for i in installs if i > max(source)]
+    assert project and all("--no-deps" in rest for rest in project), f"{name}: {project}"
+
+
 def test_api_reads_hashed_keys_and_worker_exports_metrics_and_flower_is_optional(
     services: dict[str, Any]
 ) -> None:
