@@ -8,7 +8,8 @@ from torch import nn
 
 from core.contrastive import ContrastiveGuidance, batch_contrastive_loss
 from core.diffusion import ddim_timesteps, sample
-from core.simulation.toy2d import ExactMixtureEps, Toy2DConfig, toy_feature_map
+from core.simulation.toy2d import Toy2DConfig, toy_feature_map
+from core.simulation.toy2d_models import ExactMixtureEps
 
 
 @pytest.fixture(autouse=True, scope="module")
