@@ -67,13 +67,13 @@ def _pair(theta: Any, mu: Any) -> tuple[np.ndarray, np.ndarray]:
     return theta_v, mu_v
 
 
-def _check_sigma(sigma: float) -> float:
+def check_sigma(sigma: float) -> float:
     if not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
     return float(sigma)
 
 
-def _check_eps(eps: float) -> float:
+def check_eps(eps: float) -> float:
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a non-negative finite number, got {eps!r}")
     return float(eps)
@@ -87,7 +87,7 @@ def _check_eps(eps: float) -> float:
 def standard_accuracy(theta: np.ndarray, mu: np.ndarray, *, sigma: float = 1.0) -> float:
     """Population accuracy of sign(theta^T x): Phi(mu^T theta / (sigma |theta|_2)), eq. (6)."""
     theta_v, mu_v = _pair(theta, mu)
-    sigma = _check_sigma(sigma)
+    sigma = check_sigma(sigma)
     return float(ndtr(mu_v @ theta_v / (sigma * np.linalg.norm(theta_v))))
 
 
@@ -97,7 +97,7 @@ def closed_form_robust_accuracy(
     """Population accuracy of sign(theta^T x) under the worst l_inf perturbation of size eps, eq. (7):
     Phi((mu^T theta - eps |theta|_1) / (sigma |theta|_2))."""
     theta_v, mu_v = _pair(theta, mu)
-    sigma, eps = _check_sigma(sigma), _check_eps(eps)
+    sigma, eps = check_sigma(sigma), check_eps(eps)
     margin = mu_v @ theta_v - eps * np.abs(theta_v).sum()
     return float(ndtr(margin / (sigma * np.linalg.norm(theta_v))))
 
@@ -110,7 +110,7 @@ def batch_accuracies(
     ``thetas`` has shape (..., d); returns (standard, robust) accuracies of shape (...). A zero row raises.
     """
     mu_v = _vector("mu", mu)
-    sigma, eps = _check_sigma(sigma), _check_eps(eps)
+    sigma, eps = check_sigma(sigma), check_eps(eps)
     thetas = np.asarray(thetas, dtype=np.float64)
     if thetas.ndim == 0 or thetas.shape[-1] != mu_v.shape[0]:
         raise ValueError(f"thetas must have shape (..., {mu_v.shape[0]}) to match mu, got {thetas.shape}")
@@ -135,7 +135,7 @@ def empirical_accuracies(
     theta_v = _vector("theta", theta)
     if not np.any(theta_v):
         raise ValueError("theta must be non-zero, got the zero vector")
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != theta_v.shape[0] or y.shape != (x.shape[0],):
@@ -153,7 +153,7 @@ def optimal_robust_direction(mu: np.ndarray, eps: float) -> np.ndarray:
     theta* is parallel to mu - eps sign(mu).
     """
     mu_v = _vector("mu", mu)
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     thresholded = np.sign(mu_v) * np.maximum(np.abs(mu_v) - eps, 0.0)
     norm = np.linalg.norm(thresholded)
     if norm == 0:
@@ -168,7 +168,7 @@ def optimal_accuracies(mu: np.ndarray, *, sigma: float = 1.0, eps: float) -> tup
     """The best clean accuracy Phi(|mu|/sigma) and the best robust accuracy (at theta*) any linear classifier
     through the origin can reach; the ceilings against which the simulated numbers should be read."""
     mu_v = _vector("mu", mu)
-    sigma, eps = _check_sigma(sigma), _check_eps(eps)
+    sigma, eps = check_sigma(sigma), check_eps(eps)
     best_clean = float(ndtr(np.linalg.norm(mu_v) / sigma))
     try:
         best_direction = optimal_robust_direction(mu_v, eps)
@@ -231,7 +231,7 @@ def orthogonal_unit(mu: np.ndarray) -> np.ndarray:
 def synthetic_mean(mu: np.ndarray, *, direction: Direction, c: float, eps: float) -> np.ndarray:
     """mu~ of the synthetic family ``direction`` with scale c >= 0 (Proposition 1, Cases 1–3)."""
     mu_v = _vector("mu", mu)
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     if not math.isfinite(c) or c < 0:
         raise ValueError(f"c must be a non-negative finite number, got {c!r}")
     if direction == "clean":
@@ -253,7 +253,7 @@ def sample_mixture(
 ) -> tuple[np.ndarray, np.ndarray]:
     """n draws of (x, y): y uniform on {-1, +1}, x | y ~ N(y mean, sigma^2 I). Returns x (n, d), y (n,)."""
     mean_v = _vector("mean", mean)
-    sigma = _check_sigma(sigma)
+    sigma = check_sigma(sigma)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     y = np.where(rng.random(n) < 0.5, -1.0, 1.0)

@@ -1,4 +1,4 @@
-"""The seeded simulation study of §3 (Table 1, Figures 2–3): many trials of eq. (5), summarised per row.
+"""The seeded simulation study of §3 (Table 1, Appendix B Tables 7–9): many trials of eq. (5), per row.
 
 A :class:`GaussianStudy` names the setting (d, |mu|^2, eps, angle, sigma; :mod:`core.simulation.gaussian`)
 and the rows to produce: estimators from real samples only, and eq. (5) fed with ``n_syn`` synthetic samples
@@ -20,9 +20,9 @@ from core.progress import ProgressFn
 from core.simulation.gaussian import (
     DIRECTIONS,
     Direction,
-    _check_eps,
-    _check_sigma,
     batch_accuracies,
+    check_eps,
+    check_sigma,
     make_mu,
     synthetic_mean,
 )
@@ -63,8 +63,8 @@ class GaussianStudy:
         _positive_int("n_real", self.n_real)
         _positive_int("trials", self.trials)
         _positive_int("seed", self.seed, minimum=0)
-        _check_eps(self.eps)
-        _check_sigma(self.sigma)
+        check_eps(self.eps)
+        check_sigma(self.sigma)
         make_mu(self.dim, self.mu_norm_sq, self.angle_deg)  # validates mu_norm_sq and angle_deg
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
