@@ -18,7 +18,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core.data.dataset import DatasetInfo, ImageDataset, as_labels, check_images_labels, seeded_split
+from core.data.dataset import (
+    DatasetInfo,
+    ImageDataset,
+    as_labels,
+    check_images_labels,
+    seeded_split,
+)
 
 logger = logging.getLogger(__name__)
 
