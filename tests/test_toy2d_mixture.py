@@ -12,8 +12,8 @@ import torch
 from core.cli import main
 from core.diffusion import ddim_timesteps, sample
 from core.simulation.gaussian import closed_form_robust_accuracy, self_training, standard_accuracy
-from core.simulation.toy2d import GuidanceSettings, Toy2DConfig, run_toy2d, set_metrics
-from core.simulation.toy2d_models import ExactMixtureEps, build_eps_model
+from core.simulation.toy2d import GuidanceSettings, Toy2DConfig, build_eps_model, run_toy2d, set_metrics
+from core.simulation.toy2d_models import ExactMixtureEps
 
 
 @pytest.fixture(autouse=True, scope="module")

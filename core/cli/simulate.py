@@ -18,7 +18,10 @@ from typing import Any
 from tqdm import tqdm
 
 from core.cli.common import integer, number
-from core.simulation.gaussian import DIRECTIONS, optimal_accuracies
+from core.simulation.gaussian import (
+    DIRECTIONS,
+    optimal_accuracies,
+)
 from core.simulation.study import GaussianStudy, ResultRow, run_gaussian_study
 
 FORMATS = ("table", "json", "csv")

@@ -3,9 +3,9 @@
 Setting (paper §3.1 with d = 2, Table 1): y uniform on {-1, +1}, x | y ~ N(y mu, sigma^2 I), mu = (1, 1)
 (|mu|^2 = 2, angle 0 to 1_d), sigma = 1, l_inf budget eps = 0.5.
 
-1. An epsilon-model for the mixture (:mod:`core.simulation.toy2d_models`): a small MLP trained with the DDPM
-   objective (seconds on a CPU), or the exact optimal denoiser of the mixture (``model="exact"``; closed
-   form, no training error).
+1. An epsilon-model for the mixture: a small MLP trained with the DDPM objective (seconds on a CPU), or the
+   exact optimal denoiser of the mixture (``model="exact"``; closed form, no training error); the networks
+   are in :mod:`core.simulation.toy2d_models`.
 2. Vanilla DDIM and contrastive-guided DDIM (``core.diffusion.sample`` + ``core.contrastive.
    ContrastiveGuidance``) from the SAME x_T.
 3. Metrics of each synthetic set: per-class spread, distance between class means, the implied scale
@@ -54,7 +54,7 @@ from core.simulation.gaussian import (
     self_training,
     standard_accuracy,
 )
-from core.simulation.toy2d_models import build_eps_model
+from core.simulation.toy2d_models import ExactMixtureEps, ToyEpsMLP
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,51 @@ class GuidanceSettings:
             loss="hnm" if self.loss == "none" else self.loss, lam=self.lam, tau=self.tau,
             tau_plus=self.tau_plus, beta=self.beta, strategy=self.strategy,
         )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Epsilon models
+# ----------------------------------------------------------------------------------------------------------
+
+
+def train_toy_eps_model(
+    config: Toy2DConfig, *, seed: int, progress: ProgressFn | None = None
+) -> ToyEpsMLP:
+    """Fit ToyEpsMLP with the DDPM loss E |eps - eps_theta(sqrt(a) x0 + sqrt(1-a) eps, t)|^2 (CPU)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # nn.Linear's default initialisation
+    model = ToyEpsMLP(hidden=config.hidden, num_train_timesteps=config.num_train_timesteps)
+    torch.random.set_rng_state(torch_state)
+    alphas = config.alphas_cumprod().float()
+    mu = torch.tensor(config.mu, dtype=torch.float32)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.train_steps, eta_min=1e-4)
+    batch = 1024
+    model.train()
+    for step in range(config.train_steps):
+        y = torch.where(torch.rand(batch, generator=gen) < 0.5, -1.0, 1.0)
+        x0 = y[:, None] * mu + config.sigma * torch.randn(batch, 2, generator=gen)
+        t = torch.randint(config.num_train_timesteps, (batch,), generator=gen)
+        noise = torch.randn(batch, 2, generator=gen)
+        a = alphas[t][:, None]
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = ((model(x_t, t) - noise) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None and (step + 1) % 100 == 0:
+            progress(stage="training", current=step + 1, total=config.train_steps,
+                     metrics={"loss": float(loss)})
+    return model.eval()
+
+
+def build_eps_model(config: Toy2DConfig, *, seed: int, progress: ProgressFn | None = None) -> nn.Module:
+    if config.model == "exact":
+        mu = torch.tensor(config.mu, dtype=torch.float64)
+        return ExactMixtureEps(mu, sigma=config.sigma, alphas_cumprod=config.alphas_cumprod())
+    return train_toy_eps_model(config, seed=seed, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------------------

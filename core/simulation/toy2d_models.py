@@ -1,19 +1,13 @@
-"""The epsilon-models of the 2-D toy (:mod:`core.simulation.toy2d`): a small MLP trained with the DDPM loss,
-and the exact optimal denoiser of the two-Gaussian mixture.
+"""The epsilon-networks of the 2-D toy (:mod:`core.simulation.toy2d`, which trains and picks them): a small
+MLP for the DDPM loss, and the exact optimal denoiser of the two-Gaussian mixture.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-
-from core.progress import ProgressFn
-
-if TYPE_CHECKING:
-    from core.simulation.toy2d import Toy2DConfig
 
 
 class ToyEpsMLP(nn.Module):
@@ -60,43 +54,3 @@ class ExactMixtureEps(nn.Module):
         x0_k = means[None] + a.sqrt()[:, :, None] * self.sigma**2 * centred / var[:, :, None]
         x0 = (w[:, :, None] * x0_k).sum(1)
         return ((xd - a.sqrt() * x0) / (1.0 - a).sqrt()).to(x.dtype)
-
-
-def train_toy_eps_model(
-    config: Toy2DConfig, *, seed: int, progress: ProgressFn | None = None
-) -> ToyEpsMLP:
-    """Fit ToyEpsMLP with the DDPM loss E |eps - eps_theta(sqrt(a) x0 + sqrt(1-a) eps, t)|^2 (CPU)."""
-    gen = torch.Generator().manual_seed(seed)
-    torch_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # nn.Linear's default initialisation
-    model = ToyEpsMLP(hidden=config.hidden, num_train_timesteps=config.num_train_timesteps)
-    torch.random.set_rng_state(torch_state)
-    alphas = config.alphas_cumprod().float()
-    mu = torch.tensor(config.mu, dtype=torch.float32)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.train_steps, eta_min=1e-4)
-    batch = 1024
-    model.train()
-    for step in range(config.train_steps):
-        y = torch.where(torch.rand(batch, generator=gen) < 0.5, -1.0, 1.0)
-        x0 = y[:, None] * mu + config.sigma * torch.randn(batch, 2, generator=gen)
-        t = torch.randint(config.num_train_timesteps, (batch,), generator=gen)
-        noise = torch.randn(batch, 2, generator=gen)
-        a = alphas[t][:, None]
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = ((model(x_t, t) - noise) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress is not None and (step + 1) % 100 == 0:
-            progress(stage="training", current=step + 1, total=config.train_steps,
-                     metrics={"loss": float(loss)})
-    return model.eval()
-
-
-def build_eps_model(config: Toy2DConfig, *, seed: int, progress: ProgressFn | None = None) -> nn.Module:
-    if config.model == "exact":
-        mu = torch.tensor(config.mu, dtype=torch.float64)
-        return ExactMixtureEps(mu, sigma=config.sigma, alphas_cumprod=config.alphas_cumprod())
-    return train_toy_eps_model(config, seed=seed, progress=progress)
