@@ -14,14 +14,7 @@ from torch import nn
 from core.diffusion import ddim_timesteps, load_diffusion_model, sample
 from core.diffusion.loading import alphas_cumprod_from_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_unet(num_classes: int | None = None, seed: int = 0) -> UNet2DModel:

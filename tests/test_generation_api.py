@@ -16,14 +16,7 @@ from core.diffusion import DiffusionModel
 from core.generation import GeneratedSet, GenerationParams, generate, sample_metrics
 from core.progress import Cancelled
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TinyClassifier(nn.Module):

@@ -13,13 +13,7 @@ from core.contrastive import ContrastiveGuidance, classifier_feature_fn
 from core.diffusion import ddim_timesteps, sample
 from core.models import build_classifier, build_unet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

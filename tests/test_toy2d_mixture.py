@@ -21,13 +21,7 @@ from core.toy2d import (
     set_metrics,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 EXACT = Toy2DConfig(model="exact", steps=25, real_trials=10)
