@@ -38,15 +38,13 @@ time).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+from _common import add_run_options, selected_shapes, start_run, timed, write_report
 from diffusers import ConfigMixin, DDIMPipeline, DDIMScheduler, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
@@ -69,32 +67,6 @@ def make_ddim_scheduler() -> DDIMScheduler:
         beta_schedule="linear", prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True,
         steps_offset=0, timestep_spacing="leading",
     )
-
-
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-_clock: Callable[[], float] = time.perf_counter
-
-
-def set_clock(kind: str, device: torch.device) -> str:
-    """``auto``: process CPU time on a CPU (robust to other load on a shared machine), wall time on CUDA."""
-    global _clock
-    if kind == "auto":
-        kind = "wall" if device.type == "cuda" else "cpu"
-    _clock = CLOCKS[kind]
-    return kind
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    synchronize(device)
-    start = _clock()
-    fn()
-    synchronize(device)
-    return _clock() - start
 
 
 class NullUNet(ModelMixin, ConfigMixin):
@@ -221,28 +193,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds per shape")
     parser.add_argument("--overhead-calls", type=int, default=20,
                         help="back-to-back runs per round with the null model (the samplers' own loops)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
-                        help="cpu: process CPU time (auto on a CPU); wall: elapsed time (auto on CUDA)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_run_options(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    args.clock = set_clock(args.clock, device)
-    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    unknown = set(names) - set(SHAPES)
-    if unknown or not names:
-        parser.error(f"unknown shape(s) {sorted(unknown)}; expected some of {sorted(SHAPES)}")
-
+    device = start_run(args)
     rows = []
-    for name in names:
-        spec = dict(SHAPES[name])
-        if args.batch is not None:
-            spec["batch"] = args.batch
-        if args.steps is not None:
-            spec["steps"] = args.steps
+    for name, spec in selected_shapes(parser, args, SHAPES, {"batch": "batch", "steps": "steps"}):
         rows.append(bench_shape(name, spec, repeats=args.repeats, overhead_calls=args.overhead_calls,
                                 device=device, seed=args.seed))
 
@@ -264,9 +219,7 @@ def main() -> int:
     print("loop us/step: each sampler's own cost per step (whole batch), measured with a near-free model "
           "(eps = 0.1 x) in place of the UNet")
     if args.json is not None:
-        args.json.write_text(json.dumps({"benchmark": "ddim_vs_diffusers",
-                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
-                                        indent=2) + "\n")
+        write_report(args.json, "ddim_vs_diffusers", args, rows)
     return 0
 
 

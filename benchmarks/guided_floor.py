@@ -35,15 +35,13 @@ time).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+from _common import add_run_options, selected_shapes, start_run, timed, write_report
 
 from core.contrastive import ContrastiveGuidance, classifier_feature_fn
 from core.diffusion import ddim_timesteps, predict_eps, sample
@@ -53,34 +51,6 @@ SHAPES: dict[str, dict[str, Any]] = {
     "digits": {"preset": "tiny", "image_size": 16, "channels": 1, "batch": 64, "steps": 20},
     "cifar10": {"preset": "ddpm_cifar10", "image_size": 32, "channels": 3, "batch": 8, "steps": 10},
 }
-
-
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-_clock: Callable[[], float] = time.perf_counter
-
-
-def set_clock(kind: str, device: torch.device) -> str:
-    """``auto``: process CPU time on a CPU (robust to other load on a shared machine), wall time on CUDA."""
-    global _clock
-    if kind == "auto":
-        kind = "wall" if device.type == "cuda" else "cpu"
-    _clock = CLOCKS[kind]
-    return kind
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device, calls: int = 1) -> float:
-    """Seconds per call of ``fn`` over ``calls`` back-to-back calls."""
-    synchronize(device)
-    start = _clock()
-    for _ in range(calls):
-        fn()
-    synchronize(device)
-    return (_clock() - start) / calls
 
 
 def build_models(name: str, spec: dict[str, Any], args: argparse.Namespace, device: torch.device):
@@ -170,28 +140,11 @@ def main() -> int:
     parser.add_argument("--wrn-widen", type=int, default=4)
     parser.add_argument("--lam", type=float, default=100.0)
     parser.add_argument("--tau", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
-                        help="cpu: process CPU time (auto on a CPU); wall: elapsed time (auto on CUDA)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_run_options(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    args.clock = set_clock(args.clock, device)
-    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    unknown = set(names) - set(SHAPES)
-    if unknown or not names:
-        parser.error(f"unknown shape(s) {sorted(unknown)}; expected some of {sorted(SHAPES)}")
-
+    device = start_run(args)
     rows = []
-    for name in names:
-        spec = dict(SHAPES[name])
-        if args.batch is not None:
-            spec["batch"] = args.batch
-        if args.steps is not None:
-            spec["steps"] = args.steps
+    for name, spec in selected_shapes(parser, args, SHAPES, {"batch": "batch", "steps": "steps"}):
         rows.append(bench_shape(name, spec, args, device))
 
     print(f"guided vs unguided DDIM against the floor 1 + cost(f fwd+bwd) / cost(UNet fwd), HNM, previous "
@@ -209,9 +162,7 @@ def main() -> int:
     print("UNet ms / f f+b ms: one batched call; floor* = 1 + c (S - 1) / S (the first step is never "
           "guided); paired r/f: median over rounds of that round's ratio / floor")
     if args.json is not None:
-        args.json.write_text(json.dumps({"benchmark": "guided_floor",
-                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
-                                        indent=2) + "\n")
+        write_report(args.json, "guided_floor", args, rows)
     return 0
 
 
