@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from diffusion_helpers import linear_alphas
 
 from core.contrastive import ContrastiveGuidance, classifier_feature_fn
 from core.diffusion import ddim_timesteps, sample
@@ -35,7 +36,7 @@ class CountingFeatures:
         return self.inner(x)
 
 
-ALPHAS = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+ALPHAS = linear_alphas()
 
 
 def run(models, *, reuse: bool, **guidance_kw) -> tuple[torch.Tensor, CountingFeatures, ContrastiveGuidance]:
