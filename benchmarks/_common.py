@@ -1,6 +1,7 @@
 """What the benchmarks beside this file share: for the timing ones the clock, the timed call, the options
-every one of them takes (``--seed --threads --clock --device --json``), the ``--shapes`` selection and the
-JSON report; for the service ones (fan-out, recovery) the tiny untrained models they serve.
+every one of them takes (``--seed --threads --clock --device --json``), the ``--shapes`` selection, the
+printed table and the JSON report; for the service ones (fan-out, recovery) the tiny untrained models
+they serve.
 
 The scripts run as files (``python benchmarks/NAME.py``), so Python puts this folder on ``sys.path`` and they
 import it as ``_common``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -98,6 +100,15 @@ def write_report(path: Path, benchmark: str, args: argparse.Namespace, rows: lis
     options = {k: str(v) for k, v in vars(args).items()}
     report = {"benchmark": benchmark, **extra, "args": options, "rows": rows}
     path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def print_table(columns: list[tuple[str, str, str]], rows: list[dict[str, Any]]) -> None:
+    """Prints a header of the titles, then one line per row; ``columns`` are ``(title, key of the row, format
+    spec)``, such as ``("ours ms/img", "ours_ms_per_image", ">12.2f")``, separated by one space. A title takes
+    the alignment and width of its column's spec."""
+    print(" ".join(f"{title:{re.match(r'[<>^]?[0-9]*', spec).group(0)}}" for title, _, spec in columns))
+    for row in rows:
+        print(" ".join(f"{row[key]:{spec}}" for _, key, spec in columns))
 
 
 def make_tiny_models(model_dir: Path) -> None:

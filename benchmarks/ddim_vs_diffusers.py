@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import add_run_options, selected_shapes, start_run, timed, write_report
+from _common import add_run_options, print_table, selected_shapes, start_run, timed, write_report
 from diffusers import ConfigMixin, DDIMPipeline, DDIMScheduler, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
@@ -204,15 +204,16 @@ def main() -> int:
     print(f"unguided DDIM (eta 0), ours vs diffusers DDIMPipeline on the same UNet, "
           f"{args.threads} thread(s), {args.device}, {args.clock} clock, median of {args.repeats} "
           "interleaved rounds")
-    print(f"{'shape':<8} {'unet':<13} {'image':<8} {'batch':>5} {'steps':>5} {'ours ms/img':>12} "
-          f"{'diffusers ms/img':>17} {'diffusers/ours':>15} {'paired':>7} {'max|dx0|':>9} {'max|dimg|':>9} "
-          f"{'loop us/step ours':>18} {'diffusers':>10}")
-    for r in rows:
-        print(f"{r['shape']:<8} {r['unet']:<13} {r['image']:<8} {r['batch']:>5} {r['steps']:>5} "
-              f"{r['ours_ms_per_image']:>12.2f} {r['diffusers_ms_per_image']:>17.2f} "
-              f"{r['ratio_diffusers_over_ours']:>15.3f} {r['paired_ratio_diffusers_over_ours']:>7.3f} "
-              f"{r['max_abs_diff_x0']:>9.1e} {r['max_abs_diff_images']:>9.1e} "
-              f"{r['null_model_ours_us_per_step']:>18.1f} {r['null_model_diffusers_us_per_step']:>10.1f}")
+    print_table([
+        ("shape", "shape", "<8"), ("unet", "unet", "<13"), ("image", "image", "<8"), ("batch", "batch", ">5"),
+        ("steps", "steps", ">5"), ("ours ms/img", "ours_ms_per_image", ">12.2f"),
+        ("diffusers ms/img", "diffusers_ms_per_image", ">17.2f"),
+        ("diffusers/ours", "ratio_diffusers_over_ours", ">15.3f"),
+        ("paired", "paired_ratio_diffusers_over_ours", ">7.3f"), ("max|dx0|", "max_abs_diff_x0", ">9.1e"),
+        ("max|dimg|", "max_abs_diff_images", ">9.1e"),
+        ("loop us/step ours", "null_model_ours_us_per_step", ">18.1f"),
+        ("diffusers", "null_model_diffusers_us_per_step", ">10.1f"),
+    ], rows)
     print("diffusers/ours: ratio of the medians; paired: median over rounds of that round's ratio")
     print("max|dx0|: largest |ours - diffusers| on the final x (before the clamp; largest |x| per shape in "
           "the JSON); max|dimg|: on the returned [0, 1] images")

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import add_run_options, selected_shapes, start_run, timed, write_report
+from _common import add_run_options, print_table, selected_shapes, start_run, timed, write_report
 
 from core.contrastive import ContrastiveGuidance, classifier_feature_fn
 from core.diffusion import ddim_timesteps, predict_eps, sample
@@ -150,15 +150,15 @@ def main() -> int:
     print(f"guided vs unguided DDIM against the floor 1 + cost(f fwd+bwd) / cost(UNet fwd), HNM, previous "
           f"strategy, {args.threads} thread(s), {args.device}, {args.clock} clock, median of {args.repeats} "
           "interleaved rounds")
-    print(f"{'shape':<8} {'classifier':<30} {'batch':>5} {'steps':>5} {'UNet ms':>9} {'f f+b ms':>9} "
-          f"{'unguided ms/img':>16} {'guided ms/img':>14} {'ratio':>6} {'floor':>6} {'ratio/floor':>12} "
-          f"{'floor*':>7} {'ratio/floor*':>13} {'paired r/f':>11}")
-    for r in rows:
-        print(f"{r['shape']:<8} {r['classifier']:<30} {r['batch']:>5} {r['steps']:>5} "
-              f"{r['unet_forward_ms']:>9.2f} {r['feature_fwd_bwd_ms']:>9.2f} "
-              f"{r['unguided_ms_per_image']:>16.2f} {r['guided_ms_per_image']:>14.2f} {r['ratio']:>6.3f} "
-              f"{r['floor']:>6.3f} {r['ratio_over_floor']:>12.3f} {r['floor_exact']:>7.3f} "
-              f"{r['ratio_over_floor_exact']:>13.3f} {r['paired_ratio_over_floor']:>11.3f}")
+    print_table([
+        ("shape", "shape", "<8"), ("classifier", "classifier", "<30"), ("batch", "batch", ">5"),
+        ("steps", "steps", ">5"), ("UNet ms", "unet_forward_ms", ">9.2f"),
+        ("f f+b ms", "feature_fwd_bwd_ms", ">9.2f"), ("unguided ms/img", "unguided_ms_per_image", ">16.2f"),
+        ("guided ms/img", "guided_ms_per_image", ">14.2f"), ("ratio", "ratio", ">6.3f"),
+        ("floor", "floor", ">6.3f"), ("ratio/floor", "ratio_over_floor", ">12.3f"),
+        ("floor*", "floor_exact", ">7.3f"), ("ratio/floor*", "ratio_over_floor_exact", ">13.3f"),
+        ("paired r/f", "paired_ratio_over_floor", ">11.3f"),
+    ], rows)
     print("UNet ms / f f+b ms: one batched call; floor* = 1 + c (S - 1) / S (the first step is never "
           "guided); paired r/f: median over rounds of that round's ratio / floor")
     if args.json is not None:

@@ -31,7 +31,7 @@ import sys
 from typing import Any
 
 import torch
-from _common import add_run_options, start_run, timed, write_report
+from _common import add_run_options, print_table, start_run, timed, write_report
 
 from core.diffusion import DiffusionModel
 from core.generation import GenerationParams, generate
@@ -115,10 +115,11 @@ def main() -> int:
     print(f"{args.shape}: {SHAPES[args.shape]['preset']} UNet + {clf_label}, {count} images per "
           f"configuration, batch {batch}, {args.steps} DDIM steps, {args.threads} thread(s), {args.device}, "
           f"{args.clock} clock, median of {args.repeats} interleaved rounds")
-    print(f"{'configuration':<24} {'images / s':>11} {'ms / image':>11} {'x vanilla':>10} {'paired':>7}")
-    for row in rows:
-        print(f"{row['config']:<24} {row['images_per_s']:>11.3f} {row['ms_per_image']:>11.1f} "
-              f"{row['ratio_to_vanilla']:>10.2f} {row['paired_ratio_to_vanilla']:>7.2f}")
+    print_table([
+        ("configuration", "config", "<24"), ("images / s", "images_per_s", ">11.3f"),
+        ("ms / image", "ms_per_image", ">11.1f"), ("x vanilla", "ratio_to_vanilla", ">10.2f"),
+        ("paired", "paired_ratio_to_vanilla", ">7.2f"),
+    ], rows)
     print("x vanilla: ratio of the medians (time per image); paired: median over rounds of that round's "
           "ratio")
     if args.json is not None:

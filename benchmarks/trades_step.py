@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import add_run_options, selected_shapes, start_run, timed, write_report
+from _common import add_run_options, print_table, selected_shapes, start_run, timed, write_report
 from torch import Tensor, nn
 
 from core.data import DatasetInfo, ImageDataset
@@ -206,14 +206,14 @@ def main() -> int:
     print(f"TRADES training throughput (PGD-KL {args.pgd_steps} steps, eps 8/255, step 2/255, beta 6): whole "
           f"train_trades runs vs a plain loop, {args.threads} thread(s), {args.device}, {args.clock} clock, "
           f"median of {args.repeats} interleaved rounds")
-    print(f"{'shape':<8} {'model':<30} {'batch':>5} {'steps':>5} {'ours img/s':>11} {'plain img/s':>12} "
-          f"{'ours/plain':>11} {'paired':>7} {'step fns img/s':>15} {'step fns/plain':>15}")
-    for r in rows:
-        print(f"{r['shape']:<8} {r['model']:<30} {r['batch']:>5} {r['train_steps']:>5} "
-              f"{r['ours_images_per_s']:>11.2f} {r['plain_images_per_s']:>12.2f} "
-              f"{r['ratio_ours_over_plain']:>11.3f} {r['paired_ratio_ours_over_plain']:>7.3f} "
-              f"{r['ours_step_fns_images_per_s']:>15.2f} "
-              f"{r['ratio_step_fns_over_plain']:>15.3f}")
+    print_table([
+        ("shape", "shape", "<8"), ("model", "model", "<30"), ("batch", "batch", ">5"),
+        ("steps", "train_steps", ">5"), ("ours img/s", "ours_images_per_s", ">11.2f"),
+        ("plain img/s", "plain_images_per_s", ">12.2f"), ("ours/plain", "ratio_ours_over_plain", ">11.3f"),
+        ("paired", "paired_ratio_ours_over_plain", ">7.3f"),
+        ("step fns img/s", "ours_step_fns_images_per_s", ">15.2f"),
+        ("step fns/plain", "ratio_step_fns_over_plain", ">15.3f"),
+    ], rows)
     print("ours: whole train_trades runs (nothing subtracted); step fns: our trades_adversary + trades_loss "
           "in the plain loop; paired: median over rounds of that round's ours/plain")
     if args.json is not None:
