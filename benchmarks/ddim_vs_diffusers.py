@@ -38,15 +38,13 @@ time).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+from _common import add_run_options, print_table, selected_shapes, start_run, timed, write_report
 from diffusers import ConfigMixin, DDIMPipeline, DDIMScheduler, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
@@ -69,32 +67,6 @@ def make_ddim_scheduler() -> DDIMScheduler:
         beta_schedule="linear", prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True,
         steps_offset=0, timestep_spacing="leading",
     )
-
-
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-_clock: Callable[[], float] = time.perf_counter
-
-
-def set_clock(kind: str, device: torch.device) -> str:
-    """``auto``: process CPU time on a CPU (robust to other load on a shared machine), wall time on CUDA."""
-    global _clock
-    if kind == "auto":
-        kind = "wall" if device.type == "cuda" else "cpu"
-    _clock = CLOCKS[kind]
-    return kind
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    synchronize(device)
-    start = _clock()
-    fn()
-    synchronize(device)
-    return _clock() - start
 
 
 class NullUNet(ModelMixin, ConfigMixin):
@@ -221,52 +193,34 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds per shape")
     parser.add_argument("--overhead-calls", type=int, default=20,
                         help="back-to-back runs per round with the null model (the samplers' own loops)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
-                        help="cpu: process CPU time (auto on a CPU); wall: elapsed time (auto on CUDA)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_run_options(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    args.clock = set_clock(args.clock, device)
-    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    unknown = set(names) - set(SHAPES)
-    if unknown or not names:
-        parser.error(f"unknown shape(s) {sorted(unknown)}; expected some of {sorted(SHAPES)}")
-
+    device = start_run(args)
     rows = []
-    for name in names:
-        spec = dict(SHAPES[name])
-        if args.batch is not None:
-            spec["batch"] = args.batch
-        if args.steps is not None:
-            spec["steps"] = args.steps
+    for name, spec in selected_shapes(parser, args, SHAPES, {"batch": "batch", "steps": "steps"}):
         rows.append(bench_shape(name, spec, repeats=args.repeats, overhead_calls=args.overhead_calls,
                                 device=device, seed=args.seed))
 
     print(f"unguided DDIM (eta 0), ours vs diffusers DDIMPipeline on the same UNet, "
           f"{args.threads} thread(s), {args.device}, {args.clock} clock, median of {args.repeats} "
           "interleaved rounds")
-    print(f"{'shape':<8} {'unet':<13} {'image':<8} {'batch':>5} {'steps':>5} {'ours ms/img':>12} "
-          f"{'diffusers ms/img':>17} {'diffusers/ours':>15} {'paired':>7} {'max|dx0|':>9} {'max|dimg|':>9} "
-          f"{'loop us/step ours':>18} {'diffusers':>10}")
-    for r in rows:
-        print(f"{r['shape']:<8} {r['unet']:<13} {r['image']:<8} {r['batch']:>5} {r['steps']:>5} "
-              f"{r['ours_ms_per_image']:>12.2f} {r['diffusers_ms_per_image']:>17.2f} "
-              f"{r['ratio_diffusers_over_ours']:>15.3f} {r['paired_ratio_diffusers_over_ours']:>7.3f} "
-              f"{r['max_abs_diff_x0']:>9.1e} {r['max_abs_diff_images']:>9.1e} "
-              f"{r['null_model_ours_us_per_step']:>18.1f} {r['null_model_diffusers_us_per_step']:>10.1f}")
+    print_table([
+        ("shape", "shape", "<8"), ("unet", "unet", "<13"), ("image", "image", "<8"), ("batch", "batch", ">5"),
+        ("steps", "steps", ">5"), ("ours ms/img", "ours_ms_per_image", ">12.2f"),
+        ("diffusers ms/img", "diffusers_ms_per_image", ">17.2f"),
+        ("diffusers/ours", "ratio_diffusers_over_ours", ">15.3f"),
+        ("paired", "paired_ratio_diffusers_over_ours", ">7.3f"), ("max|dx0|", "max_abs_diff_x0", ">9.1e"),
+        ("max|dimg|", "max_abs_diff_images", ">9.1e"),
+        ("loop us/step ours", "null_model_ours_us_per_step", ">18.1f"),
+        ("diffusers", "null_model_diffusers_us_per_step", ">10.1f"),
+    ], rows)
     print("diffusers/ours: ratio of the medians; paired: median over rounds of that round's ratio")
     print("max|dx0|: largest |ours - diffusers| on the final x (before the clamp; largest |x| per shape in "
           "the JSON); max|dimg|: on the returned [0, 1] images")
     print("loop us/step: each sampler's own cost per step (whole batch), measured with a near-free model "
           "(eps = 0.1 x) in place of the UNet")
     if args.json is not None:
-        args.json.write_text(json.dumps({"benchmark": "ddim_vs_diffusers",
-                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
-                                        indent=2) + "\n")
+        write_report(args.json, "ddim_vs_diffusers", args, rows)
     return 0
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import print_table
 
 from core.diffusion import load_diffusion_model
 from core.generation import GenerationParams, generate
@@ -88,9 +89,10 @@ def main() -> int:
     ]
     print(f"{args.preset}: {args.count} images, batch {args.batch_size}, {args.steps} DDIM steps, "
           f"{args.threads} thread(s), {args.device}, median of {args.repeats} interleaved rounds")
-    print(f"{'configuration':<24} {'ms / image':>11} {'x vanilla':>10}")
-    for row in rows:
-        print(f"{row['config']:<24} {row['ms_per_image']:>11.1f} {row['ratio_to_vanilla']:>10.2f}")
+    print_table([
+        ("configuration", "config", "<24"), ("ms / image", "ms_per_image", ">11.1f"),
+        ("x vanilla", "ratio_to_vanilla", ">10.2f"),
+    ], rows)
     if args.json is not None:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
                                         indent=2) + "\n")

@@ -35,15 +35,13 @@ time).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+from _common import add_run_options, print_table, selected_shapes, start_run, timed, write_report
 
 from core.contrastive import ContrastiveGuidance, classifier_feature_fn
 from core.diffusion import ddim_timesteps, predict_eps, sample
@@ -53,34 +51,6 @@ SHAPES: dict[str, dict[str, Any]] = {
     "digits": {"preset": "tiny", "image_size": 16, "channels": 1, "batch": 64, "steps": 20},
     "cifar10": {"preset": "ddpm_cifar10", "image_size": 32, "channels": 3, "batch": 8, "steps": 10},
 }
-
-
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-_clock: Callable[[], float] = time.perf_counter
-
-
-def set_clock(kind: str, device: torch.device) -> str:
-    """``auto``: process CPU time on a CPU (robust to other load on a shared machine), wall time on CUDA."""
-    global _clock
-    if kind == "auto":
-        kind = "wall" if device.type == "cuda" else "cpu"
-    _clock = CLOCKS[kind]
-    return kind
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device, calls: int = 1) -> float:
-    """Seconds per call of ``fn`` over ``calls`` back-to-back calls."""
-    synchronize(device)
-    start = _clock()
-    for _ in range(calls):
-        fn()
-    synchronize(device)
-    return (_clock() - start) / calls
 
 
 def build_models(name: str, spec: dict[str, Any], args: argparse.Namespace, device: torch.device):
@@ -170,48 +140,29 @@ def main() -> int:
     parser.add_argument("--wrn-widen", type=int, default=4)
     parser.add_argument("--lam", type=float, default=100.0)
     parser.add_argument("--tau", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
-                        help="cpu: process CPU time (auto on a CPU); wall: elapsed time (auto on CUDA)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_run_options(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    args.clock = set_clock(args.clock, device)
-    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    unknown = set(names) - set(SHAPES)
-    if unknown or not names:
-        parser.error(f"unknown shape(s) {sorted(unknown)}; expected some of {sorted(SHAPES)}")
-
+    device = start_run(args)
     rows = []
-    for name in names:
-        spec = dict(SHAPES[name])
-        if args.batch is not None:
-            spec["batch"] = args.batch
-        if args.steps is not None:
-            spec["steps"] = args.steps
+    for name, spec in selected_shapes(parser, args, SHAPES, {"batch": "batch", "steps": "steps"}):
         rows.append(bench_shape(name, spec, args, device))
 
     print(f"guided vs unguided DDIM against the floor 1 + cost(f fwd+bwd) / cost(UNet fwd), HNM, previous "
           f"strategy, {args.threads} thread(s), {args.device}, {args.clock} clock, median of {args.repeats} "
           "interleaved rounds")
-    print(f"{'shape':<8} {'classifier':<30} {'batch':>5} {'steps':>5} {'UNet ms':>9} {'f f+b ms':>9} "
-          f"{'unguided ms/img':>16} {'guided ms/img':>14} {'ratio':>6} {'floor':>6} {'ratio/floor':>12} "
-          f"{'floor*':>7} {'ratio/floor*':>13} {'paired r/f':>11}")
-    for r in rows:
-        print(f"{r['shape']:<8} {r['classifier']:<30} {r['batch']:>5} {r['steps']:>5} "
-              f"{r['unet_forward_ms']:>9.2f} {r['feature_fwd_bwd_ms']:>9.2f} "
-              f"{r['unguided_ms_per_image']:>16.2f} {r['guided_ms_per_image']:>14.2f} {r['ratio']:>6.3f} "
-              f"{r['floor']:>6.3f} {r['ratio_over_floor']:>12.3f} {r['floor_exact']:>7.3f} "
-              f"{r['ratio_over_floor_exact']:>13.3f} {r['paired_ratio_over_floor']:>11.3f}")
+    print_table([
+        ("shape", "shape", "<8"), ("classifier", "classifier", "<30"), ("batch", "batch", ">5"),
+        ("steps", "steps", ">5"), ("UNet ms", "unet_forward_ms", ">9.2f"),
+        ("f f+b ms", "feature_fwd_bwd_ms", ">9.2f"), ("unguided ms/img", "unguided_ms_per_image", ">16.2f"),
+        ("guided ms/img", "guided_ms_per_image", ">14.2f"), ("ratio", "ratio", ">6.3f"),
+        ("floor", "floor", ">6.3f"), ("ratio/floor", "ratio_over_floor", ">12.3f"),
+        ("floor*", "floor_exact", ">7.3f"), ("ratio/floor*", "ratio_over_floor_exact", ">13.3f"),
+        ("paired r/f", "paired_ratio_over_floor", ">11.3f"),
+    ], rows)
     print("UNet ms / f f+b ms: one batched call; floor* = 1 + c (S - 1) / S (the first step is never "
           "guided); paired r/f: median over rounds of that round's ratio / floor")
     if args.json is not None:
-        args.json.write_text(json.dumps({"benchmark": "guided_floor",
-                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
-                                        indent=2) + "\n")
+        write_report(args.json, "guided_floor", args, rows)
     return 0
 
 

@@ -28,19 +28,10 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import make_tiny_models  # noqa: E402
+
 from core.cli.up import EmbeddedStack  # noqa: E402
 from core.jobs.embedded import free_port  # noqa: E402
-
-
-def make_models(model_dir: Path) -> None:
-    import torch
-
-    from core.models import build_classifier, build_unet, save_classifier, save_diffusion
-
-    torch.manual_seed(0)
-    save_diffusion(build_unet("tiny", image_size=16, channels=1), model_dir / "unet-t")
-    save_classifier(build_classifier("small_cnn", num_classes=10, channels=1, image_size=16, width=8,
-                                     feature_dim=32), model_dir / "cnn-t", config={"benchmark": True})
 
 
 def wait_for(what: str, predicate, timeout: float) -> float:
@@ -70,7 +61,7 @@ def main() -> int:
     os.environ.pop("CDP_REDIS_URL", None)
     with tempfile.TemporaryDirectory(prefix="cdp-recovery-") as tmp:
         var = Path(tmp) / "var"
-        make_models(var / "models")
+        make_tiny_models(var / "models")
         with EmbeddedStack(var=var, port=free_port(), env=env) as stack:
             http = httpx.Client(base_url=stack.base_url, timeout=30)
             job_id = http.post("/jobs/generate", json={

@@ -26,15 +26,12 @@ time).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+from _common import add_run_options, print_table, start_run, timed, write_report
 
 from core.diffusion import DiffusionModel
 from core.generation import GenerationParams, generate
@@ -51,24 +48,6 @@ SHAPES: dict[str, dict[str, Any]] = {
     "digits": {"preset": "tiny", "image_size": 16, "channels": 1, "batch": 64},
     "cifar10": {"preset": "ddpm_cifar10", "image_size": 32, "channels": 3, "batch": 8},
 }
-
-
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-_clock: Callable[[], float] = time.perf_counter
-
-
-def set_clock(kind: str, device: torch.device) -> str:
-    """``auto``: process CPU time on a CPU (robust to other load on a shared machine), wall time on CUDA."""
-    global _clock
-    if kind == "auto":
-        kind = "wall" if device.type == "cuda" else "cpu"
-    _clock = CLOCKS[kind]
-    return kind
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_models(
@@ -103,16 +82,9 @@ def main() -> int:
     parser.add_argument("--wrn-widen", type=int, default=4)
     parser.add_argument("--lam", type=float, default=100.0)
     parser.add_argument("--tau", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
-                        help="cpu: process CPU time (auto on a CPU); wall: elapsed time (auto on CUDA)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_run_options(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    args.clock = set_clock(args.clock, device)
+    device = start_run(args)
     batch = args.batch_size or SHAPES[args.shape]["batch"]
     count = args.count or batch
     diffusion, classifier, clf_label = build_models(args, device)
@@ -127,12 +99,9 @@ def main() -> int:
     for round_ in range(args.repeats):
         order = list(CONFIGS.items())
         for name, options in order if round_ % 2 == 0 else order[::-1]:  # ABBA order
-            synchronize(device)
-            start = _clock()
-            generate(diffusion, classifier, params=params(options), count=count, seed=args.seed,
-                     device=device)
-            synchronize(device)
-            times[name].append(_clock() - start)
+            times[name].append(timed(lambda options=options: generate(
+                diffusion, classifier, params=params(options), count=count, seed=args.seed, device=device),
+                device))
             print(f"round {round_ + 1}/{args.repeats} {name}: {count / times[name][-1]:.2f} images/s",
                   file=sys.stderr)
 
@@ -146,16 +115,15 @@ def main() -> int:
     print(f"{args.shape}: {SHAPES[args.shape]['preset']} UNet + {clf_label}, {count} images per "
           f"configuration, batch {batch}, {args.steps} DDIM steps, {args.threads} thread(s), {args.device}, "
           f"{args.clock} clock, median of {args.repeats} interleaved rounds")
-    print(f"{'configuration':<24} {'images / s':>11} {'ms / image':>11} {'x vanilla':>10} {'paired':>7}")
-    for row in rows:
-        print(f"{row['config']:<24} {row['images_per_s']:>11.3f} {row['ms_per_image']:>11.1f} "
-              f"{row['ratio_to_vanilla']:>10.2f} {row['paired_ratio_to_vanilla']:>7.2f}")
+    print_table([
+        ("configuration", "config", "<24"), ("images / s", "images_per_s", ">11.3f"),
+        ("ms / image", "ms_per_image", ">11.1f"), ("x vanilla", "ratio_to_vanilla", ">10.2f"),
+        ("paired", "paired_ratio_to_vanilla", ">7.2f"),
+    ], rows)
     print("x vanilla: ratio of the medians (time per image); paired: median over rounds of that round's "
           "ratio")
     if args.json is not None:
-        args.json.write_text(json.dumps({"benchmark": "throughput", "classifier": clf_label, "batch": batch,
-                                         "count": count, "args": {k: str(v) for k, v in vars(args).items()},
-                                         "rows": rows}, indent=2) + "\n")
+        write_report(args.json, "throughput", args, rows, classifier=clf_label, batch=batch, count=count)
     return 0
 
 

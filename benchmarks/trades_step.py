@@ -40,12 +40,10 @@ time).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import add_run_options, print_table, selected_shapes, start_run, timed, write_report
 from torch import Tensor, nn
 
 from core.data import DatasetInfo, ImageDataset
@@ -71,32 +70,6 @@ SHAPES: dict[str, dict[str, Any]] = {
     "cifar10": {"arch": "wrn", "image_size": 32, "channels": 3, "batch": 16, "train_steps": 2},
 }
 EPS, STEP_SIZE, BETA = 8 / 255, 2 / 255, 6.0
-
-
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-_clock: Callable[[], float] = time.perf_counter
-
-
-def set_clock(kind: str, device: torch.device) -> str:
-    """``auto``: process CPU time on a CPU (robust to other load on a shared machine), wall time on CUDA."""
-    global _clock
-    if kind == "auto":
-        kind = "wall" if device.type == "cuda" else "cpu"
-    _clock = CLOCKS[kind]
-    return kind
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    synchronize(device)
-    start = _clock()
-    fn()
-    synchronize(device)
-    return _clock() - start
 
 
 # ------------------------------------------------------------------------------- the plain implementation
@@ -223,47 +196,28 @@ def main() -> int:
     parser.add_argument("--wrn-widen", type=int, default=4)
     parser.add_argument("--ema-decay", type=float, default=0.0, help="our trainer's EMA (0: off)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds per shape")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
-                        help="cpu: process CPU time (auto on a CPU); wall: elapsed time (auto on CUDA)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_run_options(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    args.clock = set_clock(args.clock, device)
-    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    unknown = set(names) - set(SHAPES)
-    if unknown or not names:
-        parser.error(f"unknown shape(s) {sorted(unknown)}; expected some of {sorted(SHAPES)}")
-
+    device = start_run(args)
     rows = []
-    for name in names:
-        spec = dict(SHAPES[name])
-        if args.batch is not None:
-            spec["batch"] = args.batch
-        if args.train_steps is not None:
-            spec["train_steps"] = args.train_steps
+    for name, spec in selected_shapes(parser, args, SHAPES, {"batch": "batch", "train_steps": "train_steps"}):
         rows.append(bench_shape(name, spec, args, device))
 
     print(f"TRADES training throughput (PGD-KL {args.pgd_steps} steps, eps 8/255, step 2/255, beta 6): whole "
           f"train_trades runs vs a plain loop, {args.threads} thread(s), {args.device}, {args.clock} clock, "
           f"median of {args.repeats} interleaved rounds")
-    print(f"{'shape':<8} {'model':<30} {'batch':>5} {'steps':>5} {'ours img/s':>11} {'plain img/s':>12} "
-          f"{'ours/plain':>11} {'paired':>7} {'step fns img/s':>15} {'step fns/plain':>15}")
-    for r in rows:
-        print(f"{r['shape']:<8} {r['model']:<30} {r['batch']:>5} {r['train_steps']:>5} "
-              f"{r['ours_images_per_s']:>11.2f} {r['plain_images_per_s']:>12.2f} "
-              f"{r['ratio_ours_over_plain']:>11.3f} {r['paired_ratio_ours_over_plain']:>7.3f} "
-              f"{r['ours_step_fns_images_per_s']:>15.2f} "
-              f"{r['ratio_step_fns_over_plain']:>15.3f}")
+    print_table([
+        ("shape", "shape", "<8"), ("model", "model", "<30"), ("batch", "batch", ">5"),
+        ("steps", "train_steps", ">5"), ("ours img/s", "ours_images_per_s", ">11.2f"),
+        ("plain img/s", "plain_images_per_s", ">12.2f"), ("ours/plain", "ratio_ours_over_plain", ">11.3f"),
+        ("paired", "paired_ratio_ours_over_plain", ">7.3f"),
+        ("step fns img/s", "ours_step_fns_images_per_s", ">15.2f"),
+        ("step fns/plain", "ratio_step_fns_over_plain", ">15.3f"),
+    ], rows)
     print("ours: whole train_trades runs (nothing subtracted); step fns: our trades_adversary + trades_loss "
           "in the plain loop; paired: median over rounds of that round's ours/plain")
     if args.json is not None:
-        args.json.write_text(json.dumps({"benchmark": "trades_step",
-                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
-                                        indent=2) + "\n")
+        write_report(args.json, "trades_step", args, rows)
     return 0
 
 

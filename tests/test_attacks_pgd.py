@@ -12,14 +12,7 @@ from torch import nn
 from core.data import load_dataset
 from core.training.attacks import cw_margin, evaluate_robustness, pgd_attack, run_autoattack
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small models gain nothing from more and the CI machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

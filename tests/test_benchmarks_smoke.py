@@ -56,7 +56,10 @@ def test_ddim_vs_diffusers_benchmark_times_both_samplers_on_both_shapes(tmp_path
     done = _run_benchmark("ddim_vs_diffusers.py", "--batch", "1", "--steps", "2", "--repeats", "1",
                           "--overhead-calls", "2", "--json", str(out))
     assert "diffusers/ours" in done.stdout
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    assert list(report) == ["benchmark", "args", "rows"] and report["benchmark"] == "ddim_vs_diffusers"
+    assert report["args"]["clock"] == "cpu" and report["args"]["threads"] == "1"  # auto on a CPU: CPU time
+    rows = report["rows"]
     assert [r["shape"] for r in rows] == ["digits", "cifar10"]
     for r in rows:
         assert r["ours_ms_per_image"] > 0 and r["diffusers_ms_per_image"] > 0
@@ -95,7 +98,10 @@ def test_throughput_benchmark_reports_every_configuration(tmp_path: Path) -> Non
     done = _run_benchmark("throughput.py", "--batch-size", "1", "--steps", "4", "--repeats", "1",
                           "--wrn-depth", "10", "--wrn-widen", "1", "--json", str(out))
     assert "x vanilla" in done.stdout
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    assert list(report) == ["benchmark", "classifier", "batch", "count", "args", "rows"]
+    assert (report["benchmark"], report["batch"], report["count"]) == ("throughput", 1, 1)
+    rows = report["rows"]
     assert [r["config"] for r in rows] == ["vanilla DDIM", "HNM", "InfoNCE", "HNM + embedding head",
                                            "HNM, window t >= 400"]
     assert rows[0]["ratio_to_vanilla"] == 1.0

@@ -11,14 +11,7 @@ from core.diffusion import ddim_timesteps, sample
 from core.simulation.toy2d import Toy2DConfig, toy_feature_map
 from core.simulation.toy2d_models import ExactMixtureEps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CFG = Toy2DConfig(model="exact")

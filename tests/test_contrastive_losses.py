@@ -10,14 +10,7 @@ import torch.nn.functional as F
 
 from core.contrastive import hnm_loss, info_nce_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _naive_hnm(u: torch.Tensor, v: torch.Tensor, tau: float, tau_plus: float, beta: float) -> float:

@@ -10,13 +10,7 @@ from torch import nn
 
 from core.contrastive import feature_separability, pseudo_label, select_top_k, selection_scores
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Linear2(nn.Module):

@@ -8,40 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
+from diffusion_helpers import linear_alphas, tiny_unet
 from torch import nn
 
 from core.diffusion import ddim_timesteps, load_diffusion_model, sample
 from core.diffusion.loading import alphas_cumprod_from_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_unet(num_classes: int | None = None, seed: int = 0) -> UNet2DModel:
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        add_attention=False,
-        num_class_embeds=num_classes,
-    ).eval()
-
-
-def linear_alphas(t: int = 1000) -> torch.Tensor:
-    return torch.cumprod(1 - torch.linspace(1e-4, 0.02, t, dtype=torch.float64), 0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class PlainEps(nn.Module):

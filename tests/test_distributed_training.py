@@ -37,13 +37,7 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], *, ato
     assert worst <= atol, f"largest weight difference {worst:.3g} > {atol:g}"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread per process (launch() passes it on to the children): a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

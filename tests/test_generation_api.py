@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DModel
+from diffusion_helpers import linear_alphas, tiny_unet
 from torch import nn
 
 from core.contrastive import select_top_k
@@ -16,14 +16,7 @@ from core.diffusion import DiffusionModel
 from core.generation import GeneratedSet, GenerationParams, generate, sample_metrics
 from core.progress import Cancelled
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TinyClassifier(nn.Module):
@@ -44,23 +37,9 @@ class TinyClassifier(nn.Module):
 
 
 def tiny_diffusion(num_classes: int | None = None) -> DiffusionModel:
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        add_attention=False,
-        num_class_embeds=num_classes,
-    ).eval()
-    alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
     return DiffusionModel(
-        unet=unet,
-        alphas_cumprod=alphas,
+        unet=tiny_unet(num_classes),
+        alphas_cumprod=linear_alphas(),
         num_train_timesteps=1000,
         image_size=8,
         channels=1,

@@ -8,18 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from diffusion_helpers import linear_alphas
 
 from core.contrastive import ContrastiveGuidance, classifier_feature_fn
 from core.diffusion import ddim_timesteps, sample
 from core.models import build_classifier, build_unet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +36,7 @@ class CountingFeatures:
         return self.inner(x)
 
 
-ALPHAS = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+ALPHAS = linear_alphas()
 
 
 def run(models, *, reuse: bool, **guidance_kw) -> tuple[torch.Tensor, CountingFeatures, ContrastiveGuidance]:

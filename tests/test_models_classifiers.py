@@ -12,10 +12,7 @@ import torch
 
 from core.models import ImageClassifier, build_classifier, load_classifier, save_classifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(arch: str, *, channels: int = 1, image_size: int = 16, **kw: object) -> ImageClassifier:

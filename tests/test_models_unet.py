@@ -12,10 +12,7 @@ from diffusers import DDPMPipeline
 from core.diffusion import load_diffusion_model
 from core.models import build_unet, save_diffusion
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_preset_predicts_noise_of_the_input_shape() -> None:

@@ -21,13 +21,7 @@ from core.generation import (
     train_on_synthetic_test_on_real,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class FixedJudge(nn.Module):

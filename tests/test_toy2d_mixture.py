@@ -15,13 +15,7 @@ from core.simulation.gaussian import closed_form_robust_accuracy, self_training,
 from core.simulation.toy2d import GuidanceSettings, Toy2DConfig, build_eps_model, run_toy2d, set_metrics
 from core.simulation.toy2d_models import ExactMixtureEps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 EXACT = Toy2DConfig(model="exact", steps=25, real_trials=10)

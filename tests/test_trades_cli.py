@@ -15,13 +15,7 @@ from core.cli.train_trades import add_trades_arguments, parse_eps, run_trades
 from core.data import load_dataset
 from core.models import build_classifier, save_classifier
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()

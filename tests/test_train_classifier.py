@@ -16,10 +16,7 @@ from core.progress import Cancelled
 from core.training.classifier import ClassifierTrainConfig, augment_batch, evaluate_accuracy, train_classifier
 from core.training.common import load_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

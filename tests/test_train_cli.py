@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from core.cli import main
@@ -16,10 +15,7 @@ from core.data import load_synthetic
 from core.diffusion import load_diffusion_model
 from core.models import load_classifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:

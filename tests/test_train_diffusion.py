@@ -19,9 +19,7 @@ from core.training.diffusion import DiffusionTrainConfig, train_diffusion
 CONFIG = DiffusionTrainConfig(preset="tiny", epochs=1, batch_size=32, lr=2e-3, warmup_steps=0, eval_batch=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Contrastive guidance on real images, small enough for a CPU: scikit-learn digits (16 x 16, 1 channel).
 
-    OMP_NUM_THREADS=1 .venv/bin/python docs/scripts/digits_guidance.py [--count 500] [--seeds 2]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/digits_guidance.py [--count 500] [--seeds 2]
 
 1. Train (or reuse from var/digits-guidance/) a small epsilon-UNet (diffusers UNet2DModel, saved in the
    pipeline layout and re-loaded with ``core.diffusion.load_diffusion_model``) and a small CNN classifier.

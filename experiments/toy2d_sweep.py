@@ -1,6 +1,6 @@
 """Regenerate the numbers and figures of docs/guidance-2d.md (single-threaded; about 15 minutes on a CPU).
 
-    OMP_NUM_THREADS=1 .venv/bin/python docs/scripts/toy2d_sweep.py [--seeds 5] [--out docs]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/toy2d_sweep.py [--seeds 5] [--out docs]
 
 Experiment 1 (geometry, n = 512, trained MLP eps-model, one model per seed shared by all settings):
 vanilla vs guided metrics for each loss / strategy / lambda and a few other knobs.

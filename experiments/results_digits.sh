@@ -17,10 +17,10 @@ if [ ! -f var/models/digits-diffusion/model_index.json ]; then
 fi
 
 # main table: 1500 vanilla DDIM and 1500 Contrastive-DP images (lambda 1e3), 70 % synthetic per batch
-$PY scripts/results_digits.py --out docs/data/trades-digits.json
+$PY experiments/results_digits.py --out docs/data/trades-digits.json
 # ablations, reusing the cached runs and samples: 30 % synthetic per batch; stronger guidance (lambda 1e4)
-$PY scripts/results_digits.py --synthetic-fraction 0.3 --out docs/data/trades-digits-f0.3.json
-$PY scripts/results_digits.py --lam 1e4 --out docs/data/trades-digits-lam1e4.json
+$PY experiments/results_digits.py --synthetic-fraction 0.3 --out docs/data/trades-digits-f0.3.json
+$PY experiments/results_digits.py --lam 1e4 --out docs/data/trades-digits-lam1e4.json
 # AutoAttack standard on the seed-0 model of each arm of the main table (needs the autoattack extra)
 for run in real-seed0 vanilla-seed0 cdp-seed0; do
   $CDP evaluate var/results-digits/trades/$run --dataset digits --split test --eps 0.1 --steps 20 \

@@ -8,7 +8,7 @@ Reads a set written by ``cdp generate`` and the classifier that labelled it, the
    pseudo-labels, tested on the real test split, beside the same recipe on as many real training images.
 
 Usage (after the commands in docs/RESULTS.md):
-    OMP_NUM_THREADS=1 .venv/bin/python docs/scripts/digits_diffusion_evidence.py \
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/digits_diffusion_evidence.py \
         --synthetic var/synthetic/digits-ddim --classifier var/models/digits-classifier \
         --json docs/data/digits-diffusion.json --grid docs/img/digits-ddim-samples.png
 """

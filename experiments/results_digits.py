@@ -1,6 +1,6 @@
 """TRADES on digits with real data only, + vanilla DDIM samples, + Contrastive-DP samples (docs/RESULTS.md).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/results_digits.py \
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/results_digits.py \
         --diffusion var/models/digits-diffusion --classifier var/models/digits-classifier
 
 1. Generate ``--count`` images twice from the same seeds (hence the same x_T): vanilla DDIM (loss "none") and
@@ -154,7 +154,7 @@ def markdown(table: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run, every option spelled out."""
-    parts = ["OMP_NUM_THREADS=1 .venv/bin/python scripts/results_digits.py"]
+    parts = ["OMP_NUM_THREADS=1 .venv/bin/python experiments/results_digits.py"]
     for key, value in vars(args).items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
