@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from core import options
 from core.contrastive import (
     ContrastiveGuidance,
     check_guidance_args,
@@ -32,12 +33,13 @@ from core.contrastive import (
 from core.data.images import to_signed, to_unit
 from core.diffusion import DiffusionModel, ddim_timesteps, sample
 from core.diffusion.fast import SamplingSpeed, fast_features, fast_unet
+from core.options import FeatureOn, GenLoss, HeadScope, Schedule, Strategy, check_choice
 from core.progress import ProgressFn
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from core.specs import GenerateSpec
 
-GenLoss = Literal["hnm", "infonce", "none"]
-Schedule = Literal["uniform", "quad"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,47 +48,54 @@ class GenerationParams:
     DDIM. ``guidance_window=(lo, hi)`` guides only for lo <= t <= hi (None: every step but the first).
     ``feature_on`` (extension): features on x_t (the paper) or on the predicted x_0. ``head_scope`` (with
     ``embedding_head``): one head trained online across every batch of the run ("run", as the authors'
-    loop does) or a fresh head per batch ("batch", this project's first reading)."""
+    loop does) or a fresh head per batch ("batch", this project's first reading).
 
-    loss: GenLoss = "hnm"
+    The defaults are :mod:`core.options`' (the paper's); ``lam`` and ``tau`` are always given (the API's
+    :class:`core.specs.GenerateSpec` and ``cdp generate`` fill them with the paper's value for the loss).
+    The object checks itself once, when it is made: the choices and ranges of every field, the guidance's
+    hyperparameters with the same :func:`core.contrastive.check_guidance_args` that ``ContrastiveGuidance``
+    applies. ``GenerateSpec`` checks the API's shape and bounds first; :meth:`from_spec` converts it.
+    """
+
+    loss: GenLoss = options.LOSS
     lam: float
     tau: float
-    tau_plus: float = 0.1
-    beta: float = 1.0
-    strategy: Literal["previous", "real_positive", "real_negative", "class_conditional"] = "previous"
+    tau_plus: float = options.TAU_PLUS
+    beta: float = options.BETA
+    strategy: Strategy = options.STRATEGY
     embedding_head: bool = False
-    steps: int
-    schedule: Schedule
-    eta: float = 0.0
-    guidance_window: tuple[int, int] | None
-    batch_size: int
-    feature_on: Literal["x_t", "x0_hat"] = "x_t"
-    head_scope: Literal["run", "batch"] = "run"
+    steps: int = options.STEPS
+    schedule: Schedule = options.SCHEDULE
+    eta: float = options.ETA
+    guidance_window: tuple[int, int] | None = None
+    batch_size: int = options.BATCH_SIZE
+    feature_on: FeatureOn = options.FEATURE_ON_DEFAULT
+    head_scope: HeadScope = options.HEAD_SCOPE
 
     def __post_init__(self) -> None:
         if isinstance(self.guidance_window, list):
             object.__setattr__(self, "guidance_window", tuple(self.guidance_window))
-        if self.loss not in get_args(GenLoss):
-            raise ValueError(f"loss must be one of {get_args(GenLoss)}, got {self.loss!r}")
+        check_choice("loss", self.loss, options.GEN_LOSSES)
         check_guidance_args(
-            loss="hnm" if self.loss == "none" else self.loss, lam=self.lam, tau=self.tau,
+            loss=options.CONTRASTIVE_LOSS if self.loss == "none" else self.loss, lam=self.lam, tau=self.tau,
             tau_plus=self.tau_plus, beta=self.beta, strategy=self.strategy,
         )
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be a positive int, got {self.steps!r}")
-        if self.schedule not in get_args(Schedule):
-            raise ValueError(f"schedule must be one of {get_args(Schedule)}, got {self.schedule!r}")
+        _check_positive_int("steps", self.steps)
+        check_choice("schedule", self.schedule, options.SCHEDULES)
         if not isinstance(self.eta, int | float) or not math.isfinite(self.eta) or self.eta < 0:
             raise ValueError(f"eta must be a finite number >= 0, got {self.eta!r}")
         validate_window(self.guidance_window)
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        _check_positive_int("batch_size", self.batch_size)
         if not isinstance(self.embedding_head, bool):
             raise ValueError(f"embedding_head must be a bool, got {self.embedding_head!r}")
-        if self.feature_on not in ("x_t", "x0_hat"):
-            raise ValueError(f"feature_on must be 'x_t' or 'x0_hat', got {self.feature_on!r}")
-        if self.head_scope not in ("run", "batch"):
-            raise ValueError(f"head_scope must be 'run' or 'batch', got {self.head_scope!r}")
+        check_choice("feature_on", self.feature_on, options.FEATURE_ON)
+        check_choice("head_scope", self.head_scope, options.HEAD_SCOPES)
+
+    @classmethod
+    def from_spec(cls, spec: GenerateSpec) -> GenerationParams:
+        """The settings of an accepted generation job (its spec has already filled lam and tau)."""
+        values = {f.name: getattr(spec, f.name) for f in fields(cls)}
+        return cls(**values)
 
     @property
     def guided(self) -> bool:
@@ -127,6 +136,11 @@ class GeneratedSet:
     def save_npz(self, path: Path) -> None:
         """Write ``image``/``label`` (the ecosystem's keys) plus ``confidence`` and ``entropy``."""
         np.savez(path, image=self.images, label=self.labels, confidence=self.confidence, entropy=self.entropy)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -183,8 +197,7 @@ def generate(
     ``core.progress.Cancelled`` to stop. ``speed`` switches on the optional fast paths of
     :mod:`core.diffusion.fast` (compile, channels_last, bf16 on CUDA).
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be a positive int, got {count!r}")
+    _check_positive_int("count", count)
     if isinstance(label_offset, bool) or not isinstance(label_offset, int) or label_offset < 0:
         raise ValueError(f"label_offset must be an int >= 0, got {label_offset!r}")
     if not hasattr(classifier, "features"):
@@ -194,7 +207,7 @@ def generate(
     ts = params.timesteps(diffusion.num_train_timesteps)
     shape = (diffusion.channels, diffusion.image_size, diffusion.image_size)
     real = None
-    if params.guided and params.strategy in ("real_positive", "real_negative"):
+    if params.guided and params.strategy in options.REAL_STRATEGIES:
         if real_images is None or len(real_images) == 0:
             raise ValueError(f"strategy {params.strategy!r} needs real_images, got none")
         real = images_to_model_space(real_images, device=device)

@@ -1,8 +1,8 @@
 """Job specs and the job record: the pydantic models the HTTP API accepts and the worker executes.
 
-Defaults follow the paper (Contrastive-DP, §5 and App. D.2): hard-negative-mining loss with tau = 10,
-lambda = 100k, tau_plus = 0.1, beta = 1; InfoNCE with tau = 0.1, lambda = 20k; DDIM with 200 "quad" steps
-and eta = 0; TRADES with beta = 6, eps = 8/255, 10 PGD steps of 2/255. Every number is bounded; the limits
+Generation defaults follow the paper and are written once in :mod:`core.options` (HNM: tau = 10,
+lambda = 1e5, tau_plus = 0.1, beta = 1; InfoNCE: tau = 0.1, lambda = 2e4; DDIM with 200 "quad" steps and
+eta = 0); TRADES defaults to beta = 6, eps = 8/255, 10 PGD steps of 2/255. Every number is bounded; the limits
 that operators tune (count, steps, batch size, epochs, lambda) come from :class:`core.settings.Settings`.
 
 Models are referenced either as ``job:<id>`` (the output of a finished training job) or as a bare name in
@@ -25,6 +25,21 @@ from pydantic import (
     model_validator,
 )
 
+from core import options
+from core.options import (
+    Arch,
+    AttackName,
+    DatasetName,
+    FeatureOn,
+    GenLoss,
+    HeadScope,
+    Mixing,
+    Schedule,
+    SelectionCriterion,
+    Strategy,
+    TrainKind,
+    UnetPreset,
+)
 from core.settings import get_settings
 
 JOB_ID_PATTERN = r"[0-9a-f]{24}"
@@ -41,18 +56,14 @@ def short(value: object) -> str:
     return text if len(text) <= _SHORT else text[:_SHORT] + f"... ({len(text)} characters)"
 
 
-DatasetName = Literal["digits", "mnist5k", "mnist5k16", "cifar10", "gtsrb"]
 JobKind = Literal["generate", "train", "evaluate", "experiment"]
 JobPriority = Literal["low", "normal", "high"]
 _PRIORITY_DOC = ("orders this job's units among the waiting ones of their queue (cdp.generate, cdp.train, "
                  "cdp.evaluate): high before normal before low")
-AttackName = Literal["pgd_ce", "pgd_cw", "autoattack"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 Timestep = Annotated[int, Field(ge=0, le=100_000)]
 ArchOption = Literal["width", "feature_dim", "depth", "widen_factor"]
-SelectionCriterion = Literal["separability", "separability_margin", "separability_literal", "grad_norm",
-                             "robust_grad_norm", "entropy"]
 
 
 def _check_model_ref(value: str) -> str:
@@ -122,7 +133,7 @@ class SelectionSpec(BaseModel):
     """Keep the top K samples per class by one of the criteria of paper App. D.3."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    criterion: SelectionCriterion = "separability"
+    criterion: SelectionCriterion = options.CRITERION
     top_k: int = Field(ge=1, description="samples kept per class")
 
     _limits = field_validator("top_k")(_within_server_limit)
@@ -147,31 +158,35 @@ class GenerateSpec(BaseModel):
     model: ModelRef
     classifier: ModelRef
     count: int = Field(ge=1, description="number of images to generate")
-    loss: Literal["hnm", "infonce", "none"] = "hnm"
+    loss: GenLoss = options.LOSS
     lam: float | None = Field(
-        default=None, ge=0, description="guidance strength lambda; default 1e5 for hnm, 2e4 for infonce"
+        default=None, ge=0, description=f"guidance strength lambda; default {options.LAM['hnm']:g} for hnm, "
+        f"{options.LAM['infonce']:g} for infonce"
     )
     tau: float | None = Field(
-        default=None, gt=0, le=1e4, description="temperature; default 10 for hnm, 0.1 for infonce"
+        default=None, gt=0, le=1e4, description=f"temperature; default {options.TAU['hnm']:g} for hnm, "
+        f"{options.TAU['infonce']:g} for infonce"
     )
-    tau_plus: float = Field(default=0.1, ge=0, lt=1)
-    beta: float = Field(default=1.0, ge=0, le=100)
-    strategy: Literal["previous", "real_positive", "real_negative", "class_conditional"] = "previous"
+    tau_plus: float = Field(default=options.TAU_PLUS, ge=0, lt=1)
+    beta: float = Field(default=options.BETA, ge=0, le=100)
+    strategy: Strategy = options.STRATEGY
     embedding_head: bool = False
-    head_scope: Literal["run", "batch"] = Field(
-        default="run", description="with embedding_head: one head trained online across every batch of a "
-        "shard (each shard starts from the same head, seeded by the job seed), or a fresh head per batch")
-    steps: int = Field(default=200, ge=1)
-    schedule: Literal["uniform", "quad"] = "quad"
-    eta: float = Field(default=0.0, ge=0, le=1)
+    head_scope: HeadScope = Field(
+        default=options.HEAD_SCOPE, description="with embedding_head: one head trained online across every "
+        "batch of a shard (each shard starts from the same head, seeded by the job seed), or a fresh head "
+        "per batch")
+    steps: int = Field(default=options.STEPS, ge=1)
+    schedule: Schedule = options.SCHEDULE
+    eta: float = Field(default=options.ETA, ge=0, le=1)
     guidance_window: tuple[Timestep, Timestep] | None = Field(
         default=None, strict=False,  # a JSON array is a tuple here (the items stay strict integers)
         description="guide only for lo <= t <= hi (DDPM timesteps); default: the whole schedule"
     )
-    batch_size: int = Field(default=256, ge=1)
+    batch_size: int = Field(default=options.BATCH_SIZE, ge=1)
     seed: int = Field(default=0, ge=0, lt=2**63)
-    feature_on: Literal["x_t", "x0_hat"] = Field(
-        default="x_t", description="features on x_t (the paper) or on the predicted x_0 (extension)")
+    feature_on: FeatureOn = Field(
+        default=options.FEATURE_ON_DEFAULT,
+        description="features on x_t (the paper) or on the predicted x_0 (extension)")
     selection: SelectionSpec | None = None
     feature_extractor: ModelRef | None = Field(
         default=None,
@@ -199,10 +214,9 @@ class GenerateSpec(BaseModel):
     @model_validator(mode="after")
     def _paper_defaults(self) -> GenerateSpec:
         if self.lam is None:
-            self.lam = {"hnm": 1e5, "infonce": 2e4, "none": 0.0}[self.loss]
-            self.lam = min(self.lam, get_settings().max_lambda)
+            self.lam = min(options.LAM[self.loss], get_settings().max_lambda)
         if self.tau is None:
-            self.tau = 0.1 if self.loss == "infonce" else 10.0
+            self.tau = options.TAU[self.loss]
         return self
 
 
@@ -240,16 +254,16 @@ class TrainSpec(BaseModel):
         },
     )
 
-    kind: Literal["diffusion", "classifier", "trades"]
+    kind: TrainKind
     dataset: DatasetName
     epochs: int = Field(ge=1)
     batch_size: int = Field(default=128, ge=1)
     lr: float | None = Field(default=None, gt=0, le=10, description="learning rate; default: the trainer's")
     seed: int = Field(default=0, ge=0, lt=2**63)
-    arch: Literal["small_cnn", "wrn"] = Field(default="small_cnn", description="classifier / trades")
+    arch: Arch = Field(default="small_cnn", description="classifier / trades")
     arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(
         default_factory=dict, description="small_cnn: width, feature_dim; wrn: depth, widen_factor")
-    unet: Literal["tiny", "ddpm_cifar10"] = Field(default="tiny", description="diffusion: UNet preset")
+    unet: UnetPreset = Field(default="tiny", description="diffusion: UNet preset")
     class_conditional: bool = Field(default=False, description="diffusion: a class-conditional UNet (class "
                                     "embeddings); its generation jobs draw labels balanced over the job")
     # TRADES (Zhang et al. 2019) and the real/synthetic mixing of paper eq. (3).
@@ -264,7 +278,7 @@ class TrainSpec(BaseModel):
     eval_attack_steps: int = Field(default=20, ge=1, le=200)
     eval_samples: int | None = Field(default=1000, ge=1, description="test images for the final clean / "
                                      "robust evaluation (classifier, trades); null = the whole test split")
-    mixing: Literal["batch", "loss"] = Field(
+    mixing: Mixing = Field(
         default="batch", description="trades: synthetic share of each batch ('batch'), or the paper's eq.-3 "
         "weighted sum of a real and a synthetic loss ('loss')")
     real_subset: int | None = Field(
@@ -357,7 +371,7 @@ class ExperimentArm(BaseModel):
     synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
                                     description="finished generation jobs; [] = real data only")
     synthetic_fraction: float = Field(default=0.5, ge=0, lt=1)
-    mixing: Literal["batch", "loss"] = "batch"
+    mixing: Mixing = "batch"
     oracle: bool = Field(default=False, description="mnist5k: also train on the oracle pool of real images")
 
 
@@ -368,7 +382,7 @@ class ExperimentTrades(BaseModel):
     epochs: int = Field(ge=1)
     batch_size: int = Field(default=128, ge=1)
     lr: float | None = Field(default=None, gt=0, le=10)
-    arch: Literal["small_cnn", "wrn"] = "small_cnn"
+    arch: Arch = "small_cnn"
     arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=dict)
     beta: float = Field(default=6.0, ge=0, le=100)
     eps: float = Field(default=8 / 255, ge=0, le=1)

@@ -41,22 +41,18 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core import options
 from core.contrastive.losses import hnm_loss, info_nce_loss
+from core.options import CONTRASTIVE_LOSSES as LOSSES
+from core.options import FEATURE_ON, REAL_STRATEGIES, STRATEGIES, FeatureOn, Strategy, check_choice
+from core.options import ContrastiveLoss as LossName
 
 log = logging.getLogger(__name__)
-
-LossName = Literal["hnm", "infonce"]
-Strategy = Literal["previous", "real_positive", "real_negative", "class_conditional"]
-FeatureOn = Literal["x_t", "x0_hat"]
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
-LOSSES: tuple[str, ...] = get_args(LossName)
-FEATURE_ON: tuple[str, ...] = get_args(FeatureOn)
 
 FeatureFn = Callable[[Tensor], Tensor]
 LabelFn = Callable[[Tensor], Tensor]
@@ -175,14 +171,14 @@ class ContrastiveGuidance:
         self,
         feature_fn: FeatureFn,
         *,
-        loss: LossName = "hnm",
+        loss: LossName = options.CONTRASTIVE_LOSS,
         lam: float,
         tau: float,
-        tau_plus: float = 0.1,
-        beta: float = 1.0,
-        strategy: Strategy = "previous",
+        tau_plus: float = options.TAU_PLUS,
+        beta: float = options.BETA,
+        strategy: Strategy = options.STRATEGY,
         window: tuple[int, int] | None = None,
-        feature_on: FeatureOn = "x_t",
+        feature_on: FeatureOn = options.FEATURE_ON_DEFAULT,
         real: Tensor | None = None,
         real_batch: int | None = None,
         label_fn: LabelFn | None = None,
@@ -196,9 +192,8 @@ class ContrastiveGuidance:
     ) -> None:
         check_guidance_args(loss=loss, lam=lam, tau=tau, tau_plus=tau_plus, beta=beta, strategy=strategy)
         validate_window(window)
-        if feature_on not in FEATURE_ON:
-            raise ValueError(f"feature_on must be one of {FEATURE_ON}, got {feature_on!r}")
-        if strategy in ("real_positive", "real_negative") and (real is None or real.shape[0] == 0):
+        check_choice("feature_on", feature_on, FEATURE_ON)
+        if strategy in REAL_STRATEGIES and (real is None or real.shape[0] == 0):
             raise ValueError(f"strategy {strategy!r} needs real samples (real=...), got none")
         if real_batch is not None and real_batch < 1:
             raise ValueError(f"real_batch must be >= 1, got {real_batch!r}")
@@ -388,10 +383,8 @@ def check_guidance_args(
     *, loss: str, lam: float, tau: float, tau_plus: float, beta: float, strategy: str
 ) -> None:
     """ValueError naming the offending value for any out-of-range guidance hyperparameter."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    check_choice("loss", loss, LOSSES)
+    check_choice("strategy", strategy, STRATEGIES)
     if not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
     if not isinstance(tau, int | float) or not math.isfinite(tau) or tau <= 0:
@@ -403,7 +396,12 @@ def check_guidance_args(
 
 
 def batch_contrastive_loss(
-    embeddings: Tensor, *, loss: LossName = "hnm", tau: float, tau_plus: float = 0.1, beta: float = 1.0
+    embeddings: Tensor,
+    *,
+    loss: LossName = options.CONTRASTIVE_LOSS,
+    tau: float,
+    tau_plus: float = options.TAU_PLUS,
+    beta: float = options.BETA,
 ) -> Tensor:
     """How distinguishable a batch is: the loss with each sample as its own positive (u = v = e).
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -18,11 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.data.images import to_unit
-
-Criterion = Literal[
-    "separability", "separability_margin", "separability_literal", "grad_norm", "robust_grad_norm", "entropy"
-]
-CRITERIA: tuple[str, ...] = get_args(Criterion)
+from core.options import CRITERIA, check_choice
+from core.options import SelectionCriterion as Criterion
 
 
 @dataclass
@@ -170,8 +166,7 @@ def selection_scores(
     """
     images_float01, labels = as_float01(images_float01), _as_labels(labels)
     _check_images(images_float01)
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    check_choice("criterion", criterion, CRITERIA)
     if labels.shape != (images_float01.shape[0],):
         raise ValueError(f"labels must have shape ({images_float01.shape[0]},), got {tuple(labels.shape)}")
     if criterion == "entropy" or criterion.startswith("separability"):

@@ -27,18 +27,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from core.options import SCHEDULES, Schedule, check_choice
+
 log = logging.getLogger(__name__)
 
-TimestepKind = Literal["uniform", "quad"]
 
-
-def ddim_timesteps(num_train_timesteps: int, steps: int, kind: TimestepKind = "uniform") -> list[int]:
+def ddim_timesteps(num_train_timesteps: int, steps: int, kind: Schedule = "uniform") -> list[int]:
     """The DDIM timestep subsequence, largest first, without duplicates.
 
     ``uniform``: t = 0, T//S, 2T//S, ... (S values). ``quad`` (the paper's choice for CIFAR-10):
@@ -50,13 +50,12 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, kind: TimestepKind = "u
         raise ValueError(f"num_train_timesteps must be a positive int, got {num_train_timesteps!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"steps must be an int in [1, {num_train_timesteps}], got {steps!r}")
+    check_choice("timestep kind", kind, SCHEDULES)
     if kind == "uniform":
         skip = num_train_timesteps // steps
         seq = [i * skip for i in range(steps)]
-    elif kind == "quad":
-        seq = [int(s) for s in np.linspace(0.0, math.sqrt(0.8 * num_train_timesteps), steps) ** 2]
     else:
-        raise ValueError(f"timestep kind must be 'uniform' or 'quad', got {kind!r}")
+        seq = [int(s) for s in np.linspace(0.0, math.sqrt(0.8 * num_train_timesteps), steps) ** 2]
     return sorted(set(seq), reverse=True)
 
 
