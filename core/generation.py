@@ -121,17 +121,28 @@ class GenerationParams:
 
 @dataclass
 class GeneratedSet:
-    """A generated, pseudo-labelled set (INTERFACES.md)."""
+    """A generated, pseudo-labelled set; the images follow :mod:`core.data.dataset`'s convention (uint8
+    N x H x W x C), ``guidance`` holds one entry per guided step of every batch (what
+    :meth:`guidance_summary` and ``cdp generate``'s metrics report)."""
 
     images: np.ndarray  # uint8 N x H x W x C
     labels: np.ndarray  # int64 pseudo-labels
     confidence: np.ndarray  # float32 max softmax probability
     entropy: np.ndarray  # float32 softmax entropy (nats)
     class_labels: np.ndarray | None = None  # int64 conditioning labels of a conditional model
-    guidance: list[dict[str, float]] = field(default_factory=list)  # per guided step: mean loss, grad norm
+    guidance: list[dict[str, float]] = field(default_factory=list)  # per guided step: batch, t, loss, norm
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def guidance_summary(self) -> dict[str, float | int] | None:
+        """guided_steps (over all batches), mean_loss and mean_grad_norm (mean over those steps of the batch
+        loss and of the mean ||lam * grad||); None for an unguided set."""
+        if not self.guidance:
+            return None
+        n = len(self.guidance)
+        return {"guided_steps": n, "mean_loss": sum(g["loss"] for g in self.guidance) / n,
+                "mean_grad_norm": sum(g["grad_norm"] for g in self.guidance) / n}
 
     def save_npz(self, path: Path) -> None:
         """Write ``image``/``label`` (the ecosystem's keys) plus ``confidence`` and ``entropy``."""

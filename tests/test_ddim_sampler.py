@@ -11,7 +11,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from torch import nn
 
-from core.diffusion import ddim_timesteps, load_diffusion_model, sample
+from core.diffusion import Guidance, ddim_timesteps, load_diffusion_model, sample
 from core.diffusion.loading import alphas_cumprod_from_config
 
 
@@ -188,15 +188,22 @@ def test_callback_called_and_can_cancel() -> None:
 
 def test_guidance_term_enters_eps_and_sees_previous_state() -> None:
     seen: list[tuple[int, bool]] = []
+    prepared: list[list[int]] = []
 
-    def shift(x_t, t, *, eps, alpha_bar_t, x_prev, step, class_labels):
-        seen.append((t, x_prev is None))
-        return torch.full_like(x_t, 0.1)
+    class Shift:
+        def prepare(self, timesteps):
+            prepared.append(list(timesteps))
+
+        def __call__(self, x_t, t, *, eps, alpha_bar_t, x_prev, step, class_labels):
+            seen.append((t, x_prev is None))
+            return torch.full_like(x_t, 0.1)
 
     x_T = torch.randn(2, 2, generator=torch.Generator().manual_seed(5))
     ts = [500, 250, 0]
     alphas = linear_alphas()
-    got = sample(PlainEps(), x_T, alphas_cumprod=alphas, timesteps=ts, guidance=shift)
+    assert isinstance(Shift(), Guidance)
+    got = sample(PlainEps(), x_T, alphas_cumprod=alphas, timesteps=ts, guidance=Shift())
+    assert prepared == [ts]
     assert seen == [(500, True), (250, False), (0, False)]
 
     class Shifted(nn.Module):

@@ -1,4 +1,4 @@
-"""core.options: torch-free, and the one source of the defaults that the CLI, the API spec and the science share."""
+"""core.options: torch-free, the one source of the defaults the CLI, the API spec and the science share."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 Writes ``OUT/shards/<k>.npz`` (uint8 NHWC ``image``, int64 ``label`` = pseudo-labels, float32 ``confidence``
 and ``entropy``; ``class_label`` for a conditional model), ``OUT/preview.png`` (a grid of the first 100
-images) and ``OUT/metrics.json`` (the parameters and ``core.generation.sample_metrics``). ``cdp train trades
---synthetic OUT`` reads the shards back. The metrics go to stdout (one JSON object with ``--json``); the
-progress bar and logs go to stderr.
+images) and ``OUT/metrics.json`` (the parameters, ``core.generation.sample_metrics`` and
+``GeneratedSet.guidance_summary``). ``cdp train trades --synthetic OUT`` reads the shards back. The metrics
+go to stdout (one JSON object with ``--json``); the progress bar and logs go to stderr.
 """
 
 from __future__ import annotations
@@ -160,6 +160,7 @@ def run_generate(args: argparse.Namespace) -> int:
         "sampling_seconds": round(seconds, 2),
         "shards": files,
         "preview": str(args.out / "preview.png"),
+        "guidance": result.guidance_summary(),
         **sample_metrics(classifier, result.images, result.labels),
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

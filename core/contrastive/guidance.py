@@ -61,9 +61,9 @@ LabelFn = Callable[[Tensor], Tensor]
 def classifier_feature_fn(classifier: nn.Module) -> FeatureFn:
     """f(x) = classifier.features((x + 1) / 2) for x in the diffusion model's [-1, 1] range.
 
-    The project's classifiers take inputs in [0, 1] (INTERFACES.md); the authors fed x in [-1, 1] straight
-    into a classifier normalising as if inputs were in [0, 1] (REFERENCE §2). Mapping to [0, 1] first is a
-    deliberate fix: the classifier then sees the range it was trained on.
+    The project's classifiers take inputs in [0, 1] (:mod:`core.data.images`); the authors fed x in [-1, 1]
+    straight into a classifier normalising as if inputs were in [0, 1] (REFERENCE §2). Mapping to [0, 1]
+    first is a deliberate fix: the classifier then sees the range it was trained on.
     """
     if not hasattr(classifier, "features"):
         raise ValueError(f"classifier {type(classifier).__name__} has no features() method")

@@ -1,7 +1,7 @@
 """Pseudo-labels for unconditional samples (paper §2.1) and the data-selection criteria of App. D.3.
 
-All functions take images as float N x C x H x W in [0, 1] (the classifier's range, INTERFACES.md) and a
-classifier in eval mode exposing ``features(x)`` (penultimate features) and ``forward(x)`` (logits).
+All functions take images as float N x C x H x W in [0, 1] (the classifier's range, :mod:`core.data.images`)
+and a classifier in eval mode exposing ``features(x)`` (penultimate features) and ``forward(x)`` (logits).
 Per-sample gradients are computed as the gradient of a summed loss, which is exact for a model in eval mode
 (samples do not interact).
 """
