@@ -11,7 +11,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from torch import nn
 
-from core.diffusion import Guidance, ddim_timesteps, load_diffusion_model, sample
+from core.diffusion import DDIMSchedule, Guidance, ddim_step, ddim_timesteps, load_diffusion_model, sample
 from core.diffusion.loading import alphas_cumprod_from_config
 
 
@@ -211,6 +211,30 @@ def test_guidance_term_enters_eps_and_sees_previous_state() -> None:
             return PlainEps()(x, t) + 0.1
 
     torch.testing.assert_close(got, textbook_ddim(Shifted(), x_T, alphas, ts), atol=1e-6, rtol=1e-6)
+
+
+def test_ddim_step_is_eq_12() -> None:
+    x, eps_hat = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    a_t, a_next = 0.3, 0.6
+    x0_hat = (x - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
+    expected = math.sqrt(a_next) * x0_hat + math.sqrt(1 - a_next) * eps_hat
+    assert torch.equal(ddim_step(x, eps_hat, alpha_bar_t=a_t, alpha_bar_next=a_next), expected)
+    # the last step (alpha_bar_next = 1) returns the predicted x_0, with or without eta
+    last = ddim_step(x, eps_hat, alpha_bar_t=a_t, alpha_bar_next=1.0, eta=1.0)
+    torch.testing.assert_close(last, x0_hat, atol=1e-12, rtol=0)
+    # eta > 0 adds sigma_t z, drawn from the generator
+    noisy = [ddim_step(x, eps_hat, alpha_bar_t=a_t, alpha_bar_next=a_next, eta=1.0,
+                       generator=torch.Generator().manual_seed(seed)) for seed in (0, 0, 1)]
+    assert torch.equal(noisy[0], noisy[1]) and not torch.allclose(noisy[0], noisy[2])
+    assert not torch.allclose(noisy[0], expected)
+
+
+def test_schedule_pairs_each_step_with_the_next_alpha_bar() -> None:
+    schedule = DDIMSchedule.make(linear_alphas(), [500, 250, 0])
+    alphas = linear_alphas().tolist()
+    assert len(schedule) == 3
+    assert schedule.alpha_bar_pair(0) == (alphas[500], alphas[250])
+    assert schedule.alpha_bar_pair(2) == (alphas[0], 1.0)
 
 
 def test_refuses_inference_mode_and_bad_timesteps() -> None:
