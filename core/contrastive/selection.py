@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -19,6 +20,18 @@ from torch import Tensor, nn
 from core.data.images import to_unit
 from core.options import CRITERIA, check_choice
 from core.options import SelectionCriterion as Criterion
+
+
+class ScoreOptions(TypedDict, total=False):
+    """The settings of :func:`selection_scores` besides the criterion (its keyword arguments, with their
+    defaults there), passed on by :func:`select_top_k`."""
+
+    batch_size: int
+    eps: float
+    step_size: float
+    attack_steps: int
+    trades_beta: float
+    generator: torch.Generator | None
 
 
 @dataclass
@@ -219,29 +232,22 @@ def select_top_k(
     *,
     k: int,
     criterion: Criterion,
-    batch_size: int = 256,
-    eps: float = 8 / 255,
-    step_size: float = 2 / 255,
-    attack_steps: int = 10,
-    trades_beta: float = 6.0,
-    generator: torch.Generator | None = None,
     device: str | torch.device | None = None,
+    **score_options: Unpack[ScoreOptions],
 ) -> Tensor:
     """Indices (ascending, CPU int64) of the best ``k`` samples of every class under ``criterion`` (App. D.3).
 
     Images may be float N x C x H x W in [0, 1] or uint8 N x H x W x C arrays; labels a tensor or array.
     Classes with fewer than ``k`` samples keep all of them. Ties are broken by index (stable sort).
-    ``device``, if given, is where the classifier runs (it is moved there).
+    ``device``, if given, is where the classifier runs (it is moved there); ``score_options`` go to
+    :func:`selection_scores`.
     """
     if device is not None:
         classifier = classifier.to(device)
     labels = _as_labels(labels)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    scores = selection_scores(
-        classifier, images_float01, labels, criterion=criterion, batch_size=batch_size, eps=eps,
-        step_size=step_size, attack_steps=attack_steps, trades_beta=trades_beta, generator=generator,
-    )
+    scores = selection_scores(classifier, images_float01, labels, criterion=criterion, **score_options)
     if not torch.isfinite(scores).all():
         raise ValueError(f"criterion {criterion!r} produced non-finite scores")
     keep = []
