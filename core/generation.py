@@ -78,8 +78,9 @@ class GenerationParams:
     ``embedding_head``): one head trained online across every batch of the run ("run", as the authors'
     loop does) or a fresh head per batch ("batch", this project's first reading).
 
-    The defaults are :mod:`core.options`' (the paper's); ``lam`` and ``tau`` are always given (the API's
-    :class:`core.specs.GenerateSpec` and ``cdp generate`` fill them with the paper's value for the loss).
+    The defaults are :mod:`core.options`' (the paper's); ``lam`` and ``tau`` are always given: the API's
+    :class:`core.specs.GenerateSpec` fills both with the paper's value for the loss, ``cdp generate`` fills
+    tau and asks for lambda.
     The object checks itself once, when it is made: the choices and ranges of every field, the guidance's
     hyperparameters with the same :func:`core.contrastive.check_guidance_args` that ``ContrastiveGuidance``
     applies. ``GenerateSpec`` checks the API's shape and bounds first; :meth:`from_spec` converts it.
