@@ -91,7 +91,7 @@ def within_server_limit(value: float | None, info: ValidationInfo) -> float | No
     (``{"limits": {...}}``), so a worker with other settings never rejects a job the API accepted."""
     name = info.field_name or ""
     setting = _SERVER_LIMITS[name]
-    frozen = (info.context or {}).get("limits") if isinstance(info.context, dict) else None
+    frozen = info.context.get("limits") if isinstance(info.context, dict) else None
     limit = frozen[setting] if frozen and setting in frozen else getattr(get_settings(), setting)
     if value is not None and value > limit:
         raise ValueError(f"{name}={value} exceeds the server limit {limit}")
