@@ -21,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.asgi import HttpMiddleware
 from api.problems import problem_response
 from core.jobs.apikeys import KeyRing
 
@@ -48,16 +49,17 @@ class Caller:
 LOCAL = Caller(ANONYMOUS)
 
 
-class Gate:
+class Gate(HttpMiddleware):
     """Authenticates every non-public request from its ``Authorization: Bearer <key>`` header and puts the
     :class:`Caller` into the request's state; answers 401 (no or unknown key) or 403 (``/metrics`` for a
     non-admin) itself, before the body is read."""
 
     def __init__(self, app: ASGIApp, *, keys: KeyRing) -> None:
-        self.app, self.keys = app, keys
+        super().__init__(app)
+        self.keys = keys
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         caller = LOCAL
@@ -92,18 +94,16 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, "request body too large")
 
 
-class BodyLimit:
+class BodyLimit(HttpMiddleware):
     """413 for a request body over ``max_bytes``: at once from Content-Length, else as soon as the bytes
     read exceed it (FastAPI re-raises an HTTPException met while reading the body, so the problem handler
     answers). Starlette's own limit middleware sends a plain response of its own, hence this one."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+        super().__init__(app)
+        self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         for name, value in scope.get("headers", []):
             if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
                 response = problem_response(Request(scope), 413, "Request body too large",

@@ -5,34 +5,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from api.asgi import HttpMiddleware
 from core.jobs.queue import queue_keys
+from core.specs import JobKind, JobStatus
 
 log = logging.getLogger(__name__)
 
 JOBS_SUBMITTED = Counter("cdp_jobs_submitted_total", "Jobs accepted by the API", ["kind"])
 REQUESTS = Counter("cdp_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("cdp_http_request_seconds", "HTTP request latency", ["method", "route"])
+_UNFINISHED: tuple[JobStatus, ...] = ("queued", "running")
 
 
-class Observe:
+class Observe(HttpMiddleware):
     """Counts each HTTP request and observes its latency up to the start of the response (as
     ``@app.middleware("http")`` did, but as plain ASGI: Starlette's BaseHTTPMiddleware runs every request
     through an extra task and memory streams, a measurable cost on the submit path)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
 
         async def observing_send(message: Message) -> None:
@@ -68,8 +65,8 @@ class JobCounts:
                 except Exception:  # vanished meanwhile
                     continue
                 counts[(job.kind, job.status)] = counts.get((job.kind, job.status), 0) + 1
-            for kind in ("generate", "train", "evaluate", "experiment"):
-                for status in ("queued", "running"):
+            for kind in get_args(JobKind):
+                for status in _UNFINISHED:
                     jobs.add_metric([kind, status], float(counts.get((kind, status), 0)))
         except Exception as exc:  # a dependency is down: the scrape still answers, without these
             log.warning("metrics: job counts unavailable: %s", type(exc).__name__)

@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from api.asgi import HttpMiddleware
 from core.jobs.records import REDIS_ERRORS, DependencyUnavailable, is_dependency_error
 from core.storage import StorageError
 
@@ -145,16 +146,10 @@ def _internal(request: Request, exc: BaseException) -> JSONResponse:
     return problem_response(request, 500, "Internal server error", type(exc).__name__, slug="internal")
 
 
-class CatchAll:
+class CatchAll(HttpMiddleware):
     """Answers an unexpected exception with a 500 problem document and does not re-raise it."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracking_send(message: Message) -> None:

@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from diffusion_helpers import linear_alphas, tiny_unet
 from torch import nn
 
-from core.diffusion import ddim_timesteps, load_diffusion_model, sample
+from core.diffusion import DDIMSchedule, Guidance, ddim_step, ddim_timesteps, load_diffusion_model, sample
 from core.diffusion.loading import alphas_cumprod_from_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -162,15 +162,22 @@ def test_callback_called_and_can_cancel() -> None:
 
 def test_guidance_term_enters_eps_and_sees_previous_state() -> None:
     seen: list[tuple[int, bool]] = []
+    prepared: list[list[int]] = []
 
-    def shift(x_t, t, *, eps, alpha_bar_t, x_prev, step, class_labels):
-        seen.append((t, x_prev is None))
-        return torch.full_like(x_t, 0.1)
+    class Shift:
+        def prepare(self, timesteps):
+            prepared.append(list(timesteps))
+
+        def __call__(self, x_t, t, *, eps, alpha_bar_t, x_prev, step, class_labels):
+            seen.append((t, x_prev is None))
+            return torch.full_like(x_t, 0.1)
 
     x_T = torch.randn(2, 2, generator=torch.Generator().manual_seed(5))
     ts = [500, 250, 0]
     alphas = linear_alphas()
-    got = sample(PlainEps(), x_T, alphas_cumprod=alphas, timesteps=ts, guidance=shift)
+    assert isinstance(Shift(), Guidance)
+    got = sample(PlainEps(), x_T, alphas_cumprod=alphas, timesteps=ts, guidance=Shift())
+    assert prepared == [ts]
     assert seen == [(500, True), (250, False), (0, False)]
 
     class Shifted(nn.Module):
@@ -178,6 +185,30 @@ def test_guidance_term_enters_eps_and_sees_previous_state() -> None:
             return PlainEps()(x, t) + 0.1
 
     torch.testing.assert_close(got, textbook_ddim(Shifted(), x_T, alphas, ts), atol=1e-6, rtol=1e-6)
+
+
+def test_ddim_step_is_eq_12() -> None:
+    x, eps_hat = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    a_t, a_next = 0.3, 0.6
+    x0_hat = (x - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
+    expected = math.sqrt(a_next) * x0_hat + math.sqrt(1 - a_next) * eps_hat
+    assert torch.equal(ddim_step(x, eps_hat, alpha_bar_t=a_t, alpha_bar_next=a_next), expected)
+    # the last step (alpha_bar_next = 1) returns the predicted x_0, with or without eta
+    last = ddim_step(x, eps_hat, alpha_bar_t=a_t, alpha_bar_next=1.0, eta=1.0)
+    torch.testing.assert_close(last, x0_hat, atol=1e-12, rtol=0)
+    # eta > 0 adds sigma_t z, drawn from the generator
+    noisy = [ddim_step(x, eps_hat, alpha_bar_t=a_t, alpha_bar_next=a_next, eta=1.0,
+                       generator=torch.Generator().manual_seed(seed)) for seed in (0, 0, 1)]
+    assert torch.equal(noisy[0], noisy[1]) and not torch.allclose(noisy[0], noisy[2])
+    assert not torch.allclose(noisy[0], expected)
+
+
+def test_schedule_pairs_each_step_with_the_next_alpha_bar() -> None:
+    schedule = DDIMSchedule.make(linear_alphas(), [500, 250, 0])
+    alphas = linear_alphas().tolist()
+    assert len(schedule) == 3
+    assert schedule.alpha_bar_pair(0) == (alphas[500], alphas[250])
+    assert schedule.alpha_bar_pair(2) == (alphas[0], 1.0)
 
 
 def test_refuses_inference_mode_and_bad_timesteps() -> None:

@@ -76,9 +76,12 @@ def test_generate_shapes_and_determinism(diffusion: DiffusionModel, classifier: 
     assert not np.array_equal(a.images, c.images)
     # Guidance ran (2 batches x 3 steps after the first) and changed the images.
     assert len(a.guidance) == 6
+    summary = a.guidance_summary()
+    assert summary is not None and summary["guided_steps"] == 6
+    assert summary["mean_loss"] == pytest.approx(np.mean([g["loss"] for g in a.guidance]))
     vanilla = generate(diffusion, classifier, params=params(loss="none"), count=5, seed=7)
     assert not np.array_equal(a.images, vanilla.images)
-    assert vanilla.guidance == []
+    assert vanilla.guidance == [] and vanilla.guidance_summary() is None
 
 
 def test_batches_are_seeded_independently_of_batch_size(

@@ -68,6 +68,8 @@ def test_generate_writes_shards_preview_and_metrics(
     metrics = run_json(capsys, argv)
     assert metrics["count"] == 7 and sum(metrics["class_histogram"]) == 7
     assert metrics["params"]["loss"] == "hnm" and metrics["params"]["tau"] == 10.0
+    # 2 batches x the 3 steps after the first of the 4 (quad, the default schedule)
+    assert metrics["guidance"]["guided_steps"] == 6 and np.isfinite(metrics["guidance"]["mean_loss"])
     assert [Path(p).name for p in metrics["shards"]] == ["0.npz", "1.npz", "2.npz"]
     with np.load(tmp_path / "g" / "shards" / "0.npz") as shard:
         assert shard["image"].dtype == np.uint8 and shard["image"].shape == (3, 16, 16, 1)

@@ -2,9 +2,9 @@
 
 Writes ``OUT/shards/<k>.npz`` (uint8 NHWC ``image``, int64 ``label`` = pseudo-labels, float32 ``confidence``
 and ``entropy``; ``class_label`` for a conditional model), ``OUT/preview.png`` (a grid of the first 100
-images) and ``OUT/metrics.json`` (the parameters and ``core.generation.sample_metrics``). ``cdp train trades
---synthetic OUT`` reads the shards back. The metrics go to stdout (one JSON object with ``--json``); the
-progress bar and logs go to stderr.
+images) and ``OUT/metrics.json`` (the parameters, ``core.generation.sample_metrics`` and
+``GeneratedSet.guidance_summary``). ``cdp train trades --synthetic OUT`` reads the shards back. The metrics
+go to stdout (one JSON object with ``--json``); the progress bar and logs go to stderr.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from core import options
 from core.cli.common import ProgressBar, integer, number
 from core.data.images import grid_png
 from core.settings import get_settings
 
-# Paper defaults for tau (App. C): InfoNCE 0.1, HNM 10.
-DEFAULT_TAU = {"hnm": 10.0, "infonce": 0.1, "none": 1.0}
 SHARD_NAME = re.compile(r"\d+\.npz")
 
 
@@ -39,27 +38,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in OUT/shards")
     parser.add_argument("--shard-size", type=integer(1), default=1000, help="images per shard file")
     guidance = parser.add_argument_group("contrastive guidance (paper Algorithm 1)")
-    guidance.add_argument("--loss", choices=("hnm", "infonce", "none"), default="hnm",
+    # Every default is core.options' (the paper's, as the API's GenerateSpec); only lambda must be given.
+    guidance.add_argument("--loss", choices=options.GEN_LOSSES, default=options.LOSS,
                           help="none = vanilla DDIM")  # fmt: skip
     guidance.add_argument("--lam", type=number(0.0), default=None, help="guidance scale lambda (required)")
     guidance.add_argument("--tau", type=number(0.0, strict=True), default=None,
-                          help="temperature (default: 10 for hnm, 0.1 for infonce)")  # fmt: skip
-    guidance.add_argument("--tau-plus", type=number(0.0, maximum=0.999), default=0.1)
-    guidance.add_argument("--beta", type=number(0.0), default=1.0, help="HNM concentration")
-    strategies = ("previous", "real_positive", "real_negative", "class_conditional")
-    guidance.add_argument("--strategy", default="previous", choices=strategies, help="pairs (App. C.1)")
+                          help=f"temperature (default: {options.TAU['hnm']:g} for hnm, "
+                          f"{options.TAU['infonce']:g} for infonce)")  # fmt: skip
+    guidance.add_argument("--tau-plus", type=number(0.0, maximum=0.999), default=options.TAU_PLUS)
+    guidance.add_argument("--beta", type=number(0.0), default=options.BETA, help="HNM concentration")
+    guidance.add_argument("--strategy", default=options.STRATEGY, choices=options.STRATEGIES,
+                          help="pairs (App. C.1)")  # fmt: skip
     guidance.add_argument("--embedding-head", action="store_true", help="train the online projection head")
+    guidance.add_argument("--head-scope", choices=options.HEAD_SCOPES, default=options.HEAD_SCOPE,
+                          help="with --embedding-head: one head per run or a fresh head per batch")
     guidance.add_argument("--window", type=int, nargs=2, metavar=("LO", "HI"), default=None,
                           help="guide only for LO <= t <= HI (default: all steps but the first)")  # fmt: skip
-    guidance.add_argument("--feature-on", choices=("x_t", "x0_hat"), default="x_t")
+    guidance.add_argument("--feature-on", choices=options.FEATURE_ON, default=options.FEATURE_ON_DEFAULT)
     guidance.add_argument("--real-dataset", default=None,
                           help="dataset whose train split feeds real_positive / real_negative")  # fmt: skip
     guidance.add_argument("--data-root", type=Path, default=None, help="data root (default: CDP_DATA_ROOT)")
     sampler = parser.add_argument_group("DDIM")
-    sampler.add_argument("--steps", type=integer(1), default=50)
-    sampler.add_argument("--schedule", choices=("uniform", "quad"), default="uniform")
-    sampler.add_argument("--eta", type=number(0.0), default=0.0)
-    sampler.add_argument("--batch-size", type=integer(1), default=100)
+    sampler.add_argument("--steps", type=integer(1), default=options.STEPS)
+    sampler.add_argument("--schedule", choices=options.SCHEDULES, default=options.SCHEDULE)
+    sampler.add_argument("--eta", type=number(0.0), default=options.ETA)
+    sampler.add_argument("--batch-size", type=integer(1), default=options.BATCH_SIZE)
     parser.set_defaults(func=run_generate)
 
 
@@ -68,12 +71,12 @@ def _params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     if args.loss != "none" and args.lam is None:
         raise ValueError("--lam is required with --loss hnm/infonce (use --loss none for vanilla DDIM)")
-    if args.strategy in ("real_positive", "real_negative") and args.real_dataset is None:
+    if args.strategy in options.REAL_STRATEGIES and args.real_dataset is None:
         raise ValueError(f"--strategy {args.strategy} needs --real-dataset")
     return GenerationParams(
         loss=args.loss,
-        lam=args.lam if args.lam is not None else 0.0,
-        tau=args.tau if args.tau is not None else DEFAULT_TAU[args.loss],
+        lam=options.LAM[args.loss] if args.lam is None else args.lam,  # only "none" gets here without --lam
+        tau=options.TAU[args.loss] if args.tau is None else args.tau,
         tau_plus=args.tau_plus,
         beta=args.beta,
         strategy=args.strategy,
@@ -84,6 +87,7 @@ def _params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         guidance_window=tuple(args.window) if args.window is not None else None,
         batch_size=args.batch_size,
         feature_on=args.feature_on,
+        head_scope=args.head_scope,
     )
 
 
@@ -156,6 +160,7 @@ def run_generate(args: argparse.Namespace) -> int:
         "sampling_seconds": round(seconds, 2),
         "shards": files,
         "preview": str(args.out / "preview.png"),
+        "guidance": result.guidance_summary(),
         **sample_metrics(classifier, result.images, result.labels),
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

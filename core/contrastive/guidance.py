@@ -39,96 +39,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from core import options
+from core.contrastive.checks import check_guidance_args, validate_window
+from core.contrastive.features import EmbeddingHead, FeatureFn, LabelFn
 from core.contrastive.losses import hnm_loss, info_nce_loss
+from core.options import FEATURE_ON, REAL_STRATEGIES, FeatureOn, Strategy, check_choice
+from core.options import ContrastiveLoss as LossName
 
 log = logging.getLogger(__name__)
-
-LossName = Literal["hnm", "infonce"]
-Strategy = Literal["previous", "real_positive", "real_negative", "class_conditional"]
-FeatureOn = Literal["x_t", "x0_hat"]
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
-LOSSES: tuple[str, ...] = get_args(LossName)
-FEATURE_ON: tuple[str, ...] = get_args(FeatureOn)
-
-FeatureFn = Callable[[Tensor], Tensor]
-LabelFn = Callable[[Tensor], Tensor]
-
-
-def classifier_feature_fn(classifier: nn.Module) -> FeatureFn:
-    """f(x) = classifier.features((x + 1) / 2) for x in the diffusion model's [-1, 1] range.
-
-    The project's classifiers take inputs in [0, 1] (INTERFACES.md); the authors fed x in [-1, 1] straight
-    into a classifier normalising as if inputs were in [0, 1] (REFERENCE §2). Mapping to [0, 1] first is a
-    deliberate fix: the classifier then sees the range it was trained on.
-    """
-    if not hasattr(classifier, "features"):
-        raise ValueError(f"classifier {type(classifier).__name__} has no features() method")
-
-    def features(x: Tensor) -> Tensor:
-        return classifier.features((x + 1.0) / 2.0)
-
-    return features
-
-
-def classifier_label_fn(classifier: nn.Module) -> LabelFn:
-    """Pseudo-labels argmax classifier((x + 1) / 2) for x in [-1, 1] (no gradient)."""
-
-    def labels(x: Tensor) -> Tensor:
-        with torch.no_grad():
-            return classifier(((x + 1.0) / 2.0).clamp(0.0, 1.0)).argmax(dim=1)
-
-    return labels
-
-
-def validate_window(window: tuple[int, int] | None, timesteps: Sequence[int] | None = None) -> None:
-    """Check a guidance window (lo, hi), inclusive; with ``timesteps`` (largest first) also check that at
-    least one timestep after the first lies inside it."""
-    if window is None:
-        return
-    if (
-        not isinstance(window, tuple | list)
-        or len(window) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in window)
-    ):
-        raise ValueError(f"guidance window must be a pair of ints (lo, hi), got {window!r}")
-    lo, hi = window
-    if lo < 0 or hi < lo:
-        raise ValueError(f"guidance window must satisfy 0 <= lo <= hi, got {tuple(window)!r}")
-    if timesteps is not None:
-        ts = list(timesteps)
-        if not any(lo <= t <= hi for t in ts[1:]):
-            raise ValueError(
-                f"guidance window {tuple(window)!r} contains no timestep of the schedule after the first "
-                f"(schedule runs {ts[0]} .. {ts[-1]} in {len(ts)} steps)"
-            )
-
-
-class EmbeddingHead(nn.Module):
-    """g: Linear(k, hidden) - ReLU - Linear(hidden, out); the guidance L2-normalises its output."""
-
-    def __init__(
-        self, in_dim: int, *, hidden: int = 128, out_dim: int = 128, generator: torch.Generator
-    ) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden)
-        self.fc2 = nn.Linear(hidden, out_dim)
-        with torch.no_grad():  # PyTorch's default uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), from `generator`
-            for layer in (self.fc1, self.fc2):
-                bound = 1.0 / math.sqrt(layer.in_features)
-                for p in (layer.weight, layer.bias):
-                    u = torch.rand(p.shape, generator=generator, device=generator.device)
-                    p.copy_(u * 2 * bound - bound)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.fc2(F.relu(self.fc1(h)))
 
 
 @dataclass
@@ -175,14 +100,14 @@ class ContrastiveGuidance:
         self,
         feature_fn: FeatureFn,
         *,
-        loss: LossName = "hnm",
+        loss: LossName = options.CONTRASTIVE_LOSS,
         lam: float,
         tau: float,
-        tau_plus: float = 0.1,
-        beta: float = 1.0,
-        strategy: Strategy = "previous",
+        tau_plus: float = options.TAU_PLUS,
+        beta: float = options.BETA,
+        strategy: Strategy = options.STRATEGY,
         window: tuple[int, int] | None = None,
-        feature_on: FeatureOn = "x_t",
+        feature_on: FeatureOn = options.FEATURE_ON_DEFAULT,
         real: Tensor | None = None,
         real_batch: int | None = None,
         label_fn: LabelFn | None = None,
@@ -196,9 +121,8 @@ class ContrastiveGuidance:
     ) -> None:
         check_guidance_args(loss=loss, lam=lam, tau=tau, tau_plus=tau_plus, beta=beta, strategy=strategy)
         validate_window(window)
-        if feature_on not in FEATURE_ON:
-            raise ValueError(f"feature_on must be one of {FEATURE_ON}, got {feature_on!r}")
-        if strategy in ("real_positive", "real_negative") and (real is None or real.shape[0] == 0):
+        check_choice("feature_on", feature_on, FEATURE_ON)
+        if strategy in REAL_STRATEGIES and (real is None or real.shape[0] == 0):
             raise ValueError(f"strategy {strategy!r} needs real samples (real=...), got none")
         if real_batch is not None and real_batch < 1:
             raise ValueError(f"real_batch must be >= 1, got {real_batch!r}")
@@ -382,35 +306,3 @@ class ContrastiveGuidance:
                 )
             labels = self.label_fn(x0_hat)
         return self.contrastive_loss(anchor, positive, labels=labels.to(anchor.device)), anchor_raw
-
-
-def check_guidance_args(
-    *, loss: str, lam: float, tau: float, tau_plus: float, beta: float, strategy: str
-) -> None:
-    """ValueError naming the offending value for any out-of-range guidance hyperparameter."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-    if not isinstance(tau, int | float) or not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
-    if not isinstance(tau_plus, int | float) or not 0.0 <= tau_plus < 1.0:
-        raise ValueError(f"tau_plus must lie in [0, 1), got {tau_plus!r}")
-    if not isinstance(beta, int | float) or not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-
-
-def batch_contrastive_loss(
-    embeddings: Tensor, *, loss: LossName = "hnm", tau: float, tau_plus: float = 0.1, beta: float = 1.0
-) -> Tensor:
-    """How distinguishable a batch is: the loss with each sample as its own positive (u = v = e).
-
-    The positive term is then the constant exp(1/tau), so the value falls only as the samples' embeddings
-    move apart. Used to compare final batches sampled with and without guidance.
-    """
-    e = F.normalize(embeddings.flatten(1), dim=1)
-    if loss == "infonce":
-        return info_nce_loss(e, e, tau=tau)
-    return hnm_loss(e, e, tau=tau, tau_plus=tau_plus, beta=beta)

@@ -1,4 +1,5 @@
-"""Contrastive losses on L2-normalised embeddings (paper §4.2; REFERENCE §2).
+"""Contrastive losses on L2-normalised embeddings (paper §4.2; REFERENCE §2), and
+:func:`batch_contrastive_loss`, how distinguishable a batch of embeddings is.
 
 Both losses take anchors ``u`` and positives ``v`` (B x k, rows already L2-normalised; the losses do not
 normalise) and return the MEAN loss over their rows, as the authors' guidance does.
@@ -18,7 +19,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from core import options
+from core.options import ContrastiveLoss
 
 
 def _check_pair(anchor: Tensor, positive: Tensor) -> None:
@@ -160,3 +165,22 @@ def hnm_loss(
             valid = valid & (lab[:, None] != lab[None, :])
     per_row, has_neg = _hnm_rows(pos_logit, neg_logits, valid, tau=tau, tau_plus=tau_plus, beta=beta)
     return _masked_mean(per_row, has_neg)
+
+
+def batch_contrastive_loss(
+    embeddings: Tensor,
+    *,
+    loss: ContrastiveLoss = options.CONTRASTIVE_LOSS,
+    tau: float,
+    tau_plus: float = options.TAU_PLUS,
+    beta: float = options.BETA,
+) -> Tensor:
+    """How distinguishable a batch is: the loss with each sample as its own positive (u = v = e).
+
+    The positive term is then the constant exp(1/tau), so the value falls only as the samples' embeddings
+    move apart. Used to compare final batches sampled with and without guidance.
+    """
+    e = F.normalize(embeddings.flatten(1), dim=1)
+    if loss == "infonce":
+        return info_nce_loss(e, e, tau=tau)
+    return hnm_loss(e, e, tau=tau, tau_plus=tau_plus, beta=beta)

@@ -1,7 +1,7 @@
 """Pseudo-labels for unconditional samples (paper §2.1) and the data-selection criteria of App. D.3.
 
-All functions take images as float N x C x H x W in [0, 1] (the classifier's range, INTERFACES.md) and a
-classifier in eval mode exposing ``features(x)`` (penultimate features) and ``forward(x)`` (logits).
+All functions take images as float N x C x H x W in [0, 1] (the classifier's range, :mod:`core.data.images`)
+and a classifier in eval mode exposing ``features(x)`` (penultimate features) and ``forward(x)`` (logits).
 Per-sample gradients are computed as the gradient of a summed loss, which is exact for a model in eval mode
 (samples do not interact).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -18,11 +18,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.data.images import to_unit
+from core.options import CRITERIA, check_choice
+from core.options import SelectionCriterion as Criterion
 
-Criterion = Literal[
-    "separability", "separability_margin", "separability_literal", "grad_norm", "robust_grad_norm", "entropy"
-]
-CRITERIA: tuple[str, ...] = get_args(Criterion)
+
+class ScoreOptions(TypedDict, total=False):
+    """The settings of :func:`selection_scores` besides the criterion (its keyword arguments, with their
+    defaults there), passed on by :func:`select_top_k`."""
+
+    batch_size: int
+    eps: float
+    step_size: float
+    attack_steps: int
+    trades_beta: float
+    generator: torch.Generator | None
 
 
 @dataclass
@@ -170,8 +179,7 @@ def selection_scores(
     """
     images_float01, labels = as_float01(images_float01), _as_labels(labels)
     _check_images(images_float01)
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    check_choice("criterion", criterion, CRITERIA)
     if labels.shape != (images_float01.shape[0],):
         raise ValueError(f"labels must have shape ({images_float01.shape[0]},), got {tuple(labels.shape)}")
     if criterion == "entropy" or criterion.startswith("separability"):
@@ -224,29 +232,22 @@ def select_top_k(
     *,
     k: int,
     criterion: Criterion,
-    batch_size: int = 256,
-    eps: float = 8 / 255,
-    step_size: float = 2 / 255,
-    attack_steps: int = 10,
-    trades_beta: float = 6.0,
-    generator: torch.Generator | None = None,
     device: str | torch.device | None = None,
+    **score_options: Unpack[ScoreOptions],
 ) -> Tensor:
     """Indices (ascending, CPU int64) of the best ``k`` samples of every class under ``criterion`` (App. D.3).
 
     Images may be float N x C x H x W in [0, 1] or uint8 N x H x W x C arrays; labels a tensor or array.
     Classes with fewer than ``k`` samples keep all of them. Ties are broken by index (stable sort).
-    ``device``, if given, is where the classifier runs (it is moved there).
+    ``device``, if given, is where the classifier runs (it is moved there); ``score_options`` go to
+    :func:`selection_scores`.
     """
     if device is not None:
         classifier = classifier.to(device)
     labels = _as_labels(labels)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    scores = selection_scores(
-        classifier, images_float01, labels, criterion=criterion, batch_size=batch_size, eps=eps,
-        step_size=step_size, attack_steps=attack_steps, trades_beta=trades_beta, generator=generator,
-    )
+    scores = selection_scores(classifier, images_float01, labels, criterion=criterion, **score_options)
     if not torch.isfinite(scores).all():
         raise ValueError(f"criterion {criterion!r} produced non-finite scores")
     keep = []

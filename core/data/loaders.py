@@ -25,13 +25,11 @@ from core.data.dataset import (
     check_images_labels,
     seeded_split,
 )
+from core.options import DATASET_NAMES, PACKAGED_DATASETS  # noqa: F401 (core.data re-exports both)
 
 logger = logging.getLogger(__name__)
 
 Split = Literal["train", "val", "test", "oracle"]
-DATASET_NAMES: tuple[str, ...] = ("digits", "mnist5k", "mnist5k16", "cifar10", "gtsrb")
-# Datasets that ship inside an installed package: they need no data root and no download.
-PACKAGED_DATASETS: tuple[str, ...] = ("digits", "mnist5k", "mnist5k16")
 
 # digits: test 20 %, validation 10 % of the rest, train the remainder; a fixed seed.
 DIGITS_SPLIT_SEED = 0

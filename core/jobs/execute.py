@@ -348,12 +348,7 @@ def _generate_shard_arrays(ctx: WorkerContext, job: JobRecord, spec: GenerateSpe
         from core.data import load_dataset
 
         real_images = load_dataset(spec.dataset, "train", root=ctx.data_root).images
-    params = GenerationParams(
-        loss=spec.loss, lam=float(spec.lam or 0.0), tau=float(spec.tau or 1.0), tau_plus=spec.tau_plus,
-        beta=spec.beta, strategy=spec.strategy, embedding_head=spec.embedding_head, steps=spec.steps,
-        schedule=spec.schedule, eta=spec.eta, guidance_window=spec.guidance_window,
-        batch_size=spec.batch_size, feature_on=spec.feature_on, head_scope=spec.head_scope,
-    )
+    params = GenerationParams.from_spec(spec)
     done_before = ctx.repo.shards_done(job.id)
     progress = _JobProgress(ctx, job.id, part=lambda stage, f: (
         done_before + (0.95 * f if stage == "sampling" else 0.95 + 0.05 * f)) / n_shards)

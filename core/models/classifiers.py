@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Arch = Literal["small_cnn", "wrn"]
+from core.options import ARCHS, Arch
+
 Activation = Literal["silu", "relu"]
 _ACTIVATIONS = {"silu": F.silu, "relu": F.relu}
-ARCHS: tuple[str, ...] = ("small_cnn", "wrn")
 
 
 class _Normalize(nn.Module):

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from core.options import UNET_PRESETS, UnetPreset
+
 logger = logging.getLogger(__name__)
 
-UnetPreset = Literal["tiny", "ddpm_cifar10"]
-UNET_PRESETS: tuple[str, ...] = ("tiny", "ddpm_cifar10")
 # DDPM's schedule (Ho et al. 2020), used by the paper's CIFAR-10 model: linear betas 1e-4 .. 0.02 over T.
 BETA_START = 1e-4
 BETA_END = 0.02

@@ -1,0 +1,240 @@
+"""Specs of training (diffusion, classifier, TRADES), evaluation and experiment jobs.
+
+TRADES defaults to beta = 6, eps = 8/255, 10 PGD steps of 2/255 (Zhang et al. 2019; paper App. D.2).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.options import Arch, AttackName, DatasetName, Mixing, TrainKind, UnetPreset
+from core.specs.common import PRIORITY_DOC, JobPriority, JobRef, ModelRef, short, within_server_limit
+
+ArchOption = Literal["width", "feature_dim", "depth", "widen_factor"]
+
+# Which arch_options each classifier architecture takes (core.models.build_classifier).
+ARCH_OPTIONS: dict[str, frozenset[str]] = {"small_cnn": frozenset({"width", "feature_dim"}),
+                                           "wrn": frozenset({"depth", "widen_factor"})}
+
+
+def _check_arch_options(arch: str, arch_options: dict[str, int]) -> None:
+    """What the worker would refuse when it builds the model, refused at submission instead."""
+    unknown = sorted(set(arch_options) - ARCH_OPTIONS[arch])
+    if unknown:
+        raise ValueError(f"arch_options {unknown} do not apply to arch={arch!r} (it takes "
+                         f"{sorted(ARCH_OPTIONS[arch])})")
+    depth = arch_options.get("depth")
+    if arch == "wrn" and depth is not None and (depth < 10 or (depth - 4) % 6 != 0):
+        raise ValueError(f"arch_options.depth={depth}: a WRN depth is 6n + 4 with n >= 1 (10, 16, 22, ...)")
+    if arch == "wrn" and arch_options.get("widen_factor", 1) > 32:
+        raise ValueError(f"arch_options.widen_factor={arch_options['widen_factor']} exceeds 32")
+
+
+class TrainSpec(BaseModel):
+    """Training of a diffusion model, a classifier (feature extractor / pseudo-labeler), or TRADES."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        validate_default=True,  # a default above a server limit is refused too
+        json_schema_extra={
+            "examples": [
+                {"kind": "classifier", "dataset": "digits", "epochs": 5},
+                {"kind": "trades", "dataset": "digits", "epochs": 3,
+                 "synthetic": ["job:0190a1b2c3d4e5f6a7b8c9d0"], "synthetic_fraction": 0.7},
+            ]
+        },
+    )
+
+    kind: TrainKind
+    dataset: DatasetName
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float | None = Field(default=None, gt=0, le=10, description="learning rate; default: the trainer's")
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    arch: Arch = Field(default="small_cnn", description="classifier / trades")
+    arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=dict, description="small_cnn: width, feature_dim; wrn: depth, widen_factor")
+    unet: UnetPreset = Field(default="tiny", description="diffusion: UNet preset")
+    class_conditional: bool = Field(default=False, description="diffusion: a class-conditional UNet (class "
+                                    "embeddings); its generation jobs draw labels balanced over the job")
+    # TRADES (Zhang et al. 2019) and the real/synthetic mixing of paper eq. (3).
+    synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
+                                    description="finished generation jobs mixed into TRADES training")
+    synthetic_fraction: float = Field(default=0.7, ge=0, lt=1,
+                                      description="share of each batch drawn from the synthetic set")
+    beta: float = Field(default=6.0, ge=0, le=100, description="TRADES KL weight")
+    eps: float = Field(default=8 / 255, ge=0, le=1, description="L_inf radius")
+    step_size: float = Field(default=2 / 255, gt=0, le=1)
+    attack_steps: int = Field(default=10, ge=1, le=100)
+    eval_attack_steps: int = Field(default=20, ge=1, le=200)
+    eval_samples: int | None = Field(default=1000, ge=1, description="test images for the final clean / "
+                                     "robust evaluation (classifier, trades); null = the whole test split")
+    mixing: Mixing = Field(
+        default="batch", description="trades: synthetic share of each batch ('batch'), or the paper's eq.-3 "
+        "weighted sum of a real and a synthetic loss ('loss')")
+    real_subset: int | None = Field(
+        default=None, ge=10, le=1_000_000, description="trades: train on a stratified subset of this many "
+        "real training images (the same subset for every seed), keeping the rest out")
+    final_eval: bool = Field(default=True, description="classifier / trades: evaluate on the test split at "
+                             "the end (experiments turn it off and run evaluation jobs instead)")
+    oracle: bool = Field(default=False, description="trades on mnist5k: also train on the oracle pool (real "
+                         "images held out of the train split): the ceiling of what more real data gives")
+    steps_per_epoch: int | None = Field(
+        default=None, ge=1, le=100_000, description="trades: optimizer steps per epoch; default "
+        "ceil(real images / batch_size). Fix it so arms with different real sets train for the same steps")
+    eps_warmup: float = Field(default=0.0, ge=0, le=1, description="trades: fraction of all steps over "
+                              "which eps and the attack step ramp linearly up from 0 (0: full eps at once)")
+
+    devices: int = Field(default=1, ge=1, description="data-parallel processes on one worker host "
+                         "(torch.distributed: one GPU each, or gloo on the CPU); at most CDP_MAX_DEVICES")
+
+    priority: JobPriority = Field(default="normal", description=PRIORITY_DOC)
+
+    _limits = field_validator("epochs", "batch_size", "eval_samples", "devices")(within_server_limit)
+
+    @model_validator(mode="after")
+    def _synthetic_only_for_trades(self) -> TrainSpec:
+        if self.synthetic and self.kind != "trades":
+            raise ValueError(f"synthetic data is only used by kind='trades', not kind={self.kind!r}")
+        if self.class_conditional and self.kind != "diffusion":
+            raise ValueError(f"class_conditional: only kind='diffusion' is conditioned, not "
+                             f"kind={self.kind!r}")
+        if self.oracle and (self.kind != "trades" or not self.dataset.startswith("mnist5k")):
+            raise ValueError("oracle: only TRADES on mnist5k / mnist5k16 has an oracle pool")
+        _check_arch_options(self.arch, self.arch_options)
+        if self.devices > self.batch_size:
+            raise ValueError(f"devices={self.devices}: each process needs a share of the batch "
+                             f"(batch_size={self.batch_size})")
+        return self
+
+
+class EvaluationSettings(BaseModel):
+    """How a model is attacked: shared by evaluation jobs and the evaluation step of experiments."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+    split: Literal["test", "val"] = "test"
+    eps: float = Field(default=8 / 255, ge=0, le=1, description="L_inf radius")
+    attacks: list[AttackName] = Field(default_factory=lambda: ["pgd_ce", "pgd_cw"], min_length=1,
+                                      max_length=3, description="pgd_ce, pgd_cw (PGD with the CE loss / "
+                                      "the CW margin), autoattack (pyautoattack)")
+    steps: int = Field(default=20, ge=1, le=1000, description="PGD steps")
+    restarts: int = Field(default=1, ge=1, le=20, description="PGD random restarts")
+    step_size: float | None = Field(default=None, gt=0, le=1, description="PGD step; default 2.5 eps / steps")
+    autoattack_version: Literal["standard", "fast"] = Field(
+        default="standard", description="standard: APGD-CE, APGD-T, FAB-T, Square (Croce & Hein 2020); "
+        "fast: APGD-CE and APGD-T only (a cheaper subset, an upper bound on standard's robust accuracy)")
+    limit: int | None = Field(default=1000, ge=1, description="the first n images of the split; null = all")
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    batch_size: int = Field(default=256, ge=1)
+
+    _limits = field_validator("batch_size", "limit")(within_server_limit)
+
+    @field_validator("attacks")
+    @classmethod
+    def _unique_attacks(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"attacks={value} lists an attack twice")
+        return value
+
+
+class EvaluateSpec(EvaluationSettings):
+    """Clean and adversarial accuracy of a finished classifier or TRADES model on a split of a dataset."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_default=True,
+        json_schema_extra={"examples": [{"model": "digits-cnn", "dataset": "digits",
+                                         "attacks": ["pgd_ce", "pgd_cw"], "limit": 500}]},
+    )
+    model: ModelRef
+    dataset: DatasetName
+    priority: JobPriority = Field(default="normal", description=PRIORITY_DOC)
+
+
+_ARM_NAME = r"^[A-Za-z0-9+][A-Za-z0-9 _.+()-]{0,63}$"
+
+
+class ExperimentArm(BaseModel):
+    """One arm: TRADES on the real data plus these synthetic sets (none: the real-only reference)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(pattern=_ARM_NAME, examples=["real only", "+ Contrastive-DP"])
+    synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
+                                    description="finished generation jobs; [] = real data only")
+    synthetic_fraction: float = Field(default=0.5, ge=0, lt=1)
+    mixing: Mixing = "batch"
+    oracle: bool = Field(default=False, description="mnist5k: also train on the oracle pool of real images")
+
+
+class ExperimentTrades(BaseModel):
+    """The TRADES settings every arm shares (see TrainSpec for their meaning)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float | None = Field(default=None, gt=0, le=10)
+    arch: Arch = "small_cnn"
+    arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=dict)
+    beta: float = Field(default=6.0, ge=0, le=100)
+    eps: float = Field(default=8 / 255, ge=0, le=1)
+    step_size: float = Field(default=2 / 255, gt=0, le=1)
+    attack_steps: int = Field(default=10, ge=1, le=100)
+    steps_per_epoch: int | None = Field(default=None, ge=1, le=100_000,
+                                        description="optimizer steps per epoch, the same for every arm")
+    eps_warmup: float = Field(default=0.0, ge=0, le=1, description="fraction of steps with a ramped eps")
+
+    _limits = field_validator("epochs", "batch_size")(within_server_limit)
+
+    @model_validator(mode="after")
+    def _arch_options(self) -> ExperimentTrades:
+        _check_arch_options(self.arch, self.arch_options)
+        return self
+
+
+class ExperimentSpec(BaseModel):
+    """Arms x seeds: one TRADES job and one evaluation job per (arm, seed), then statistics over seeds."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_default=True,
+        json_schema_extra={"examples": [{
+            "dataset": "digits", "seeds": [0, 1],
+            "arms": [{"name": "real only"},
+                     {"name": "+ Contrastive-DP", "synthetic": ["job:0190a1b2c3d4e5f6a7b8c9d0"],
+                      "synthetic_fraction": 0.5}],
+            "trades": {"epochs": 5}, "evaluation": {"attacks": ["pgd_ce", "pgd_cw"], "limit": 500}}]},
+    )
+    dataset: DatasetName
+    arms: list[ExperimentArm] = Field(min_length=1, max_length=8)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(min_length=1, max_length=10)
+    trades: ExperimentTrades
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    real_subset: int | None = Field(default=None, ge=10, le=1_000_000,
+                                    description="train every arm on one stratified subset of n real images")
+    reference: str | None = Field(default=None, max_length=64, description="the arm the others are "
+                                  "compared to; default: the first")
+    priority: JobPriority = Field(default="normal", description=PRIORITY_DOC + "; its child jobs inherit it")
+
+    @model_validator(mode="after")
+    def _names(self) -> ExperimentSpec:
+        names = [arm.name for arm in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arms: names must be unique, got {names}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: each seed once, got {self.seeds}")
+        if self.reference is None:
+            self.reference = names[0]
+        elif self.reference not in names:
+            raise ValueError(f"reference={short(self.reference)} is not one of the arms {names}")
+        return self
+
+    def child_train_spec(self, arm: ExperimentArm, seed: int) -> TrainSpec:
+        return TrainSpec(kind="trades", dataset=self.dataset, seed=seed, synthetic=list(arm.synthetic),
+                         synthetic_fraction=arm.synthetic_fraction, mixing=arm.mixing, oracle=arm.oracle,
+                         real_subset=self.real_subset, final_eval=False, **self.trades.model_dump())
+
+    def child_evaluate_spec(self, model_job_id: str, seed: int) -> EvaluateSpec:
+        settings = self.evaluation.model_dump()
+        return EvaluateSpec(model=f"job:{model_job_id}", dataset=self.dataset, **settings)

@@ -1,0 +1,84 @@
+"""core.options: torch-free, the one source of the defaults the CLI, the API spec and the science share."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from core import options
+from core.cli.generate import _params, register
+from core.generation import GenerationParams
+from core.specs import GenerateSpec
+
+REQUIRED = {"dataset": "digits", "model": "m", "classifier": "c", "count": 1}
+# field of GenerationParams / GenerateSpec -> its default in core.options
+SHARED = {
+    "loss": options.LOSS, "tau_plus": options.TAU_PLUS, "beta": options.BETA, "strategy": options.STRATEGY,
+    "embedding_head": False, "steps": options.STEPS, "schedule": options.SCHEDULE, "eta": options.ETA,
+    "guidance_window": None, "batch_size": options.BATCH_SIZE, "feature_on": options.FEATURE_ON_DEFAULT,
+    "head_scope": options.HEAD_SCOPE,
+}
+
+
+def test_options_import_no_torch() -> None:
+    code = "import sys, core.options; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_paper_values() -> None:
+    assert (options.TAU["hnm"], options.LAM["hnm"], options.TAU_PLUS, options.BETA) == (10.0, 1e5, 0.1, 1.0)
+    assert (options.TAU["infonce"], options.LAM["infonce"]) == (0.1, 2e4)
+    assert (options.STEPS, options.SCHEDULE, options.ETA) == (200, "quad", 0.0)
+
+
+def cli_args(*extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["generate", "--diffusion", "d", "--classifier", "c", "--count", "1", "--out",
+                              "o", *extra])
+
+
+def test_generation_params_defaults_are_the_options() -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(GenerationParams)
+                if f.default is not dataclasses.MISSING}
+    assert defaults == SHARED
+
+
+def test_cli_defaults_are_the_options() -> None:
+    assert {name: getattr(_params(cli_args("--lam", "5")), name) for name in SHARED} == SHARED
+
+
+@pytest.mark.parametrize("loss", options.GEN_LOSSES)
+def test_cli_and_spec_resolve_to_the_same_params(loss: str) -> None:
+    lam = ["--lam", "5"] if loss != "none" else []
+    from_cli = _params(cli_args("--loss", loss, *lam))
+    spec = GenerateSpec.model_validate({**REQUIRED, "loss": loss, **({"lam": 5.0} if lam else {})})
+    assert from_cli == GenerationParams.from_spec(spec)
+    assert from_cli.tau == options.TAU[loss]
+    assert {name: getattr(from_cli, name) for name in SHARED} == SHARED | {"loss": loss}
+
+
+def test_spec_fills_the_paper_lambda() -> None:
+    for loss in options.GEN_LOSSES:
+        spec = GenerateSpec.model_validate({**REQUIRED, "loss": loss})
+        assert (spec.lam, spec.tau) == (options.LAM[loss], options.TAU[loss])
+
+
+def test_choices_come_from_options() -> None:
+    assert GenerateSpec.model_json_schema()["properties"]["strategy"]["enum"] == list(options.STRATEGIES)
+    actions = {a.dest: a for a in _generate_actions()}
+    assert tuple(actions["strategy"].choices) == options.STRATEGIES
+    assert tuple(actions["schedule"].choices) == options.SCHEDULES
+    assert tuple(actions["loss"].choices) == options.GEN_LOSSES
+
+
+def _generate_actions() -> list[argparse.Action]:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    register(sub)
+    return list(sub.choices["generate"]._actions)
