@@ -148,10 +148,18 @@ def test_resume_refuses_a_checkpoint_made_with_other_settings(
         _toy_run(tmp_path, seed=0, **change).resume()
 
 
-def test_resume_refuses_a_checkpoint_without_a_part_the_run_has(tmp_path: Path) -> None:
-    run = _toy_run(tmp_path, seed=0, ema=False)
+@pytest.mark.parametrize(
+    ("without", "message"),
+    [({"ema": False}, "no ema state"), ({"extra": {}}, "no first_loss state"),
+     ({"best": None}, "no best state")],
+    ids=["ema", "extra", "best"],
+)  # fmt: skip
+def test_resume_refuses_a_checkpoint_without_a_part_the_run_has(
+    tmp_path: Path, without: dict[str, Any], message: str
+) -> None:
+    run = _toy_run(tmp_path, seed=0, **without)  # writes a checkpoint that lacks the part
     run.end_epoch({"epoch": 1}, epochs=EPOCHS, progress=None)
-    with pytest.raises(ValueError, match="no ema state"):
+    with pytest.raises(ValueError, match=message):
         _toy_run(tmp_path, seed=0).resume()
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ class TrainingRun:
     kind: str
     out: Path
     config: dict[str, Any]
-    resume_fields: Iterable[str]
+    resume_fields: Sequence[str]
     model: nn.Module
     optimizer: torch.optim.Optimizer
     generators: dict[str, torch.Generator]
@@ -119,9 +119,12 @@ class TrainingRun:
         for name, value in self.must_match.items():
             if state.get(name) != value:
                 raise ValueError(f"{path} was made with {name}={state.get(name)!r}, not {value!r}")
+        missing = [key for key in self._parts() if state.get(key) is None]
+        kept = [*self.extra, *(["best"] if self.best is not None else [])]
+        missing += [name for name in kept if name not in state]
+        if missing:
+            raise ValueError(f"{path} has no {' or '.join(missing)} state")
         for key, part in self._parts().items():
-            if state.get(key) is None:
-                raise ValueError(f"{path} has no {key} state")
             part.load_state_dict(state[key])
         set_rng_state(state["rng"], self.generators)
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
