@@ -1,7 +1,7 @@
 """TRADES' options and the plan of a run (core.training.trades trains with them): :class:`TradesConfig`, the
 learning-rate and eps schedules, the optimiser with weight decay on weights only, the He initialisation, and
 the real / synthetic indices of every step of an epoch (the two ways of mixing are described in
-:mod:`core.training.trades`). Everything here is a pure function of the config, the set sizes and a generator.
+:mod:`core.training.trades`). Nothing here trains: the loss and the loop are in :mod:`core.training.trades`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from core.models.classifiers import ARCHS, Arch
 
 @dataclass(frozen=True)
 class TradesConfig:
-    """Options of :func:`train_trades` (defaults: the official TRADES attack and Gowal et al.'s optimiser).
+    """Options of :func:`core.training.trades.train_trades` (defaults: the official TRADES attack and Gowal
+    et al.'s optimiser).
 
     ``eps``, ``step_size``: L-inf radius and PGD step in [0, 1] pixel units; ``steps``: PGD steps of the
     training attack; ``start``: "normal" (x + 0.001 N(0, I), official) or "uniform" (in the ball).
