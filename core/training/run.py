@@ -13,7 +13,7 @@ key                     value
 ``model``               the (unwrapped) model's state dict
 ``optimizer``           the optimiser's state dict
 ``scheduler``, ``ema``  their state dicts, present only when the trainer has one
-``rng``                 the trainer's named generators and the global RNGs (:func:`rng_state`)
+``rng``                 named generators and global RNGs (:func:`core.training.common.rng_state`)
 ``history``             one record per finished epoch
 ``best``                the trainer's best epoch so far, present only when it keeps one
 ``elapsed_s``           training seconds summed over resumed runs

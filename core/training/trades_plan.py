@@ -1,7 +1,7 @@
-"""TRADES' options and the plan of a run (core.training.trades trains with them): :class:`TradesConfig`, the
-learning-rate and eps schedules, the optimiser with weight decay on weights only, the He initialisation, and
-the real / synthetic indices of every step of an epoch (the two ways of mixing are described in
-:mod:`core.training.trades`). Nothing here trains: the loss and the loop are in :mod:`core.training.trades`.
+"""TRADES' options and the plan of a run: :class:`TradesConfig`, the learning-rate and eps schedules, the
+optimiser with weight decay on weights only, the He initialisation, and the real / synthetic indices of every
+step of an epoch. Nothing here trains: the loss, its inner attack and the loop are in
+:mod:`core.training.trades`, whose docstring also describes the two ways of mixing real and synthetic data.
 """
 
 from __future__ import annotations
