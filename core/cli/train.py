@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.cli.common import add_nproc_argument, integer, number, run_on_ranks
-from core.cli.train_trades import add_trades_arguments, run_trades
+from core.cli.train_trades import add_trades_arguments, arch_options, run_trades
 from core.models import ARCHS, UNET_PRESETS
 from core.settings import get_settings
 
 if TYPE_CHECKING:
     import torch
+
+# The model options of each --arch that `cdp train classifier` takes.
+CLASSIFIER_ARCH_OPTIONS = {"small_cnn": ("width", "feature_dim"), "wrn": ("depth", "widen_factor")}
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,13 +141,9 @@ def run_diffusion(args: argparse.Namespace) -> int:
 def _classifier_config(args: argparse.Namespace) -> Any:
     from core.training.classifier import ClassifierTrainConfig
 
-    names = {"small_cnn": ("width", "feature_dim"), "wrn": ("depth", "widen_factor")}[args.arch]
-    for other in ("width", "feature_dim", "depth", "widen_factor"):
-        if other not in names and getattr(args, other) is not None:
-            raise ValueError(f"--{other.replace('_', '-')} does not apply to --arch {args.arch}")
     return ClassifierTrainConfig(
         arch=args.arch,
-        arch_options=_options(args, names),
+        arch_options=arch_options(args, CLASSIFIER_ARCH_OPTIONS),
         epochs=args.epochs,
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,

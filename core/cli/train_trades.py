@@ -23,6 +23,8 @@ from core.cli.common import (
 from core.models import ARCHS
 
 DEFAULT_EPS = "8/255"
+# The model options of each --arch that `cdp train trades` takes.
+ARCH_OPTIONS = {"small_cnn": ("width",), "wrn": ("depth", "widen_factor")}
 
 
 def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,12 +72,12 @@ def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
     evaluation.add_argument("--eval-max", type=integer(1), default=1024, help="validation images used")
 
 
-def _arch_options(args: argparse.Namespace) -> dict[str, int]:
-    names = {"small_cnn": ("width",), "wrn": ("depth", "widen_factor")}[args.arch]
-    for other in ("width", "depth", "widen_factor"):
-        if other not in names and getattr(args, other) is not None:
+def arch_options(args: argparse.Namespace, names: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """The options of ``--arch`` (``names[arch]``) that were given; ValueError for another arch's option."""
+    for other in (name for group in names.values() for name in group):
+        if other not in names[args.arch] and getattr(args, other) is not None:
             raise ValueError(f"--{other.replace('_', '-')} does not apply to --arch {args.arch}")
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in names[args.arch] if getattr(args, name) is not None}
 
 
 def _trades_config(args: argparse.Namespace) -> Any:
@@ -88,7 +90,7 @@ def _trades_config(args: argparse.Namespace) -> Any:
         steps=args.attack_steps, start=args.start, ema_decay=args.ema_decay,
         label_smoothing=args.label_smoothing,
         mixing=args.mixing, synthetic_fraction=args.synthetic_fraction, eta=args.eta, arch=args.arch,
-        arch_options=_arch_options(args), eval_steps=args.eval_steps, eval_max=args.eval_max,
+        arch_options=arch_options(args, ARCH_OPTIONS), eval_steps=args.eval_steps, eval_max=args.eval_max,
     )
 
 

@@ -21,7 +21,6 @@ state dict is refused rather than converted into a model that computes something
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.models.classifiers import Activation, ImageClassifier, build_classifier
-from core.models.io import save_classifier
+from core.models.io import load_weights_only, save_classifier
 
 _BLOCK_KEY = re.compile(r"^block([123])\.layer\.(\d+)\.(bn1|conv1|bn2|conv2|convShortcut)\.(.+)$")
 
@@ -99,10 +98,7 @@ def read_state_dict(path: Path | str) -> Mapping[str, Any]:
         raise ValueError(f"{source}: no such file")
     if source.suffix == ".safetensors":
         return load_file(str(source))
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise ValueError(f"{source}: not loadable with torch.load(weights_only=True) ({exc})") from exc
+    state = load_weights_only(source, what="weights")
     if not isinstance(state, Mapping):
         raise ValueError(f"{source}: expected a state dict, got {type(state).__name__}")
     return state

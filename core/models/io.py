@@ -1,11 +1,13 @@
 """Classifier checkpoints: a directory with ``model.safetensors`` (weights and buffers) and ``config.json``
 (what ``build_classifier`` needs, plus free-form metadata). No pickle anywhere, so loading a checkpoint runs
-no code."""
+no code. :func:`load_weights_only` reads torch files (training checkpoints, weights to convert) with torch's
+weights-only loader, which runs no code either."""
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,15 @@ def read_classifier_config(path: Path | str) -> dict[str, Any]:
     ):
         raise ValueError(f"classifier checkpoint {file}: not a {FORMAT} config")
     return document
+
+
+def load_weights_only(path: Path, *, map_location: str | torch.device = "cpu", what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, no code runs. A file that
+    loader cannot read raises ValueError naming ``what`` and the file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"{what} {path}: unreadable by torch.load(weights_only=True) ({exc})") from exc
 
 
 def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> ImageClassifier:

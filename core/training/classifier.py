@@ -7,7 +7,6 @@ The model with the best validation accuracy is saved as a classifier checkpoint 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,18 +23,7 @@ from core.data.images import to_unit
 from core.models.classifiers import ARCHS, Arch, build_classifier
 from core.models.io import save_classifier
 from core.progress import ProgressFn
-from core.training.common import (
-    CHECKPOINT_NAME,
-    batch_order,
-    check_resumable,
-    load_checkpoint,
-    report,
-    resolve_device,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
+from core.training.common import batch_order, report, resolve_device, seed_everything
 from core.training.distributed import (
     all_reduce_sum,
     is_main,
@@ -45,10 +33,10 @@ from core.training.distributed import (
     unwrap,
     wrap_model,
 )
+from core.training.run import TrainingRun
 
 logger = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.json"
 # Fields a checkpoint must share with the config to be resumed (epochs too under the cosine schedule).
 _RESUME_FIELDS = ("arch", "arch_options", "batch_size", "lr", "optimizer", "schedule", "normalize")
 
@@ -198,24 +186,16 @@ def train_classifier(
 
     images = torch.from_numpy(train.images).to(dev)
     labels = torch.from_numpy(train.labels).to(dev)
-    history: list[dict[str, float]] = []
-    best: dict[str, float] = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf")}
-    start_epoch, step, elapsed = 0, 0, 0.0
-    checkpoint_path = out / CHECKPOINT_NAME
-    if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, map_location=dev)
-        check_resumable(state, kind="classifier", config=asdict(config), path=checkpoint_path,
-                        fields=_RESUME_FIELDS + (("epochs",) if config.schedule == "cosine" else ()))
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], {"train": generator})
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        history, best, elapsed = list(state["history"]), dict(state["best"]), float(state["elapsed_s"])
-        logger.info("resuming classifier training from %s at epoch %d", checkpoint_path, start_epoch)
+    run = TrainingRun(
+        "classifier", out=out, config=asdict(config), model=net, optimizer=optimizer, scheduler=scheduler,
+        generators={"train": generator}, best={"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf")},
+        resume_fields=_RESUME_FIELDS + (("epochs",) if config.schedule == "cosine" else ()),
+    )
+    run.resume(map_location=dev)
+    step = run.step
 
     metadata_base = {"dataset": info.to_dict(), "seed": seed, "train_config": asdict(config)}
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(run.epoch, config.epochs):
         began = time.perf_counter()
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -245,7 +225,7 @@ def train_classifier(
                    message=f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")  # fmt: skip
         loss_sum, correct_sum, seen_sum = all_reduce_sum([loss_sum, float(correct), float(seen)])
         correct, seen = int(correct_sum), int(seen_sum)
-        elapsed += time.perf_counter() - began
+        run.step, run.elapsed = step, run.elapsed + time.perf_counter() - began
         val_metrics = evaluate_accuracy(net, val, batch_size=config.eval_batch_size, device=dev)
         record = {
             "epoch": epoch + 1,
@@ -255,45 +235,28 @@ def train_classifier(
             "val_accuracy": val_metrics["accuracy"],
             "lr": optimizer.param_groups[0]["lr"],
         }
-        history.append(record)
         # best = highest validation accuracy; ties (common on small validation sets) go to the lower loss
+        best = run.best
         if (record["val_accuracy"], -record["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
-            best = {
+            run.best = {
                 "epoch": epoch + 1,
                 "val_accuracy": record["val_accuracy"],
                 "val_loss": record["val_loss"],
             }
             if is_main():
                 save_classifier(net, out, config={**metadata_base, "epoch": epoch + 1, "val": val_metrics})
-        if is_main():
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "kind": "classifier",
-                    "config": asdict(config),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state({"train": generator}),
-                    "history": history,
-                    "best": best,
-                    "elapsed_s": elapsed,
-                },
-            )
-        logger.info("classifier epoch %d/%d: %s", epoch + 1, config.epochs, record)
-        report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
+        run.end_epoch(record, epochs=config.epochs, progress=progress)
 
+    history, best = run.history, run.best
     metrics: dict[str, Any] = {
         "kind": "classifier",
         "dataset": info.name,
         "seed": seed,
         "arch": config.arch,
         "epochs": config.epochs,
-        "steps": step,
+        "steps": run.step,
         "parameters": sum(p.numel() for p in net.parameters()),
-        "train_seconds": round(elapsed, 2),
+        "train_seconds": round(run.elapsed, 2),
         "best_epoch": int(best["epoch"]),
         "best_val_accuracy": best["val_accuracy"],
         "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
@@ -302,6 +265,5 @@ def train_classifier(
         "config": asdict(config),
         "model_dir": str(out),
     }
-    if is_main():
-        (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
+    run.write_metrics(metrics)
     return metrics

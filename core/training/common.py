@@ -1,13 +1,12 @@
-"""Shared training utilities: seeding, device choice, an exponential moving average of weights, and
-checkpoints
-that hold everything a bit-identical resume needs (model, optimizer, EMA, RNG states, epoch)."""
+"""Shared training utilities: seeding, device choice, an exponential moving average of weights, RNG state
+capture, atomic checkpoint files, shuffled batches and the progress call. :mod:`core.training.run` puts
+them together into the checkpoint a bit-identical resume needs (model, optimizer, EMA, RNG states, epoch)."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import os
-import pickle
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.models.io import load_weights_only
 from core.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
@@ -28,8 +28,7 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed Python's, numpy's and torch's global RNGs; return a CPU ``torch.Generator`` seeded with ``seed``.
 
     Trainers draw every random number they use from explicit generators (the returned one and its
-    descendants);
-    the global seeding only tames library code that uses the global state.
+    descendants); the global seeding only tames library code that uses the global state.
     """
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
@@ -146,10 +145,7 @@ def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu
     source = Path(path)
     if not source.is_file():
         raise ValueError(f"checkpoint {source} missing")
-    try:
-        state = torch.load(source, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise ValueError(f"checkpoint {source}: unreadable ({exc})") from exc
+    state = load_weights_only(source, map_location=map_location, what="checkpoint")
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {source}: expected a dict, got {type(state).__name__}")
     return state

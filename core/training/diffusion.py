@@ -7,7 +7,6 @@ The EMA weights are what gets saved as the diffusers pipeline (the usual choice 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -23,19 +22,7 @@ from core.data import ImageDataset
 from core.data.images import to_signed
 from core.models.unet import UNET_PRESETS, UnetPreset, build_unet, make_scheduler, save_diffusion
 from core.progress import ProgressFn
-from core.training.common import (
-    CHECKPOINT_NAME,
-    EMA,
-    batch_order,
-    check_resumable,
-    load_checkpoint,
-    report,
-    resolve_device,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
+from core.training.common import EMA, batch_order, report, resolve_device, seed_everything
 from core.training.distributed import (
     all_reduce_sum,
     is_main,
@@ -44,10 +31,10 @@ from core.training.distributed import (
     rank_device,
     wrap_model,
 )
+from core.training.run import TrainingRun
 
 logger = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.json"
 # Fields that fix the network or the objective: a checkpoint made with other values cannot be resumed.
 _RESUME_FIELDS = ("preset", "class_conditional", "num_train_timesteps", "batch_size", "lr", "weight_decay")
 
@@ -186,25 +173,17 @@ def train_diffusion(
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
 
-    history: list[dict[str, float]] = []
-    start_epoch, step, elapsed = 0, 0, 0.0
     initial_eval_loss = _eval_loss(unet, eval_x0, eval_labels, alphas_cumprod=alphas_cumprod, seed=seed)
-    checkpoint_path = out / CHECKPOINT_NAME
-    if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, map_location=dev)
-        check_resumable(state, kind="diffusion", config=asdict(config), fields=_RESUME_FIELDS,
-                        path=checkpoint_path)
-        unet.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        set_rng_state(state["rng"], {"train": generator})
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        history, elapsed = list(state["history"]), float(state["elapsed_s"])
-        initial_eval_loss = float(state["initial_eval_loss"])
-        logger.info("resuming diffusion training from %s at epoch %d", checkpoint_path, start_epoch)
+    run = TrainingRun(
+        "diffusion", out=out, config=asdict(config), resume_fields=_RESUME_FIELDS, model=unet,
+        optimizer=optimizer, ema=ema, generators={"train": generator},
+        extra={"initial_eval_loss": initial_eval_loss},
+    )
+    run.resume(map_location=dev)
+    initial_eval_loss, step, elapsed = float(run.extra["initial_eval_loss"]), run.step, run.elapsed
 
     stopped_early = False
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(run.epoch, config.epochs):
         # every rank must take the same decision (any rank past the limit stops them all)
         if config.time_limit_s is not None and all_reduce_sum([float(elapsed >= config.time_limit_s)])[0]:
             stopped_early = True
@@ -249,31 +228,13 @@ def train_diffusion(
             ),
         }
         elapsed += time.perf_counter() - began  # training steps and the per-epoch evaluation
-        history.append(record)
-        if not is_main():  # rank 0 alone writes
-            continue
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "kind": "diffusion",
-                "config": asdict(config),
-                "epoch": epoch + 1,
-                "step": step,
-                "model": unet.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict(),
-                "rng": rng_state({"train": generator}),
-                "history": history,
-                "elapsed_s": elapsed,
-                "initial_eval_loss": initial_eval_loss,
-            },
-        )
-        logger.info("diffusion epoch %d/%d: %s", epoch + 1, config.epochs, record)
-        report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
+        run.step, run.elapsed = step, elapsed
+        run.end_epoch(record, epochs=config.epochs, progress=progress)  # rank 0 alone writes
 
     if not is_main():
         return {"kind": "diffusion", "rank_of_a_distributed_run": True}
     save_diffusion(ema.module, out, num_train_timesteps=config.num_train_timesteps)
+    history = run.history
     metrics: dict[str, Any] = {
         "kind": "diffusion",
         "dataset": info.name,
@@ -291,5 +252,5 @@ def train_diffusion(
         "config": asdict(config),
         "pipeline_dir": str(out),
     }
-    (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
+    run.write_metrics(metrics)
     return metrics

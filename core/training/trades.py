@@ -19,15 +19,16 @@ Recipe (Gowal et al. 2021, used by the paper): SGD with Nesterov momentum 0.9, w
 but not on biases and normalisation parameters, a cosine or one-cycle learning-rate schedule, an EMA of the
 weights (0.995, BatchNorm statistics copied) that is what gets evaluated and saved, optional label smoothing,
 and the best epoch chosen by PGD accuracy on a held-out validation set (robust overfitting is real).
+
+The options, schedules and batch plans live in :mod:`core.training.trades_plan` (re-exported here); this
+module holds the loss, its inner attack and the training loop.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,22 +39,9 @@ from torch import Tensor, nn
 
 from core.data import ImageDataset
 from core.data.images import to_unit
-from core.models import ARCHS, build_classifier, save_classifier
-from core.models.classifiers import Arch
+from core.models import build_classifier, save_classifier
 from core.progress import ProgressFn
-from core.training.attacks import eval_mode, pgd_attack, project_linf, uniform_start
-from core.training.common import (
-    CHECKPOINT_NAME,
-    EMA,
-    check_resumable,
-    load_checkpoint,
-    report,
-    resolve_device,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
+from core.training.common import EMA, report, resolve_device, seed_everything
 from core.training.distributed import (
     all_reduce_sum,
     is_main,
@@ -63,104 +51,37 @@ from core.training.distributed import (
     world_size,
     wrap_model,
 )
+from core.training.pgd import eval_mode, project_linf, uniform_start
+from core.training.robustness import pgd_robust_accuracy
+from core.training.run import TrainingRun
+from core.training.trades_plan import (
+    TradesConfig,
+    epoch_plan,
+    eps_scale,
+    kaiming_init,
+    learning_rate,
+    make_optimizer,
+    steps_per_epoch,
+)
+
+__all__ = [
+    "TradesConfig",
+    "eps_scale",
+    "epoch_plan",
+    "kaiming_init",
+    "learning_rate",
+    "make_optimizer",
+    "steps_per_epoch",
+    "trades_adversary",
+    "trades_loss",
+    "train_trades",
+]
 
 logger = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.json"
 FINAL_DIR = "final"
 # Everything but the bookkeeping must match for a checkpoint to be resumed (the schedule depends on epochs).
 _NOT_RESUME_FIELDS = ("eval_batch_size",)
-
-
-@dataclass(frozen=True)
-class TradesConfig:
-    """Options of :func:`train_trades` (defaults: the official TRADES attack and Gowal et al.'s optimiser).
-
-    ``eps``, ``step_size``: L-inf radius and PGD step in [0, 1] pixel units; ``steps``: PGD steps of the
-    training attack; ``start``: "normal" (x + 0.001 N(0, I), official) or "uniform" (in the ball).
-    ``schedule``: "cosine" (from ``lr`` to 0 over all steps), "onecycle" (linear warm-up from lr/25 over
-    ``warmup_fraction`` of the steps, then cosine to 0) or "constant". ``ema_decay`` 0 disables the EMA;
-    ``ema_warmup`` ramps the decay as min(decay, (1+n)/(10+n)) so short runs are not dominated by the
-    initialisation. ``init="kaiming"`` re-draws conv and linear weights from He et al.'s normal (fan-in, ReLU
-    gain) with zero biases; PyTorch's default init leaves the SiLU SmallCNN on a loss plateau for hundreds of
-    SGD steps (measured on digits), ``"default"`` keeps the architecture's own. ``eval_steps``/``eval_max``:
-    PGD-CE steps and at most this many validation images for the per-epoch robust accuracy (step size
-    2.5 eps / eval_steps), measured on the evaluated model (the EMA when enabled).
-    """
-
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
-    warmup_fraction: float = 0.3
-    beta: float = 6.0
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
-    steps: int = 10
-    start: Literal["normal", "uniform"] = "normal"
-    ema_decay: float = 0.995
-    ema_warmup: bool = True
-    label_smoothing: float = 0.0
-    mixing: Literal["batch", "loss"] = "batch"
-    synthetic_fraction: float = 0.7
-    eta: float = 0.3
-    arch: Arch = "small_cnn"
-    arch_options: dict[str, int] = field(default_factory=dict)
-    init: Literal["kaiming", "default"] = "kaiming"
-    eval_steps: int = 10
-    eval_max: int = 1024
-    eval_batch_size: int = 256
-    steps_per_epoch: int | None = None  # None: ceil(n_real / batch_size); set it to fix the step budget
-    eps_warmup: float = 0.0  # fraction of all steps over which eps and the attack step ramp up from 0
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown classifier arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
-        for name in ("epochs", "batch_size", "eval_max", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("steps", "eval_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("lr", "step_size"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("eps", "beta", "weight_decay", "momentum"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if self.steps_per_epoch is not None and (isinstance(self.steps_per_epoch, bool)
-                                                 or not isinstance(self.steps_per_epoch, int)
-                                                 or self.steps_per_epoch < 1):
-            raise ValueError(f"steps_per_epoch must be a positive int or None, got {self.steps_per_epoch!r}")
-        if not (math.isfinite(self.eps_warmup) and 0.0 <= self.eps_warmup <= 1.0):
-            raise ValueError(f"eps_warmup must be a fraction in [0, 1], got {self.eps_warmup!r}")
-        if self.eps > 1:
-            raise ValueError(f"eps is in [0, 1] pixel units (8/255 = {8 / 255:.4f}), got {self.eps!r}")
-        if self.schedule not in ("cosine", "onecycle", "constant"):
-            raise ValueError(f"schedule must be 'cosine', 'onecycle' or 'constant', got {self.schedule!r}")
-        if self.start not in ("normal", "uniform"):
-            raise ValueError(f"start must be 'normal' or 'uniform', got {self.start!r}")
-        if self.mixing not in ("batch", "loss"):
-            raise ValueError(f"mixing must be 'batch' or 'loss', got {self.mixing!r}")
-        if not 0.0 <= self.synthetic_fraction < 1.0:
-            raise ValueError(f"synthetic_fraction must be in [0, 1), got {self.synthetic_fraction!r}")
-        if not 0.0 < self.eta <= 1.0:
-            raise ValueError(f"eta (weight of the real data in eq. 3) must be in (0, 1], got {self.eta!r}")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if self.init not in ("kaiming", "default"):
-            raise ValueError(f"init must be 'kaiming' or 'default', got {self.init!r}")
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("nesterov needs momentum > 0")
 
 
 # --------------------------------------------------------------------------------------------------- the loss
@@ -237,119 +158,6 @@ def trades_loss(
     return loss, parts
 
 
-# ------------------------------------------------------------------------------------------------ schedules
-
-
-def learning_rate(step: int, total_steps: int, *, config: TradesConfig) -> float:
-    """The learning rate at optimiser step ``step`` (0-based) of ``total_steps``."""
-    if config.schedule == "constant":
-        return config.lr
-    warmup = int(config.warmup_fraction * total_steps) if config.schedule == "onecycle" else 0
-    if step < warmup:
-        return config.lr * (1 / 25 + (1 - 1 / 25) * step / warmup)
-    progress = (step - warmup) / max(total_steps - warmup, 1)
-    return 0.5 * config.lr * (1.0 + math.cos(math.pi * progress))
-
-
-def kaiming_init(model: nn.Module) -> None:
-    """He-normal (fan-in, ReLU gain) weights and zero biases for every conv and linear layer, in place."""
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-
-def make_optimizer(model: nn.Module, config: TradesConfig) -> torch.optim.SGD:
-    """SGD (Nesterov) with weight decay on weight matrices and kernels only, not on biases or norm scales."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
-
-
-# ------------------------------------------------------------------------------------------------ batching
-
-
-def steps_per_epoch(n_real: int, config: TradesConfig) -> int:
-    """ceil(n_real / B), with or without synthetic data, unless ``config.steps_per_epoch`` fixes it (so
-    arms with more or fewer real images train for the same number of steps)."""
-    if config.steps_per_epoch is not None:
-        return config.steps_per_epoch
-    return math.ceil(n_real / config.batch_size)
-
-
-def eps_scale(step: int, total_steps: int, config: TradesConfig) -> float:
-    """The share of eps (and of the attack step) at ``step``: a linear ramp from 1 / (warm-up steps) to 1
-    over the first ``eps_warmup`` of all steps, then 1 (1 throughout when ``eps_warmup`` is 0)."""
-    warm = config.eps_warmup * total_steps
-    return 1.0 if warm <= 0 else min(1.0, (step + 1) / warm)
-
-
-def epoch_plan(
-    n_real: int, n_synthetic: int, *, config: TradesConfig, generator: torch.Generator
-) -> list[tuple[Tensor, Tensor | None]]:
-    """(real indices, synthetic indices or None) for every step of one epoch, drawn from ``generator``."""
-    steps = steps_per_epoch(n_real, config)
-    batch = config.batch_size
-    if n_synthetic == 0 and config.steps_per_epoch is None:
-        order = torch.randperm(n_real, generator=generator)
-        return [(order[i * batch : (i + 1) * batch], None) for i in range(steps)]
-    if n_synthetic == 0:  # a fixed step budget: consecutive permutations, cut into full batches
-        need = steps * batch
-        orders = [torch.randperm(n_real, generator=generator) for _ in range(math.ceil(need / n_real))]
-        real = torch.cat(orders)[:need].view(steps, batch)
-        return [(real[i], None) for i in range(steps)]
-    if config.mixing == "batch":
-        n_syn = math.floor(config.synthetic_fraction * batch)
-        n_real_batch = batch - n_syn
-    else:
-        n_syn, n_real_batch = batch, batch
-    need = steps * n_real_batch
-    orders = [torch.randperm(n_real, generator=generator) for _ in range(math.ceil(need / n_real))]
-    real = torch.cat(orders)[:need].view(steps, n_real_batch)
-    synthetic = torch.randint(0, n_synthetic, (steps, n_syn), generator=generator)
-    return [(real[i], synthetic[i] if n_syn > 0 else None) for i in range(steps)]
-
-
-# --------------------------------------------------------------------------------------------- evaluation
-
-
-def robust_accuracy(
-    model: nn.Module,
-    dataset: ImageDataset,
-    *,
-    eps: float,
-    steps: int,
-    limit: int,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-) -> dict[str, float]:
-    """Clean and PGD-CE accuracy (step 2.5 eps / steps, uniform start) on the first ``limit`` images."""
-    n = min(len(dataset), limit)
-    images = torch.from_numpy(dataset.images[:n])
-    labels = torch.from_numpy(dataset.labels[:n])
-    generator = torch.Generator().manual_seed(seed)
-    clean = robust = 0
-    with eval_mode(model):
-        for start in range(0, n, batch_size):
-            x = to_unit(images[start : start + batch_size], device)
-            y = labels[start : start + batch_size].to(device)
-            with torch.no_grad():
-                clean += int((model(x).argmax(1) == y).sum())
-            if eps > 0 and steps > 0:
-                x = pgd_attack(
-                    model, x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps, generator=generator
-                )
-            with torch.no_grad():
-                robust += int((model(x).argmax(1) == y).sum())
-    return {"clean_acc": clean / n, "pgd_acc": robust / n}
-
-
 # ---------------------------------------------------------------------------------------------- the trainer
 
 
@@ -363,16 +171,6 @@ def _check_compatible(train: ImageDataset, other: ImageDataset, what: str) -> No
     if len(other) and (other.labels.min() < 0 or other.labels.max() >= a.num_classes):
         raise ValueError(f"{what} labels must lie in [0, {a.num_classes}), got [{other.labels.min()}, "
                          f"{other.labels.max()}]")  # fmt: skip
-
-
-def _check_resumable(state: dict[str, Any], config: TradesConfig, synthetic_count: int, path: Path) -> None:
-    current = asdict(config)
-    check_resumable(state, kind="trades", config=current, path=path,
-                    fields=[name for name in current if name not in _NOT_RESUME_FIELDS])
-    if int(state.get("synthetic_count", -1)) != synthetic_count:
-        raise ValueError(
-            f"{path} was made with {state.get('synthetic_count')} synthetic images, not {synthetic_count}"
-        )
 
 
 def train_trades(
@@ -431,27 +229,21 @@ def train_trades(
         # for the rows of each batch, never as a whole
         syn_images, syn_labels = synthetic.images, torch.from_numpy(synthetic.labels)
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "val_pgd_acc": -1.0, "val_clean_acc": -1.0}
-    start_epoch, step, elapsed = 0, 0, 0.0
-    checkpoint_path = out / CHECKPOINT_NAME
-    generators = {"data": data_generator, "attack": attack_generator}
-    if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, map_location=dev)
-        _check_resumable(state, config, n_synthetic, checkpoint_path)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        set_rng_state(state["rng"], generators)
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        history, best, elapsed = list(state["history"]), dict(state["best"]), float(state["elapsed_s"])
-        logger.info("resuming TRADES training from %s at epoch %d", checkpoint_path, start_epoch)
+    current = asdict(config)
+    run = TrainingRun(
+        "trades", out=out, config=current, label="TRADES", model=net, optimizer=optimizer, ema=ema,
+        generators={"data": data_generator, "attack": attack_generator},
+        resume_fields=[name for name in current if name not in _NOT_RESUME_FIELDS],
+        best={"epoch": 0, "val_pgd_acc": -1.0, "val_clean_acc": -1.0},
+        must_match={"synthetic_count": n_synthetic},
+    )
+    run.resume(map_location=dev)
+    step, elapsed = run.step, run.elapsed
 
     metadata = {"dataset": info.to_dict(), "seed": seed, "trades_config": asdict(config),
                 "synthetic_count": n_synthetic}  # fmt: skip
     evaluated = ema.module if ema is not None else net
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(run.epoch, config.epochs):
         began = time.perf_counter()
         sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "accuracy": 0.0}
         plan = epoch_plan(len(train), n_synthetic, config=config, generator=data_generator)
@@ -506,7 +298,7 @@ def train_trades(
         elapsed += time.perf_counter() - began
         if not is_main():  # rank 0 alone evaluates and writes; the others go on to the next epoch
             continue
-        val_metrics = robust_accuracy(
+        val_metrics = pgd_robust_accuracy(
             evaluated, val, eps=config.eps, steps=config.eval_steps, limit=config.eval_max,
             batch_size=config.eval_batch_size, seed=seed, device=dev,
         )
@@ -520,34 +312,17 @@ def train_trades(
             "val_clean_acc": val_metrics["clean_acc"],
             "val_pgd_acc": val_metrics["pgd_acc"],
         }
-        history.append(record)
-        if record["val_pgd_acc"] > best["val_pgd_acc"]:
-            best = {"epoch": epoch + 1, "val_pgd_acc": record["val_pgd_acc"],
-                    "val_clean_acc": record["val_clean_acc"]}  # fmt: skip
+        if record["val_pgd_acc"] > run.best["val_pgd_acc"]:
+            run.best = {"epoch": epoch + 1, "val_pgd_acc": record["val_pgd_acc"],
+                        "val_clean_acc": record["val_clean_acc"]}  # fmt: skip
             save_classifier(evaluated, out, config={**metadata, "epoch": epoch + 1, "val": val_metrics})
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "kind": "trades",
-                "config": asdict(config),
-                "synthetic_count": n_synthetic,
-                "epoch": epoch + 1,
-                "step": step,
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "rng": rng_state(generators),
-                "history": history,
-                "best": best,
-                "elapsed_s": elapsed,
-            },
-        )
-        logger.info("TRADES epoch %d/%d: %s", epoch + 1, config.epochs, record)
-        report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
+        run.step, run.elapsed = step, elapsed
+        run.end_epoch(record, epochs=config.epochs, progress=progress)
 
     if not is_main():
         return {"kind": "trades", "rank_of_a_distributed_run": True}
     save_classifier(evaluated, out / FINAL_DIR, config={**metadata, "epoch": config.epochs})
+    history, best = run.history, run.best
     final = history[-1] if history else {}
     metrics: dict[str, Any] = {
         "kind": "trades",
@@ -571,5 +346,5 @@ def train_trades(
         "model_dir": str(out),
         "final_model_dir": str(out / FINAL_DIR),
     }
-    (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
+    run.write_metrics(metrics)
     return metrics

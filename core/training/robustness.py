@@ -1,0 +1,239 @@
+"""Robustness evaluation on images in [0, 1] at L-inf radius eps: clean accuracy, PGD-CE, PGD-CW, optionally
+AutoAttack standard (optional extra ``pyautoattack``), and the worst case over all of them per sample
+(:func:`evaluate_robustness`, :func:`per_sample_robustness`); :func:`pgd_robust_accuracy` is the cheaper
+per-epoch measure of the TRADES trainer. Sanity checks come from :mod:`core.training.masking_checks`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from core.data import ImageDataset
+from core.data.images import to_unit
+from core.progress import ProgressFn
+from core.training.masking_checks import check_gradient_masking
+from core.training.pgd import batches, correct_mask, eval_mode, pgd_attack, validate_attack
+
+
+class _HasTensors(Protocol):
+    def to_tensors(self, device: torch.device | str) -> tuple[Tensor, Tensor]: ...
+
+
+def run_autoattack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    version: str = "standard",
+) -> Tensor:
+    """AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein 2020), L-inf, via ``pyautoattack``.
+    ``version="fast"`` runs APGD-CE and APGD-T only: cheaper, and an upper bound on standard's robust
+    accuracy.
+
+    Returns the adversarial images (robust points keep their clean image). Raises ImportError with the install
+    command when the optional extra is missing.
+    """
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as exc:
+        raise ImportError(
+            "AutoAttack needs the optional package 'pyautoattack': pip install 'contrastive-dp[autoattack]'"
+        ) from exc
+    with eval_mode(model):
+        if version == "fast":
+            adversary = AutoAttack(model, norm="Linf", eps=float(eps), version="custom", device=device,
+                                   seed=seed, attacks=["apgd-ce", "apgd-t"])
+        elif version == "standard":
+            adversary = AutoAttack(model, norm="Linf", eps=float(eps), version="standard", device=device,
+                                   seed=seed)
+        else:
+            raise ValueError(f"version must be 'standard' or 'fast', got {version!r}")
+        # AutoAttack moves each batch to ``device`` itself; the full set stays where it is.
+        x_adv, _ = adversary.run_standard_evaluation(x.detach(), y.detach(), batch_size=batch_size)
+    return x_adv.detach()
+
+
+def evaluate_robustness(
+    model: nn.Module,
+    images: Tensor | _HasTensors,
+    labels: Tensor | None = None,
+    *,
+    eps: float,
+    steps: int = 20,
+    step_size: float | None = None,
+    restarts: int = 1,
+    autoattack: bool = False,
+    sanity_checks: bool = True,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Clean accuracy, PGD-CE and PGD-CW robust accuracy (and AutoAttack standard if asked) at L-inf ``eps``.
+
+    ``images`` is either an ImageDataset (core.data; anything with ``to_tensors(device)``) or a float tensor
+    N x C x H x W in [0, 1] with ``labels``. ``step_size`` defaults to 2.5 * eps / steps (Madry et al.).
+    ``robust_acc`` is the per-sample worst case over clean, PGD-CE, PGD-CW (and AutoAttack): a sample counts
+    only if every attack failed on it. Sanity checks (:func:`check_gradient_masking`) run on the first batch;
+    their messages are returned under ``warnings``. Deterministic given ``seed``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    if labels is None:
+        if not hasattr(images, "to_tensors"):
+            raise ValueError("labels are required when images is a tensor")
+        x_all, y_all = images.to_tensors("cpu")  # type: ignore[union-attr]
+    else:
+        if not isinstance(images, Tensor):
+            raise ValueError(f"images must be a tensor when labels are given, got {type(images).__name__}")
+        x_all, y_all = images.detach().cpu(), labels.detach().cpu()
+    n = int(x_all.shape[0])
+    if n == 0:
+        raise ValueError("cannot evaluate robustness on an empty set")
+    if float(x_all.min()) < 0 or float(x_all.max()) > 1:
+        raise ValueError(
+            f"images must lie in [0, 1], got range [{float(x_all.min()):.3g}, {float(x_all.max()):.3g}]"
+        )
+    step_size = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+    validate_attack(
+        eps=eps, step_size=step_size if eps > 0 else 1.0, steps=steps, restarts=restarts, loss="ce"
+    )
+    model = model.to(device)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    messages: list[str] = []
+    if sanity_checks:
+        head = slice(0, min(n, batch_size))
+        messages = check_gradient_masking(
+            model, x_all[head].to(device), y_all[head].to(device), eps=eps, steps=steps,
+            step_size=step_size, generator=torch.Generator(device="cpu").manual_seed(seed + 1),
+        )
+    correct: dict[str, list[Tensor]] = {"clean": [], "pgd_ce": [], "pgd_cw": []}
+    n_batches = math.ceil(n / batch_size)
+    for i, part in enumerate(batches(n, batch_size)):
+        x, y = x_all[part].to(device), y_all[part].to(device)
+        correct["clean"].append(correct_mask(model, x, y).cpu())
+        for kind in ("ce", "cw"):
+            if eps > 0:
+                x_adv = pgd_attack(
+                    model, x, y, eps=eps, step_size=step_size, steps=steps, loss=kind,  # type: ignore[arg-type]
+                    restarts=restarts, generator=generator,
+                )
+            else:
+                x_adv = x
+            correct[f"pgd_{kind}"].append(correct_mask(model, x_adv, y).cpu())
+        if progress is not None:
+            progress(stage="evaluate", current=i + 1, total=n_batches, message="PGD-CE/CW")
+    masks = {name: torch.cat(parts) for name, parts in correct.items()}
+    if autoattack:
+        x_adv = run_autoattack(model, x_all, y_all, eps=eps, batch_size=batch_size, device=device, seed=seed)
+        masks["autoattack"] = correct_mask(model, x_adv.to(device), y_all.to(device)).cpu()
+    worst = torch.stack(list(masks.values())).all(dim=0)
+    result: dict[str, Any] = {
+        "count": n,
+        "eps": float(eps),
+        "steps": int(steps),
+        "step_size": float(step_size),
+        "restarts": int(restarts),
+        "clean_acc": masks["clean"].float().mean().item(),
+        "pgd_ce_acc": masks["pgd_ce"].float().mean().item(),
+        "pgd_cw_acc": masks["pgd_cw"].float().mean().item(),
+        "robust_acc": worst.float().mean().item(),
+        "warnings": messages,
+    }
+    if autoattack:
+        result["autoattack_acc"] = masks["autoattack"].float().mean().item()
+    return result
+
+
+def per_sample_robustness(
+    model: nn.Module,
+    x_all: Tensor,
+    y_all: Tensor,
+    *,
+    eps: float,
+    attacks: tuple[str, ...] = ("pgd_ce", "pgd_cw"),
+    steps: int = 20,
+    step_size: float | None = None,
+    restarts: int = 1,
+    autoattack_version: str = "standard",
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """Per-sample correctness (bool, on the CPU) under no attack (``clean``) and each of ``attacks``
+    (``pgd_ce``, ``pgd_cw``, ``autoattack``) plus ``worst``: correct under every one of them. Images are float
+    N x C x H x W in [0, 1]. Deterministic given ``seed``."""
+    unknown = set(attacks) - {"pgd_ce", "pgd_cw", "autoattack"}
+    if unknown:
+        raise ValueError(f"unknown attacks {sorted(unknown)}; choose from pgd_ce, pgd_cw, autoattack")
+    step_size = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+    validate_attack(eps=eps, step_size=step_size if eps > 0 else 1.0, steps=steps, restarts=restarts,
+                     loss="ce")
+    model = model.to(device)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    pgd = [a for a in attacks if a != "autoattack"]
+    masks: dict[str, list[Tensor]] = {name: [] for name in ("clean", *pgd)}
+    for part in batches(int(x_all.shape[0]), batch_size):
+        x, y = x_all[part].to(device), y_all[part].to(device)
+        masks["clean"].append(correct_mask(model, x, y).cpu())
+        for name in attacks:
+            if name == "autoattack":
+                continue
+            x_adv = x if eps == 0 else pgd_attack(model, x, y, eps=eps, step_size=step_size, steps=steps,
+                                                  loss=name.removeprefix("pgd_"),  # type: ignore[arg-type]
+                                                  restarts=restarts, generator=generator)
+            masks[name].append(correct_mask(model, x_adv, y).cpu())
+    out = {name: torch.cat(parts) for name, parts in masks.items()}
+    if "autoattack" in attacks:
+        x_adv = x_all if eps == 0 else run_autoattack(model, x_all, y_all, eps=eps, batch_size=batch_size,
+                                                      device=device, seed=seed, version=autoattack_version)
+        out["autoattack"] = correct_mask(model, x_adv.to(device), y_all.to(device)).cpu()
+    out["worst"] = torch.stack(list(out.values())).all(dim=0)
+    return out
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 512) -> float:
+    """Plain accuracy on float images in [0, 1], in eval mode."""
+    hits = [int(correct_mask(model, x[part], y[part]).sum()) for part in batches(x.shape[0], batch_size)]
+    return sum(hits) / max(int(x.shape[0]), 1)
+
+
+def pgd_robust_accuracy(
+    model: nn.Module,
+    dataset: ImageDataset,
+    *,
+    eps: float,
+    steps: int,
+    limit: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Clean and PGD-CE accuracy (step 2.5 eps / steps, uniform start) on the first ``limit`` images of
+    ``dataset`` (uint8), one restart, no sanity checks: the per-epoch validation measure of TRADES."""
+    n = min(len(dataset), limit)
+    images = torch.from_numpy(dataset.images[:n])
+    labels = torch.from_numpy(dataset.labels[:n])
+    generator = torch.Generator().manual_seed(seed)
+    clean = robust = 0
+    with eval_mode(model):
+        for start in range(0, n, batch_size):
+            x = to_unit(images[start : start + batch_size], device)
+            y = labels[start : start + batch_size].to(device)
+            with torch.no_grad():
+                clean += int((model(x).argmax(1) == y).sum())
+            if eps > 0 and steps > 0:
+                x = pgd_attack(
+                    model, x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps, generator=generator
+                )
+            with torch.no_grad():
+                robust += int((model(x).argmax(1) == y).sum())
+    return {"clean_acc": clean / n, "pgd_acc": robust / n}
