@@ -1,10 +1,10 @@
-"""Thin Celery tasks: each deserialises ids, calls one function of :mod:`core.jobs.execute` (or the
+"""Thin Celery tasks: each deserialises ids, calls one unit's function of :mod:`core.jobs` (or the
 reconciler), and returns a short string. They pass ids, never tensors; the functions they call are
 idempotent (at-least-once delivery) and run each unit under a lease.
 
 A dependency failing before a unit could take its lease (Redis unreachable, the store failing) retries the
 same message with backoff (``self.retry``: the same task id, so the unit's pending mark stays true); once a
-unit holds its lease, :func:`core.jobs.execute._run_unit` handles every failure itself.
+unit holds its lease, :func:`core.jobs.context.run_unit` handles every failure itself.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from celery import Celery
 
 from core import logs
 from core.jobs import task_names
-from core.jobs.execute import WorkerContext, run_finalize, run_generate_shard, run_train
+from core.jobs.context import WorkerContext
+from core.jobs.generate import run_finalize, run_generate_shard, shard_size_of
 from core.jobs.queue import Enqueuer
 from core.jobs.reconcile import reconcile
 from core.jobs.records import JobRepository, is_dependency_error, redis_client
+from core.jobs.training import run_train
 from core.settings import Settings
 from core.storage import store_from_settings
 from worker import metrics
@@ -91,8 +93,6 @@ def _observed(task: Any, job_id: str, unit: str, run: Callable[[], str]) -> str:
 
 
 def _count_images(ctx: WorkerContext, job: Any, shard: int, elapsed: float) -> None:
-    from core.jobs.execute import shard_size_of
-
     spec = job.generate_spec()
     guided = spec.loss != "none"
     images = shard_size_of(job, spec, shard, ctx.shard_size)
