@@ -35,8 +35,8 @@ from core.jobs.artifacts import download_prefix
 from core.jobs.leases import DeadlineExceeded, Lease, LeaseLost
 from core.jobs.queue import Enqueuer
 from core.jobs.records import JobNotFound, JobRepository, is_dependency_error
-from core.progress import Cancelled
-from core.specs import JobRecord, JobStatus, Progress, job_id_of
+from core.progress import Cancelled, ProgressEvent, Stage
+from core.specs import JobKind, JobRecord, JobStatus, Progress, job_id_of
 from core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -222,17 +222,43 @@ class _UnitContext(threading.local):
 _UNIT = _UnitContext()  # the unit this thread runs: its progress callbacks check lease and deadline
 
 
-class JobProgress:
-    """The core ProgressFn of one unit of work: checks the cancel flag and mirrors progress to Redis."""
+# The share of one unit's progress that each stage fills, per kind of job, as (start, width): a stage at
+# fraction f of itself puts the unit at start + width * f. A stage a kind does not list fills its default.
+UNIT_SPANS: dict[JobKind, tuple[dict[Stage, tuple[float, float]], tuple[float, float]]] = {
+    "generate": ({Stage.SAMPLING: (0.0, 0.95)}, (0.95, 0.05)),  # then labelling
+    # training steps (and the epoch ends between them) fill 0..90 %, the final evaluation the rest
+    "train": ({Stage.TRAIN: (0.0, 0.9), Stage.CHECKPOINT: (0.0, 0.9), Stage.EPOCH: (0.0, 0.9)}, (0.9, 0.1)),
+    "evaluate": ({}, (0.0, 0.98)),  # the last 2 % are the results table and the metrics
+}
 
-    def __init__(self, ctx: WorkerContext, job_id: str, *, part: Callable[[str, float], float],
+
+def unit_fraction(kind: JobKind, event: ProgressEvent) -> float:
+    """How far one unit of a ``kind`` job is, in [0, 1], after ``event``."""
+    spans, default = UNIT_SPANS[kind]
+    start, width = spans.get(event.stage, default)
+    return start + width * event.fraction
+
+
+class JobProgress:
+    """The core ProgressFn of one unit of work: checks lease, time limit and cancel flag, and mirrors the
+    job's progress to Redis (at most every ``min_interval_s``, and at the end of each stage). The job's
+    fraction is ``offset + scale * unit_fraction(kind, event)``: a generation shard is one of the job's
+    shards. ``on_checkpoint`` runs on each CHECKPOINT event (a training unit uploads the checkpoint); those
+    events are not mirrored, the EPOCH event after each one is."""
+
+    def __init__(self, ctx: WorkerContext, job_id: str, kind: JobKind, *, offset: float = 0.0,
+                 scale: float = 1.0, on_checkpoint: Callable[[], object] | None = None,
                  min_interval_s: float = 0.25) -> None:
-        self.ctx, self.job_id, self.part = ctx, job_id, part
+        self.ctx, self.job_id, self.kind = ctx, job_id, kind
+        self.offset, self.scale, self.on_checkpoint = offset, scale, on_checkpoint
         self.min_interval_s = min_interval_s
         self._last = 0.0
 
-    def __call__(self, *, stage: str, current: int, total: int, message: str = "",
-                 metrics: dict[str, Any] | None = None) -> None:
+    def __call__(self, event: ProgressEvent, /) -> None:
+        if event.stage == Stage.CHECKPOINT:
+            if self.on_checkpoint is not None:
+                self.on_checkpoint()
+            return
         if _UNIT.lease is not None:
             _UNIT.lease.check()
         if _UNIT.deadline is not None and time.monotonic() > _UNIT.deadline:
@@ -241,11 +267,10 @@ class JobProgress:
         if self.ctx.repo.cancel_requested(self.job_id):
             raise Cancelled(f"job {self.job_id} was canceled")
         now = time.monotonic()
-        if now - self._last < self.min_interval_s and current < total:
+        if now - self._last < self.min_interval_s and event.current < event.total:
             return
         self._last = now
-        local = current / total if total > 0 else 0.0
-        fraction = min(1.0, max(0.0, self.part(stage, local)))
-        self.ctx.repo.set_progress(self.job_id, Progress(fraction=fraction,
-                                                         current=current, total=total, stage=stage,
-                                                         message=message))
+        fraction = min(1.0, max(0.0, self.offset + self.scale * unit_fraction(self.kind, event)))
+        self.ctx.repo.set_progress(self.job_id, Progress(fraction=fraction, current=event.current,
+                                                         total=event.total, stage=event.stage,
+                                                         message=event.message))

@@ -25,6 +25,7 @@ from core.jobs import keys
 from core.jobs.artifacts import jsonable, npz_bytes, write_manifest
 from core.jobs.context import JobProgress, WorkerContext, run_unit, unit_seed
 from core.jobs.leases import Lease
+from core.progress import Stage, report
 from core.specs import EvaluateSpec, JobRecord
 from core.storage import ObjectNotFound
 
@@ -67,7 +68,7 @@ def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lea
         x_all, y_all = x_all[: spec.limit], y_all[: spec.limit]
     n = int(y_all.shape[0])
     n_chunks = math.ceil(n / CHUNK)
-    progress = JobProgress(ctx, job_id, part=lambda stage, f: 0.98 * f)
+    progress = JobProgress(ctx, job_id, "evaluate")
     step_size = spec.step_size if spec.step_size is not None else 2.5 * spec.eps / spec.steps
 
     sanity_key = f"{keys.job_prefix(job_id)}chunks/sanity.json"
@@ -97,7 +98,7 @@ def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lea
             lease.check()
             ctx.store.put_bytes(key, npz_bytes(**{c: masks[c].numpy() for c in columns},
                                                 elapsed_s=np.asarray(elapsed)))
-        progress(stage="evaluate", current=k + 1, total=n_chunks, message=f"chunk {k + 1} of {n_chunks}")
+        report(progress, Stage.EVALUATE, k + 1, n_chunks, message=f"chunk {k + 1} of {n_chunks}")
 
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
     for k in range(n_chunks):

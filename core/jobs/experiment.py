@@ -27,6 +27,7 @@ from core.jobs.leases import Lease
 from core.jobs.queue import job_priority
 from core.jobs.reconcile import initial_units
 from core.jobs.records import JobNotFound
+from core.progress import Stage
 from core.specs import EvaluateSpec, ExperimentSpec, JobPlan, JobRecord, Progress, TrainSpec, job_id_of
 from core.storage import ObjectNotFound
 
@@ -91,7 +92,7 @@ def run_experiment(ctx: WorkerContext, job_id: str, message_id: str = "direct") 
             ctx.repo.finish(job_id, "failed", error="; ".join(failures)[:2000])
             return "failed"
         ctx.repo.set_progress(job_id, Progress(fraction=min(0.99, done / total), current=done, total=total,
-                                               stage="children", message=f"{done} of {total} child jobs"))
+                                               stage=Stage.CHILDREN, message=f"{done} of {total} child jobs"))
         if done < total:
             return "waiting"
         report = build_report(ctx, job, spec, pairs)

@@ -24,6 +24,7 @@ from core.jobs.leases import Lease
 from core.jobs.queue import job_priority
 from core.jobs.reconcile import shard_count
 from core.jobs.records import JobNotFound
+from core.progress import Stage
 from core.specs import GenerateSpec, JobRecord, Progress
 from core.storage import ObjectStore
 
@@ -82,8 +83,7 @@ def _generate_shard_arrays(ctx: WorkerContext, job: JobRecord, spec: GenerateSpe
         batch_size=spec.batch_size, feature_on=spec.feature_on, head_scope=spec.head_scope,
     )
     done_before = ctx.repo.shards_done(job.id)
-    progress = JobProgress(ctx, job.id, part=lambda stage, f: (
-        done_before + (0.95 * f if stage == "sampling" else 0.95 + 0.05 * f)) / n_shards)
+    progress = JobProgress(ctx, job.id, "generate", offset=done_before / n_shards, scale=1 / n_shards)
     started = time.perf_counter()
     count = shard_size_of(job, spec, shard, ctx.shard_size)
     result = generate(diffusion, classifier, params=params, count=count,
@@ -143,7 +143,7 @@ def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") ->
         from core.data import load_dataset
         from core.generation import sample_metrics, sample_quality, train_on_synthetic_test_on_real
 
-        ctx.repo.set_progress(job_id, Progress(fraction=0.99, current=0, total=1, stage="finalizing"))
+        ctx.repo.set_progress(job_id, Progress(fraction=0.99, current=0, total=1, stage=Stage.FINALIZING))
         data = load_shards(ctx.store, job_id, shard_count(job, ctx.shard_size))
         classifier = ctx.models.get("classifier", spec.classifier)
         images, labels = data["image"], data["label"]

@@ -28,6 +28,7 @@ import redis as redis_lib
 from core.jobs import keys, quotas
 from core.jobs.keys import RECORD_TTL_S
 from core.jobs.leases import UnitLeases
+from core.progress import Stage
 from core.specs import TERMINAL_STATUSES, JobKind, JobPlan, JobRecord, JobStatus, Progress, links_for
 from core.storage import ObjectNotFound, ObjectStore, StorageError
 
@@ -303,9 +304,9 @@ class JobRepository:
             if status == "succeeded":
                 record.progress.fraction = 1.0
                 record.progress.current = record.progress.total
-                record.progress.stage = "done"
+                record.progress.stage = Stage.DONE
             elif status == "canceled":
-                record.progress.stage = "canceled"
+                record.progress.stage = Stage.CANCELED
 
         return self.update(job_id, change)
 
@@ -321,7 +322,7 @@ class JobRepository:
             if record.status == "queued":
                 record.status = "canceled"
                 record.completed_at = utcnow()
-                record.progress.stage = "canceled"
+                record.progress.stage = Stage.CANCELED
 
         return self.update(job_id, change)
 

@@ -42,7 +42,7 @@ def run_train(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> st
         if restored:
             log.info("job %s: restored %d checkpoint files, resuming", job_id, restored)
         sync = DirectorySync(ctx.store, out_dir, keys.checkpoint_prefix(job_id))
-        progress = _TrainProgress(ctx, job_id, sync, epochs=spec.epochs)
+        progress = JobProgress(ctx, job_id, "train", on_checkpoint=sync)
         result = train_for_spec(spec, out_dir=out_dir, data_root=ctx.data_root, device=ctx.device,
                                 progress=progress, synthetic_dirs=_synthetic_dirs(ctx, spec))
         sync()
@@ -58,22 +58,6 @@ def run_train(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> st
         return "done"
 
     return run_unit(ctx, job_id, "train", message_id, work)
-
-
-class _TrainProgress(JobProgress):
-    """Progress of a training run; syncs the checkpoint directory to the store whenever an epoch ends."""
-
-    def __init__(self, ctx: WorkerContext, job_id: str, sync: DirectorySync, *, epochs: int) -> None:
-        # training steps fill 0..90 %, the final evaluation the rest
-        super().__init__(ctx, job_id, part=lambda stage, f: 0.9 * f if stage in ("train", "epoch")
-                         else 0.9 + 0.1 * f)
-        self.sync = sync
-
-    def __call__(self, *, stage: str, current: int, total: int, message: str = "",
-                 metrics: dict[str, Any] | None = None) -> None:
-        if stage == "epoch":  # the trainers report an epoch after its checkpoint is on disk
-            self.sync()
-        super().__call__(stage=stage, current=current, total=total, message=message, metrics=metrics)
 
 
 def _synthetic_dirs(ctx: WorkerContext, spec: TrainSpec) -> list[Path]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.progress import ProgressFn
+from core.progress import ProgressEvent, ProgressFn, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ def evaluate_robustness(
                 x_adv = x
             correct[f"pgd_{kind}"].append(_accuracy_mask(model, x_adv, y).cpu())
         if progress is not None:
-            progress(stage="evaluate", current=i + 1, total=n_batches, message="PGD-CE/CW")
+            progress(ProgressEvent(Stage.EVALUATE, i + 1, n_batches, message="PGD-CE/CW"))
     masks = {name: torch.cat(parts) for name, parts in correct.items()}
     if autoattack:
         x_adv = run_autoattack(model, x_all, y_all, eps=eps, batch_size=batch_size, device=device, seed=seed)

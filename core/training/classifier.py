@@ -23,13 +23,12 @@ from core.data import ImageDataset, channel_stats
 from core.data.images import to_unit
 from core.models.classifiers import ARCHS, Arch, build_classifier
 from core.models.io import save_classifier
-from core.progress import ProgressFn
+from core.progress import ProgressFn, Stage, report, report_epoch
 from core.training.common import (
     CHECKPOINT_NAME,
     batch_order,
     check_resumable,
     load_checkpoint,
-    report,
     resolve_device,
     rng_state,
     save_checkpoint,
@@ -241,7 +240,7 @@ def train_classifier(
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-            report(progress, stage="train", current=step, total=total_steps,
+            report(progress, Stage.TRAIN, step, total_steps,
                    message=f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")  # fmt: skip
         loss_sum, correct_sum, seen_sum = all_reduce_sum([loss_sum, float(correct), float(seen)])
         correct, seen = int(correct_sum), int(seen_sum)
@@ -283,7 +282,7 @@ def train_classifier(
                 },
             )
         logger.info("classifier epoch %d/%d: %s", epoch + 1, config.epochs, record)
-        report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
+        report_epoch(progress, epoch + 1, config.epochs, metrics=record)
 
     metrics: dict[str, Any] = {
         "kind": "classifier",

@@ -22,14 +22,13 @@ from diffusers import UNet2DModel
 from core.data import ImageDataset
 from core.data.images import to_signed
 from core.models.unet import UNET_PRESETS, UnetPreset, build_unet, make_scheduler, save_diffusion
-from core.progress import ProgressFn
+from core.progress import ProgressFn, Stage, report, report_epoch
 from core.training.common import (
     CHECKPOINT_NAME,
     EMA,
     batch_order,
     check_resumable,
     load_checkpoint,
-    report,
     resolve_device,
     rng_state,
     save_checkpoint,
@@ -237,7 +236,7 @@ def train_diffusion(
             ema.update(unet)
             step += 1
             losses.append(float(loss.detach()) * (rows.stop - rows.start) / x0.shape[0])
-            report(progress, stage="train", current=step, total=total_steps,
+            report(progress, Stage.TRAIN, step, total_steps,
                    message=f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")  # fmt: skip
         losses = all_reduce_sum(losses)  # each rank's share of every step's loss -> the global batch's loss
         record = {
@@ -269,7 +268,7 @@ def train_diffusion(
             },
         )
         logger.info("diffusion epoch %d/%d: %s", epoch + 1, config.epochs, record)
-        report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
+        report_epoch(progress, epoch + 1, config.epochs, metrics=record)
 
     if not is_main():
         return {"kind": "diffusion", "rank_of_a_distributed_run": True}

@@ -40,14 +40,13 @@ from core.data import ImageDataset
 from core.data.images import to_unit
 from core.models import ARCHS, build_classifier, save_classifier
 from core.models.classifiers import Arch
-from core.progress import ProgressFn
+from core.progress import ProgressFn, Stage, report, report_epoch
 from core.training.attacks import eval_mode, pgd_attack, project_linf, uniform_start
 from core.training.common import (
     CHECKPOINT_NAME,
     EMA,
     check_resumable,
     load_checkpoint,
-    report,
     resolve_device,
     rng_state,
     save_checkpoint,
@@ -500,7 +499,7 @@ def train_trades(
             sums["ce"] += parts["ce"]
             sums["kl"] += parts["kl"]
             sums["accuracy"] += parts["accuracy"] * len(y) / (n_r + n_s)
-            report(progress, stage="train", current=step, total=total_steps,
+            report(progress, Stage.TRAIN, step, total_steps,
                    message=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
         sums = dict(zip(sums, all_reduce_sum(list(sums.values())), strict=True))
         elapsed += time.perf_counter() - began
@@ -543,7 +542,7 @@ def train_trades(
             },
         )
         logger.info("TRADES epoch %d/%d: %s", epoch + 1, config.epochs, record)
-        report(progress, stage="epoch", current=epoch + 1, total=config.epochs, metrics=record)
+        report_epoch(progress, epoch + 1, config.epochs, metrics=record)
 
     if not is_main():
         return {"kind": "trades", "rank_of_a_distributed_run": True}

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import redis
 
-from core.jobs import context, keys, training
+from core.jobs import context, keys
 from core.jobs.artifacts import npz_bytes
 from core.jobs.context import WorkerContext, unit_seed
 from core.jobs.generate import run_generate_shard
 from core.jobs.leases import LeaseLost
 from core.jobs.records import JobRepository
 from core.jobs.training import run_train
+from core.progress import ProgressEvent, Stage
 from core.settings import Settings
 from core.specs import GenerateSpec, JobPlan, TrainSpec, server_limits
 from core.storage import LocalStore, MemoryStore, StorageError
@@ -107,12 +108,12 @@ def test_an_executor_that_lost_its_lease_stops_without_writing(ctx: WorkerContex
     original = context.JobProgress.__call__
     stolen = []
 
-    def steal_then_report(self, **kw) -> None:
+    def steal_then_report(self, event: ProgressEvent) -> None:
         if not stolen:  # another executor takes over (this one was paused past its TTL)
             ctx.repo.redis.delete(keys.r_lease(job.id, "shard-0"))
             stolen.append(ctx.repo.leases.acquire(job.id, "shard-0", message_id="m2", holder="b:2"))
             context._UNIT.lease._last_renewed = 0.0  # noqa: SLF001 - force the check against Redis
-        original(self, **kw)
+        original(self, event)
 
     monkeypatch.setattr(context.JobProgress, "__call__", steal_then_report)
     assert run_generate_shard(ctx, job.id, 0, message_id="m1") == "lease-lost"
@@ -219,21 +220,21 @@ def test_training_resumes_from_store_checkpoints_after_a_lost_worker(
                      eval_attack_steps=2)
     job = ctx.repo.create(kind="train", owner="o", input=spec.model_dump(mode="json"))
 
-    original_call = training._TrainProgress.__call__
+    original_call = context.JobProgress.__call__
 
-    def die_after_first_epoch(self, *, stage: str, current: int, total: int, **kw) -> None:
-        original_call(self, stage=stage, current=current, total=total, **kw)
-        if stage == "epoch" and current == 1:
+    def die_after_first_epoch(self, event: ProgressEvent) -> None:
+        original_call(self, event)
+        if event.stage == Stage.EPOCH and event.current == 1:
             raise WorkerLost
 
-    monkeypatch.setattr(training._TrainProgress, "__call__", die_after_first_epoch)
+    monkeypatch.setattr(context.JobProgress, "__call__", die_after_first_epoch)
     with pytest.raises(WorkerLost):
         run_train(ctx, job.id)
     assert ctx.repo.get(job.id).status == "running"
     assert ctx.store.exists(keys.checkpoint_prefix(job.id) + "checkpoint.pt")
     # the redelivered task lands on another machine: no local files, only the store
     shutil.rmtree(ctx.work_dir / "jobs" / job.id)
-    monkeypatch.setattr(training._TrainProgress, "__call__", original_call)
+    monkeypatch.setattr(context.JobProgress, "__call__", original_call)
     with caplog.at_level(logging.INFO):
         assert run_train(ctx, job.id) == "done", ctx.repo.get(job.id).error
     assert any("resuming" in r.getMessage() and "epoch 1" in r.getMessage() for r in caplog.records)
