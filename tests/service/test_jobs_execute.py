@@ -21,7 +21,7 @@ from core.jobs.context import WorkerContext, unit_seed
 from core.jobs.generate import run_generate_shard
 from core.jobs.leases import LeaseLost
 from core.jobs.records import JobRepository
-from core.jobs.training import run_train
+from core.jobs.training import job_names, run_train
 from core.progress import ProgressEvent, Stage
 from core.settings import Settings
 from core.specs import GenerateSpec, JobPlan, TrainSpec, server_limits
@@ -245,6 +245,28 @@ def test_training_resumes_from_store_checkpoints_after_a_lost_worker(
     assert 0 <= metrics["test"]["clean_acc"] <= 1 and 0 <= metrics["test"]["robust_acc"] <= 1
     model_files = {i.key.rsplit("/", 1)[-1] for i in ctx.store.list(keys.model_prefix(job.id))}
     assert {"model.safetensors", "config.json"} <= model_files and "checkpoint.pt" not in model_files
+    assert metrics["model_dir"] == "model/"  # where the model is in the job, not where it was trained
+    assert not server_paths(metrics), server_paths(metrics)
+
+
+def server_paths(value: object) -> list[str]:
+    """Every string in ``value`` (nested dicts and lists) that names an absolute path."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in server_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in server_paths(v)]
+    return [value] if isinstance(value, str) and (value.startswith("/") or ":\\" in value) else []
+
+
+def test_training_metrics_name_paths_relative_to_the_job(tmp_path) -> None:
+    out = tmp_path / "jobs" / "j1"
+    metrics = {"model_dir": str(out), "final_model_dir": str(out / "final"), "data": str(tmp_path / "data"),
+               "history": [{"epoch": 1, "best": str(out / "best")}], "arch": "resnet",
+               "dirs": [str(tmp_path)]}
+    named = job_names(metrics, out)
+    assert named == {"model_dir": "model/", "final_model_dir": "model/final", "arch": "resnet",
+                     "history": [{"epoch": 1, "best": "model/best"}], "dirs": [None]}
+    assert not server_paths(named)
 
 
 def test_a_record_lock_left_by_a_killed_process_delays_the_next_update_and_never_fails_it(
