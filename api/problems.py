@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.jobs.records import REDIS_ERRORS, DependencyUnavailable, is_dependency_error
+from core.jobs.dependencies import REDIS_ERRORS, DependencyUnavailable, is_dependency_error
 from core.storage import StorageError
 
 log = logging.getLogger(__name__)

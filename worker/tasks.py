@@ -19,10 +19,11 @@ from celery import Celery
 from core import logs
 from core.jobs import task_names
 from core.jobs.context import WorkerContext
+from core.jobs.dependencies import is_dependency_error, redis_client
 from core.jobs.generate import run_finalize, run_generate_shard, shard_size_of
 from core.jobs.queue import Enqueuer
 from core.jobs.reconcile import reconcile
-from core.jobs.records import JobRepository, is_dependency_error, redis_client
+from core.jobs.records import JobRepository
 from core.jobs.training import run_train
 from core.settings import Settings
 from core.storage import store_from_settings

@@ -32,9 +32,10 @@ import numpy as np
 
 from core.jobs import keys
 from core.jobs.artifacts import download_prefix
+from core.jobs.dependencies import is_dependency_error
 from core.jobs.leases import DeadlineExceeded, Lease, LeaseLost
 from core.jobs.queue import Enqueuer
-from core.jobs.records import JobNotFound, JobRepository, is_dependency_error
+from core.jobs.records import JobNotFound, JobRepository
 from core.progress import Cancelled, ProgressEvent, Stage
 from core.specs import JobKind, JobRecord, JobStatus, Progress, job_id_of
 from core.storage import ObjectStore
