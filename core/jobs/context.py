@@ -117,7 +117,7 @@ def _error_text(exc: BaseException) -> str:
 
 
 def run_unit(ctx: WorkerContext, job_id: str, unit: str, message_id: str,
-              work: Callable[[JobRecord, Lease], str], *, count_attempts: bool = True) -> str:
+             work: Callable[[JobRecord, Lease], str], *, count_attempts: bool = True) -> str:
     """Run one unit under its lease; returns what happened ("done", "skipped", "busy", "canceled",
     "failed", "lease-lost", "released"). A job that ends here and is a step of an experiment wakes its
     parent. ``count_attempts=False`` for an experiment's coordinating step, which runs many times."""

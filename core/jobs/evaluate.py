@@ -97,7 +97,7 @@ def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lea
             elapsed = time.perf_counter() - started
             lease.check()
             ctx.store.put_bytes(key, npz_bytes(**{c: masks[c].numpy() for c in columns},
-                                                elapsed_s=np.asarray(elapsed)))
+                                               elapsed_s=np.asarray(elapsed)))
         report(progress, Stage.EVALUATE, k + 1, n_chunks, message=f"chunk {k + 1} of {n_chunks}")
 
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
