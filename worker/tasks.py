@@ -102,6 +102,12 @@ def _count_images(ctx: WorkerContext, job: Any, shard: int, elapsed: float) -> N
         metrics.GUIDED_STEP_SECONDS.observe(elapsed / spec.steps)
 
 
+def _unit(task: Any, job_id: str, unit: str, run: Callable[..., str], *args: Any) -> str:
+    """Run ``run(context, job_id, *args, message_id=<this message's id>)`` as ``unit``, observed."""
+    return _observed(task, job_id, unit, lambda: run(context(task.app), job_id, *args,
+                                                     message_id=task.request.id or "direct"))
+
+
 def _retrying(task: Any, run: Callable[[], str]) -> str:
     try:
         return run()
@@ -117,32 +123,27 @@ def _retrying(task: Any, run: Callable[[], str]) -> str:
 def register(app: Celery) -> dict[str, Any]:
     @app.task(name=task_names.GENERATE_SHARD, bind=True)
     def generate_shard(self: Any, job_id: str, shard: int) -> str:
-        return _observed(self, job_id, f"shard-{int(shard)}", lambda: run_generate_shard(
-            context(self.app), job_id, int(shard), message_id=self.request.id or "direct"))
+        return _unit(self, job_id, f"shard-{int(shard)}", run_generate_shard, int(shard))
 
     @app.task(name=task_names.FINALIZE_GENERATION, bind=True)
     def finalize_generation(self: Any, job_id: str) -> str:
-        return _observed(self, job_id, "finalize", lambda: run_finalize(
-            context(self.app), job_id, message_id=self.request.id or "direct"))
+        return _unit(self, job_id, "finalize", run_finalize)
 
     @app.task(name=task_names.TRAIN, bind=True)
     def train(self: Any, job_id: str) -> str:
-        return _observed(self, job_id, "train", lambda: run_train(
-            context(self.app), job_id, message_id=self.request.id or "direct"))
+        return _unit(self, job_id, "train", run_train)
 
     @app.task(name=task_names.EVALUATE, bind=True)
     def evaluate(self: Any, job_id: str) -> str:
         from core.jobs.evaluate import run_evaluate
 
-        return _observed(self, job_id, "evaluate", lambda: run_evaluate(
-            context(self.app), job_id, message_id=self.request.id or "direct"))
+        return _unit(self, job_id, "evaluate", run_evaluate)
 
     @app.task(name=task_names.EXPERIMENT_STEP, bind=True)
     def experiment_step(self: Any, job_id: str) -> str:
         from core.jobs.experiment import run_experiment
 
-        return _observed(self, job_id, "experiment", lambda: run_experiment(
-            context(self.app), job_id, message_id=self.request.id or "direct"))
+        return _unit(self, job_id, "experiment", run_experiment)
 
     @app.task(name=task_names.RECONCILE, bind=True, ignore_result=True)
     def reconcile_jobs(self: Any) -> dict[str, object]:
