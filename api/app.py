@@ -19,10 +19,10 @@ from api import auth, metrics, problems
 from api.routes import health, jobs
 from core import specs
 from core.jobs.apikeys import KeyRing
+from core.jobs.dependencies import redis_client as redis_client_for
 from core.jobs.queue import CONTROL_QUEUE, WORK_QUEUES, Enqueuer, make_celery
 from core.jobs.quotas import Quotas
 from core.jobs.records import JobRepository
-from core.jobs.records import redis_client as redis_client_for
 from core.jobs.service import JobService
 from core.logs import configure_logging
 from core.settings import Settings, get_settings
@@ -52,7 +52,6 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     app = FastAPI(title="Contrastive-DP service", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
     app.state.store = store
-    app.state.redis = client
     quotas = Quotas(client, concurrent_jobs=settings.quota_concurrent_jobs,
                     images_per_day=settings.quota_images_per_day,
                     epochs_per_day=settings.quota_epochs_per_day)

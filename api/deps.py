@@ -1,4 +1,4 @@
-"""Dependencies of the routes (``Annotated`` aliases): settings, store, Redis, job service, caller.
+"""Dependencies of the routes (``Annotated`` aliases): settings, store, job service, repository, caller.
 
 They are ``async def`` because none of them blocks: FastAPI runs a plain ``def`` dependency in its
 threadpool, one thread hop per dependency and request (three extra hops on a submission, which under
@@ -6,7 +6,7 @@ threadpool, one thread hop per dependency and request (three extra hops on a sub
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -27,10 +27,6 @@ async def get_store(request: Request) -> ObjectStore:
     return request.app.state.store
 
 
-async def get_redis(request: Request) -> Any:
-    return request.app.state.redis
-
-
 async def get_service(request: Request) -> JobService:
     return request.app.state.service
 
@@ -41,7 +37,6 @@ async def get_repo(request: Request) -> JobRepository:
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
-RedisDep = Annotated[Any, Depends(get_redis)]
 ServiceDep = Annotated[JobService, Depends(get_service)]
 RepoDep = Annotated[JobRepository, Depends(get_repo)]
 

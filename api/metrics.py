@@ -55,7 +55,7 @@ class JobCounts:
         jobs = GaugeMetricFamily("cdp_jobs", "Unfinished jobs by kind and status", labels=["kind", "status"])
         try:
             for queue in self.queues:  # one Redis list per priority step (core.jobs.queue.queue_keys)
-                depth.add_metric([queue], float(sum(self.repo.redis.llen(key) for key in queue_keys(queue))))
+                depth.add_metric([queue], float(self.repo.queue_depth(queue_keys(queue))))
             counts: dict[tuple[str, str], int] = {}
             for n, job_id in enumerate(self.repo.active_ids()):
                 if n >= self.max_jobs:

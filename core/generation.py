@@ -34,7 +34,7 @@ from core.data.images import to_signed
 from core.diffusion import DiffusionModel, ddim_timesteps, sample
 from core.diffusion.fast import SamplingSpeed, fast_features, fast_unet
 from core.options import FeatureOn, GenLoss, HeadScope, Schedule, Strategy, check_choice
-from core.progress import ProgressFn
+from core.progress import ProgressEvent, ProgressFn, Stage
 from core.quality import (  # the quality numbers lived here first; their importers still find them here
     DUPLICATE_THRESHOLD,
     check_uint8_nhwc,
@@ -227,8 +227,8 @@ def generate(
 
     Deterministic given ``seed`` (batch b uses a generator seeded from (seed, b)). The models must already
     be on ``device``; the classifier is put in eval mode. ``real_images`` (uint8 N x H x W x C, same size as
-    the model) feed the real_positive / real_negative strategies. ``progress(stage="sampling", current,
-    total)`` is called after every DDIM step (total = batches x steps) and may raise
+    the model) feed the real_positive / real_negative strategies. ``progress`` gets a ``Stage.SAMPLING`` event
+    (current of total) after every DDIM step (total = batches x steps) and may raise
     ``core.progress.Cancelled`` to stop. ``speed`` switches on the optional fast paths of
     :mod:`core.diffusion.fast` (compile, channels_last, bf16 on CUDA).
     """
@@ -287,8 +287,8 @@ def generate(
 
         def on_step(step: int, _total: int, _b: int = b) -> None:
             if progress is not None:
-                progress(stage="sampling", current=_b * len(ts) + step, total=total_steps,
-                         message=f"batch {_b + 1}/{n_batches}")
+                progress(ProgressEvent(Stage.SAMPLING, _b * len(ts) + step, total_steps,
+                                       message=f"batch {_b + 1}/{n_batches}"))
 
         x0 = sample(unet, x_T, alphas_cumprod=diffusion.alphas_cumprod, timesteps=ts,
                     eta=params.eta, guidance=guidance, class_labels=class_labels, generator=gen,
@@ -300,10 +300,10 @@ def generate(
             ]
     all_images = np.concatenate(images)
     if progress is not None:
-        progress(stage="labelling", current=0, total=1)
+        progress(ProgressEvent(Stage.LABELLING, 0, 1))
     pl = pseudo_label(classifier, all_images, batch_size=max(params.batch_size, 256))
     if progress is not None:
-        progress(stage="labelling", current=1, total=1)
+        progress(ProgressEvent(Stage.LABELLING, 1, 1))
     log.info("generated %d images (%s, lam=%g, %d steps)", count, params.loss, params.lam, len(ts))
     return GeneratedSet(
         images=all_images,

@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
     # --- service (api/ and worker/) ---
-    # Celery broker, result backend and the live-progress mirror of job records.
+    # Celery broker and result backend, and the job state kept in Redis: record mirrors and live progress,
+    # leases, cancel flags, quotas, Idempotency-Keys (the store holds the durable copy).
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Local scratch space of a worker (downloaded models, training work dirs).
     work_dir: Path = Path("var/work")
@@ -78,13 +79,15 @@ class Settings(BaseSettings):
     # Queues a worker serves when Celery's -Q is not given, comma-separated: any of cdp.generate (generation
     # shards and finalize), cdp.train, cdp.evaluate, cdp.control (reconciler, experiment steps).
     worker_queues: str = Field(default="cdp.generate,cdp.train,cdp.evaluate", pattern=_QUEUE_LIST)
-    # Longest one unit of work (a shard, a finalize, a training run) may run. Enforced cooperatively by the
-    # progress callback on every pool (and by Celery's hard limit under prefork); past it the job fails.
+    # Longest one unit of work (a shard, a finalize, a training run, an evaluation) may run. Enforced
+    # cooperatively by the progress callback on every pool (and by Celery's hard limit under prefork); past it
+    # the job fails.
     task_time_limit_s: int = Field(default=6 * 3600, ge=1)
     # Backstop only: Redis hands an unacknowledged message to another worker after this long. Leases make a
     # redelivered unit that is still running a no-op, so this need not exceed the time limit.
     visibility_timeout_s: int = Field(default=3600, ge=1)
-    # A unit started more often than this (its worker lost each time) fails its job instead of looping.
+    # A unit started more often than this (its worker lost, or a dependency failing, each time) fails its job
+    # instead of looping.
     max_attempts: int = Field(default=3, ge=1)
     # A running unit holds a lease in Redis for this long; its worker renews it (see lease_renew_s). When the
     # worker dies, the reconciler re-enqueues the unit once the lease has expired.

@@ -117,7 +117,7 @@ def train_arm(work: Path, arm: Arm, seed: int) -> dict[str, Any]:
     spec = trades_spec(arm, seed, 0)
     began = time.perf_counter()
     metrics = train_for_spec(spec, out_dir=out, data_root=work, device="cpu",
-                             progress=lambda **_: None, synthetic_dirs=synthetic_dirs)
+                             progress=lambda _e: None, synthetic_dirs=synthetic_dirs)
     metrics["wall_s"] = round(time.perf_counter() - began, 1)
     done.write_text(json.dumps(metrics, default=str))
     return metrics
@@ -214,7 +214,7 @@ def _train(work: Path, name: str, spec: Any) -> Path:
         from core.jobs.training import train_for_spec
 
         began = time.perf_counter()
-        metrics = train_for_spec(spec, out_dir=out, data_root=work, device="cpu", progress=lambda **_: None)
+        metrics = train_for_spec(spec, out_dir=out, data_root=work, device="cpu", progress=lambda _e: None)
         metrics["wall_s"] = round(time.perf_counter() - began, 1)
         done.write_text(json.dumps(metrics, default=str))
     return out

@@ -19,7 +19,7 @@ import torch
 from core.cli import build_parser, main
 from core.cli.train import _train_classifier_rank
 from core.data import load_dataset
-from core.progress import Cancelled
+from core.progress import Cancelled, ProgressEvent, Stage
 from core.training.distributed import launch
 
 CLASSIFIER = ["train", "classifier", "--dataset", "digits", "--limit", "64", "--batch-size", "16", "--width",
@@ -77,8 +77,8 @@ def test_a_distributed_run_killed_after_an_epoch_resumes(one_process_classifier:
     worker); the launcher kills the other rank; the same command then resumes from the checkpoint."""
     args = build_parser().parse_args([*CLASSIFIER, "--epochs", "3", "--out", str(tmp_path), "--nproc", "2"])
 
-    def stop_after_first_epoch(*, stage: str, current: int, **_: object) -> None:
-        if stage == "epoch" and current == 1:
+    def stop_after_first_epoch(event: ProgressEvent) -> None:
+        if event.stage == Stage.EPOCH and event.current == 1:
             raise Cancelled("stopped after epoch 1")
 
     with pytest.raises(Cancelled):
@@ -97,6 +97,6 @@ def test_a_train_job_with_two_devices_runs_two_ranks_from_the_worker(tmp_path: P
                      final_eval=False, arch_options={"width": 4, "feature_dim": 8})
     stages: list[str] = []
     metrics = train_for_spec(spec, out_dir=tmp_path / "out", data_root=tmp_path, device="cpu",
-                             progress=lambda **event: stages.append(event["stage"]))  # fmt: skip
+                             progress=lambda event: stages.append(event.stage))  # fmt: skip
     assert metrics["steps"] == 21 and stages.count("epoch") == 1  # ceil(1295 / 64) steps of the global batch
     assert (Path(metrics["_model_dir"]) / "model.safetensors").is_file()

@@ -14,7 +14,7 @@ from torch import nn
 from core.contrastive import select_top_k
 from core.diffusion import DiffusionModel
 from core.generation import GeneratedSet, GenerationParams, generate, sample_metrics
-from core.progress import Cancelled
+from core.progress import Cancelled, ProgressEvent
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -96,8 +96,8 @@ def test_batches_are_seeded_independently_of_batch_size(
 def test_progress_and_cancel(diffusion: DiffusionModel, classifier: TinyClassifier) -> None:
     seen: list[tuple[str, int, int]] = []
 
-    def progress(*, stage, current, total, message="", metrics=None):
-        seen.append((stage, current, total))
+    def progress(event: ProgressEvent) -> None:
+        seen.append((event.stage, event.current, event.total))
 
     generate(diffusion, classifier, params=params(), count=4, seed=0, progress=progress)
     sampling = [s for s in seen if s[0] == "sampling"]
@@ -105,9 +105,9 @@ def test_progress_and_cancel(diffusion: DiffusionModel, classifier: TinyClassifi
 
     calls = []
 
-    def cancel(*, stage, current, total, message="", metrics=None):
-        calls.append(current)
-        if current == 2:
+    def cancel(event: ProgressEvent) -> None:
+        calls.append(event.current)
+        if event.current == 2:
             raise Cancelled
 
     with pytest.raises(Cancelled):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from core.data import ImageDataset, load_dataset
 from core.models import build_classifier, load_classifier
-from core.progress import Cancelled
+from core.progress import Cancelled, ProgressEvent
 from core.training.attacks import evaluate_robustness
 from core.training.trades import (
     TradesConfig,
@@ -228,8 +228,8 @@ def test_resume_gives_the_same_weights(digits, tmp_path: Path, stage: str, when:
     train, val, synthetic, config = _tiny_run_inputs(digits)
     reference = train_trades(train, val, synthetic=synthetic, config=config, out_dir=tmp_path / "a", seed=3)
 
-    def interrupt(*, stage: str, current: int, total: int, message: str = "", metrics=None) -> None:
-        if stage == wanted_stage and current == when:
+    def interrupt(event: ProgressEvent) -> None:
+        if event.stage == wanted_stage and event.current == when:
             raise Cancelled
 
     wanted_stage = stage
@@ -261,14 +261,16 @@ def test_train_trades_reports_and_saves(digits, tmp_path: Path) -> None:
     train, val, synthetic, config = _tiny_run_inputs(digits)
     events: list[tuple[str, int, int]] = []
 
-    def record(*, stage: str, current: int, total: int, message: str = "", metrics=None) -> None:
-        events.append((stage, current, total))
+    def record(event: ProgressEvent) -> None:
+        events.append((event.stage, event.current, event.total))
 
     metrics = train_trades(train, val, synthetic=synthetic, config=config, out_dir=tmp_path, seed=0,
                            progress=record)  # fmt: skip
     assert metrics["steps_per_epoch"] == math.ceil(160 / 32)
     assert metrics["synthetic_count"] == 100
     assert [e for e in events if e[0] == "epoch"] == [("epoch", 1, 2), ("epoch", 2, 2)]
+    ends = [e for e in events if e[0] in ("checkpoint", "epoch")]  # each epoch's checkpoint, then its end
+    assert ends == [("checkpoint", 1, 2), ("epoch", 1, 2), ("checkpoint", 2, 2), ("epoch", 2, 2)]
     assert sum(1 for e in events if e[0] == "train") == 2 * 5
     assert len(metrics["history"]) == 2 and 1 <= metrics["best_epoch"] <= 2
     for row in metrics["history"]:

@@ -12,7 +12,7 @@ import torch
 
 from core.data import load_dataset
 from core.models import load_classifier
-from core.progress import Cancelled
+from core.progress import Cancelled, ProgressEvent
 from core.training.classifier import ClassifierTrainConfig, augment_batch, evaluate_accuracy, train_classifier
 from core.training.common import load_checkpoint
 
@@ -32,8 +32,8 @@ def test_trains_to_useful_accuracy_and_saves_the_best_epoch(tmp_path: Path, digi
     train, val = digits
     events: list[tuple[str, int, int]] = []
 
-    def progress(*, stage: str, current: int, total: int, message: str = "", metrics: Any = None) -> None:
-        events.append((stage, current, total))
+    def progress(event: ProgressEvent) -> None:
+        events.append((event.stage, event.current, event.total))
 
     metrics = train_classifier(train, val, config=CONFIG, out_dir=tmp_path, seed=0, progress=progress)
     assert metrics["best_val_accuracy"] > 0.6  # 10 classes: chance is 0.1
@@ -55,10 +55,10 @@ def test_resume_after_cancel_gives_the_uninterrupted_weights(tmp_path: Path, dig
     reference = train_classifier(train, val, config=config, out_dir=tmp_path / "a", seed=5)
     steps_per_epoch = -(-len(train) // config.batch_size)
 
-    def cancel(*, stage: str, current: int, total: int, message: str = "", metrics: Any = None) -> None:
-        if cancel_at == "epoch-end" and stage == "epoch" and current == 1:
+    def cancel(event: ProgressEvent) -> None:
+        if cancel_at == "epoch-end" and event.stage == "epoch" and event.current == 1:
             raise Cancelled
-        if cancel_at == "mid-epoch" and stage == "train" and current == steps_per_epoch + 2:
+        if cancel_at == "mid-epoch" and event.stage == "train" and event.current == steps_per_epoch + 2:
             raise Cancelled
 
     with pytest.raises(Cancelled):

@@ -12,7 +12,7 @@ import torch
 
 from core.data import load_dataset
 from core.diffusion import ddim_timesteps, load_diffusion_model, sample
-from core.progress import Cancelled
+from core.progress import Cancelled, ProgressEvent
 from core.training.common import load_checkpoint
 from core.training.diffusion import DiffusionTrainConfig, train_diffusion
 
@@ -60,8 +60,8 @@ def test_resume_after_cancel_gives_the_uninterrupted_weights(tmp_path: Path, sma
     config = replace(CONFIG, epochs=2, horizontal_flip=True)
     reference = train_diffusion(data, config=config, out_dir=tmp_path / "a", seed=3)
 
-    def cancel(*, stage: str, current: int, total: int, message: str = "", metrics: Any = None) -> None:
-        if stage == "train" and current == 3:  # inside epoch 2 (2 steps per epoch)
+    def cancel(event: ProgressEvent) -> None:
+        if event.stage == "train" and event.current == 3:  # inside epoch 2 (2 steps per epoch)
             raise Cancelled
 
     with pytest.raises(Cancelled):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.progress import Cancelled, ProgressFn
+from core.progress import Cancelled, ProgressEvent, ProgressFn, Stage
 from core.training.common import EMA, load_checkpoint, save_checkpoint, seed_everything
 from core.training.run import TrainingRun
 
@@ -75,8 +75,8 @@ def _same_state(a: Any, b: Any) -> bool:
 def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path: Path, stop_after: int) -> None:
     reference = _train(tmp_path / "a", seed=0)
 
-    def stop(*, stage: str, current: int, total: int, message: str = "", metrics: Any = None) -> None:
-        if stage == "epoch" and current == stop_after:
+    def stop(event: ProgressEvent) -> None:
+        if event.stage is Stage.EPOCH and event.current == stop_after:
             raise Cancelled
 
     with pytest.raises(Cancelled):
@@ -169,7 +169,7 @@ def test_other_ranks_keep_the_history_but_write_and_report_nothing(
     monkeypatch.setattr("core.training.run.is_main", lambda: False)
     events: list[str] = []
     run = _toy_run(tmp_path, seed=0)
-    run.end_epoch({"epoch": 1}, epochs=EPOCHS, progress=lambda **event: events.append(event["stage"]))
+    run.end_epoch({"epoch": 1}, epochs=EPOCHS, progress=lambda event: events.append(event.stage))
     run.write_metrics({"kind": "toy"})
     assert run.history == [{"epoch": 1}] and run.epoch == 1
     assert events == [] and not any(tmp_path.iterdir())

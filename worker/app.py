@@ -1,7 +1,7 @@
 """The Celery application of the worker: ``celery -A worker.app worker --concurrency 1``.
 
 Configuration comes from :func:`core.jobs.queue.celery_config` (shared with the API, which sends tasks by
-name). The per-process :class:`core.jobs.execute.WorkerContext` (store, Redis, model cache) is built on
+name). The per-process :class:`core.jobs.context.WorkerContext` (store, Redis, model cache) is built on
 first use inside the worker process, so CUDA is initialised in the child, never in a forking parent.
 """
 

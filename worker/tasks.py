@@ -1,10 +1,10 @@
-"""Thin Celery tasks: each deserialises ids, calls one function of :mod:`core.jobs.execute` (or the
+"""Thin Celery tasks: each deserialises ids, calls one unit's function of :mod:`core.jobs` (or the
 reconciler), and returns a short string. They pass ids, never tensors; the functions they call are
 idempotent (at-least-once delivery) and run each unit under a lease.
 
 A dependency failing before a unit could take its lease (Redis unreachable, the store failing) retries the
 same message with backoff (``self.retry``: the same task id, so the unit's pending mark stays true); once a
-unit holds its lease, :func:`core.jobs.execute._run_unit` handles every failure itself.
+unit holds its lease, :func:`core.jobs.context.run_unit` handles every failure itself.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from celery import Celery
 
 from core import logs
 from core.jobs import task_names
-from core.jobs.execute import WorkerContext, run_finalize, run_generate_shard, run_train
+from core.jobs.context import WorkerContext
+from core.jobs.dependencies import is_dependency_error, redis_client
+from core.jobs.generate import run_finalize, run_generate_shard, shard_size_of
 from core.jobs.queue import Enqueuer
 from core.jobs.reconcile import reconcile
-from core.jobs.records import JobRepository, is_dependency_error, redis_client
+from core.jobs.records import JobRepository
+from core.jobs.training import run_train
 from core.settings import Settings
 from core.storage import store_from_settings
 from worker import metrics
@@ -91,14 +94,18 @@ def _observed(task: Any, job_id: str, unit: str, run: Callable[[], str]) -> str:
 
 
 def _count_images(ctx: WorkerContext, job: Any, shard: int, elapsed: float) -> None:
-    from core.jobs.execute import shard_size_of
-
     spec = job.generate_spec()
     guided = spec.loss != "none"
     images = shard_size_of(job, spec, shard, ctx.shard_size)
     metrics.IMAGES_GENERATED.labels(dataset=spec.dataset, guided=str(guided).lower()).inc(images)
     if guided:
         metrics.GUIDED_STEP_SECONDS.observe(elapsed / spec.steps)
+
+
+def _unit(task: Any, job_id: str, unit: str, run: Callable[..., str], *args: Any) -> str:
+    """Run ``run(context, job_id, *args, message_id=<this message's id>)`` as ``unit``, observed."""
+    return _observed(task, job_id, unit, lambda: run(context(task.app), job_id, *args,
+                                                     message_id=task.request.id or "direct"))
 
 
 def _retrying(task: Any, run: Callable[[], str]) -> str:
@@ -116,32 +123,27 @@ def _retrying(task: Any, run: Callable[[], str]) -> str:
 def register(app: Celery) -> dict[str, Any]:
     @app.task(name=task_names.GENERATE_SHARD, bind=True)
     def generate_shard(self: Any, job_id: str, shard: int) -> str:
-        return _observed(self, job_id, f"shard-{int(shard)}", lambda: run_generate_shard(
-            context(self.app), job_id, int(shard), message_id=self.request.id or "direct"))
+        return _unit(self, job_id, f"shard-{int(shard)}", run_generate_shard, int(shard))
 
     @app.task(name=task_names.FINALIZE_GENERATION, bind=True)
     def finalize_generation(self: Any, job_id: str) -> str:
-        return _observed(self, job_id, "finalize", lambda: run_finalize(
-            context(self.app), job_id, message_id=self.request.id or "direct"))
+        return _unit(self, job_id, "finalize", run_finalize)
 
     @app.task(name=task_names.TRAIN, bind=True)
     def train(self: Any, job_id: str) -> str:
-        return _observed(self, job_id, "train", lambda: run_train(
-            context(self.app), job_id, message_id=self.request.id or "direct"))
+        return _unit(self, job_id, "train", run_train)
 
     @app.task(name=task_names.EVALUATE, bind=True)
     def evaluate(self: Any, job_id: str) -> str:
         from core.jobs.evaluate import run_evaluate
 
-        return _observed(self, job_id, "evaluate", lambda: run_evaluate(
-            context(self.app), job_id, message_id=self.request.id or "direct"))
+        return _unit(self, job_id, "evaluate", run_evaluate)
 
     @app.task(name=task_names.EXPERIMENT_STEP, bind=True)
     def experiment_step(self: Any, job_id: str) -> str:
         from core.jobs.experiment import run_experiment
 
-        return _observed(self, job_id, "experiment", lambda: run_experiment(
-            context(self.app), job_id, message_id=self.request.id or "direct"))
+        return _unit(self, job_id, "experiment", run_experiment)
 
     @app.task(name=task_names.RECONCILE, bind=True, ignore_result=True)
     def reconcile_jobs(self: Any) -> dict[str, object]:

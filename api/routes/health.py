@@ -8,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from api.deps import RedisDep, StoreDep
+from api.deps import RepoDep, StoreDep
 from api.problems import ProblemError, responses
 
 log = logging.getLogger(__name__)
@@ -27,14 +27,15 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, operation_id="readyz",
             summary="Redis and the object store answer", responses=responses(503))
-def readyz(redis: RedisDep, store: StoreDep) -> Health:
+def readyz(repo: RepoDep, store: StoreDep) -> Health:
     failures = []
     # The reasons name the dependency and the kind of error, never its address or path (logged instead).
     try:
-        redis.ping()
+        repo.ping()
     except Exception as exc:  # any client error means "not ready"
-        log.warning("readyz: redis: %s: %s", type(exc).__name__, exc)
-        failures.append(f"redis: unreachable ({type(exc).__name__})")
+        cause = exc.__cause__ or exc  # repo.ping's DependencyUnavailable carries the client's error
+        log.warning("readyz: redis: %s: %s", type(cause).__name__, cause)
+        failures.append(f"redis: unreachable ({type(cause).__name__})")
     try:
         store.ping()
     except Exception as exc:

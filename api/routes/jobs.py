@@ -19,7 +19,8 @@ from api import metrics as prom
 from api.deps import CallerDep, RepoDep, ServiceDep, SettingsDep, StoreDep
 from api.problems import FieldError, ProblemError, responses
 from core.jobs import keys
-from core.jobs.records import IdempotencyBusy, JobNotFound, JobRepository
+from core.jobs.idempotency import IdempotencyBusy
+from core.jobs.records import JobNotFound, JobRepository
 from core.jobs.service import IdempotencyConflict, InvalidReference, QuotaExceeded
 from core.specs import (
     JOB_ID_PATTERN,

@@ -13,6 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from core.progress import ProgressEvent, Stage
 from core.settings import get_settings
 
 
@@ -73,28 +74,23 @@ class ProgressBar:
         self.bar: tqdm | None = None
         self.key: tuple[str, int] | None = None
 
-    def __call__(
-        self,
-        *,
-        stage: str,
-        current: int,
-        total: int,
-        message: str = "",
-        metrics: dict[str, Any] | None = None,
-    ) -> None:
-        if stage == "epoch":  # one line per epoch under the step bar
-            if metrics and not self.disable:
-                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-                tqdm.write(f"epoch {current}/{total}: {shown}", file=sys.stderr)
+    def __call__(self, event: ProgressEvent, /) -> None:
+        if event.stage == Stage.CHECKPOINT:  # the EPOCH event after it says the same
             return
-        if self.key != (stage, total):
+        if event.stage == Stage.EPOCH:  # one line per epoch under the step bar
+            if event.metrics and not self.disable:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in event.metrics.items()}
+                tqdm.write(f"epoch {event.current}/{event.total}: {shown}", file=sys.stderr)
+            return
+        if self.key != (event.stage, event.total):
             self.close()
-            self.bar = tqdm(total=total, desc=stage, file=sys.stderr, disable=self.disable, leave=False)
-            self.key = (stage, total)
+            self.bar = tqdm(total=event.total, desc=str(event.stage), file=sys.stderr, disable=self.disable,
+                            leave=False)
+            self.key = (event.stage, event.total)
         assert self.bar is not None
-        self.bar.update(current - self.bar.n)
-        if message:
-            self.bar.set_postfix_str(message, refresh=False)
+        self.bar.update(event.current - self.bar.n)
+        if event.message:
+            self.bar.set_postfix_str(event.message, refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:

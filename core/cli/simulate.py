@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from core.cli.common import integer, number
+from core.progress import ProgressEvent
 from core.simulation.gaussian import (
     DIRECTIONS,
     optimal_accuracies,
@@ -171,8 +172,8 @@ def run_gaussian(args: argparse.Namespace) -> int:
         total=total, desc="simulate", unit="sample", unit_scale=True, file=sys.stderr, delay=1.0, leave=False
     ) as bar:
 
-        def progress(*, stage: str, current: int, total: int, message: str = "", metrics: Any = None) -> None:
-            bar.update(current - bar.n)
+        def progress(event: ProgressEvent) -> None:
+            bar.update(event.current - bar.n)
 
         rows = run_gaussian_study(study, progress=progress)
 

@@ -1,5 +1,7 @@
 """The jobs layer: composes the science in core/ with storage, Redis and the task queue.
 
-Modules the API uses (``records``, ``service``, ``queue``, ``keys``, ``task_names``) import no torch;
-``execute`` and ``training`` (worker side) import the science lazily.
+Modules the API uses (``records`` with ``leases``, ``idempotency`` and ``quotas``, ``dependencies``,
+``service``, ``queue``, ``keys``, ``task_names``) import no torch;
+the units the worker runs (``context``, ``generate``, ``training``, ``evaluate``, ``experiment``) import the
+science lazily.
 """

@@ -2,7 +2,8 @@
 
 The split (its first ``limit`` images) is cut into chunks of ``CHUNK`` images; each chunk's per-sample
 results land in ``jobs/<id>/chunks/<k>.npz`` as soon as they are computed, so a redelivered unit skips the
-chunks already in the store. The sanity checks (zero gradients, randomness, probability outputs, step
+chunks already in the store. Chunk k's attacks are seeded with :func:`core.jobs.context.unit_seed` (spec
+seed, k), like a generation shard. The sanity checks (zero gradients, randomness, probability outputs, step
 monotonicity; :func:`core.training.attacks.check_gradient_masking`) run once, on the first batch, and are
 kept in ``chunks/sanity.json``. The result: ``metrics.json`` (``clean_acc``, one ``<attack>_acc`` per
 attack, ``worst_acc``: correct under every attack, counts, seconds, the checks with their verdicts) and
@@ -21,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from core.jobs import keys
-from core.jobs.execute import WorkerContext, _JobProgress, _jsonable, _npz_bytes, _run_unit, write_manifest
+from core.jobs.artifacts import jsonable, npz_bytes, write_manifest
+from core.jobs.context import JobProgress, WorkerContext, run_unit, unit_seed
 from core.jobs.leases import Lease
+from core.progress import Stage, report
 from core.specs import EvaluateSpec, JobRecord
 from core.storage import ObjectNotFound
 
@@ -42,13 +45,13 @@ def run_evaluate(ctx: WorkerContext, job_id: str, message_id: str = "direct") ->
         ctx.repo.mark_running(job_id)
         metrics, table = evaluate_job(ctx, job_id, spec, lease)
         lease.check()
-        ctx.store.put_bytes(keys.job_prefix(job_id) + "results.npz", _npz_bytes(**table))
-        ctx.store.put_json(keys.metrics_key(job_id), _jsonable(metrics))
+        ctx.store.put_bytes(keys.job_prefix(job_id) + "results.npz", npz_bytes(**table))
+        ctx.store.put_json(keys.metrics_key(job_id), jsonable(metrics))
         write_manifest(ctx.store, job_id)
         ctx.repo.finish(job_id, "succeeded")
         return "done"
 
-    return _run_unit(ctx, job_id, "evaluate", message_id, work)
+    return run_unit(ctx, job_id, "evaluate", message_id, work)
 
 
 def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lease
@@ -65,7 +68,7 @@ def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lea
         x_all, y_all = x_all[: spec.limit], y_all[: spec.limit]
     n = int(y_all.shape[0])
     n_chunks = math.ceil(n / CHUNK)
-    progress = _JobProgress(ctx, job_id, part=lambda stage, f: 0.98 * f)
+    progress = JobProgress(ctx, job_id, "evaluate")
     step_size = spec.step_size if spec.step_size is not None else 2.5 * spec.eps / spec.steps
 
     sanity_key = f"{keys.job_prefix(job_id)}chunks/sanity.json"
@@ -90,12 +93,12 @@ def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lea
             masks = per_sample_robustness(
                 model, x_all[part], y_all[part], eps=spec.eps, attacks=tuple(spec.attacks), steps=spec.steps,
                 step_size=step_size, restarts=spec.restarts, autoattack_version=spec.autoattack_version,
-                batch_size=spec.batch_size, device=ctx.device, seed=spec.seed + k)
+                batch_size=spec.batch_size, device=ctx.device, seed=unit_seed(spec.seed, k))
             elapsed = time.perf_counter() - started
             lease.check()
-            ctx.store.put_bytes(key, _npz_bytes(**{c: masks[c].numpy() for c in columns},
-                                                elapsed_s=np.asarray(elapsed)))
-        progress(stage="evaluate", current=k + 1, total=n_chunks, message=f"chunk {k + 1} of {n_chunks}")
+            ctx.store.put_bytes(key, npz_bytes(**{c: masks[c].numpy() for c in columns},
+                                               elapsed_s=np.asarray(elapsed)))
+        report(progress, Stage.EVALUATE, k + 1, n_chunks, message=f"chunk {k + 1} of {n_chunks}")
 
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
     for k in range(n_chunks):

@@ -21,11 +21,13 @@ import logging
 from typing import Any
 
 from core.jobs import keys
-from core.jobs.execute import WorkerContext, _jsonable, _run_unit, write_manifest
+from core.jobs.artifacts import jsonable, write_manifest
+from core.jobs.context import WorkerContext, run_unit
 from core.jobs.leases import Lease
 from core.jobs.queue import job_priority
 from core.jobs.reconcile import initial_units
 from core.jobs.records import JobNotFound
+from core.progress import Stage
 from core.specs import EvaluateSpec, ExperimentSpec, JobPlan, JobRecord, Progress, TrainSpec, job_id_of
 from core.storage import ObjectNotFound
 
@@ -90,7 +92,7 @@ def run_experiment(ctx: WorkerContext, job_id: str, message_id: str = "direct") 
             ctx.repo.finish(job_id, "failed", error="; ".join(failures)[:2000])
             return "failed"
         ctx.repo.set_progress(job_id, Progress(fraction=min(0.99, done / total), current=done, total=total,
-                                               stage="children", message=f"{done} of {total} child jobs"))
+                                               stage=Stage.CHILDREN, message=f"{done} of {total} child jobs"))
         if done < total:
             return "waiting"
         report = build_report(ctx, job, spec, pairs)
@@ -99,7 +101,7 @@ def run_experiment(ctx: WorkerContext, job_id: str, message_id: str = "direct") 
         ctx.repo.finish(job_id, "succeeded")
         return "done"
 
-    return _run_unit(ctx, job_id, "experiment", message_id, work, count_attempts=False)
+    return run_unit(ctx, job_id, "experiment", message_id, work, count_attempts=False)
 
 
 def children_of(ctx: WorkerContext, job: JobRecord) -> list[JobRecord]:
@@ -161,12 +163,12 @@ def write_report(ctx: WorkerContext, job_id: str, report: dict[str, Any]) -> Non
 
     html = render_html(report)
     plain = {k: v for k, v in report.items() if k != "previews"}
-    ctx.store.put_json(keys.job_prefix(job_id) + "report.json", _jsonable(plain))
+    ctx.store.put_json(keys.job_prefix(job_id) + "report.json", jsonable(plain))
     ctx.store.put_bytes(keys.job_prefix(job_id) + "report.html", html.encode(), content_type="text/html")
     summary = report["summary"]
     metrics = {"reference": summary.get("reference"), "interval": summary.get("interval"),
                "arms": summary.get("arms"), "paired": summary.get("paired"),
                "runs": [{k: v for k, v in r.items() if k != "history"} for r in report["runs"]],
                "children": report["children"]}
-    ctx.store.put_json(keys.metrics_key(job_id), _jsonable(metrics))
+    ctx.store.put_json(keys.metrics_key(job_id), jsonable(metrics))
     write_manifest(ctx.store, job_id)

@@ -71,7 +71,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # Under prefork Celery enforces these too: the soft limit fails the job through the task's own error
         # path, the hard one kills the process a minute later. The cooperative deadline in the progress
-        # callback (core.jobs.execute) holds on every pool, the solo pool of `cdp up` included.
+        # callback (core.jobs.context) holds on every pool, the solo pool of `cdp up` included.
         "task_soft_time_limit": settings.task_time_limit_s,
         "task_time_limit": settings.task_time_limit_s + 60,
         "task_serializer": "json",

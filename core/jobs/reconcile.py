@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from core.jobs import keys
+from core.jobs.dependencies import is_dependency_error
 from core.jobs.queue import Enqueuer, job_priority
-from core.jobs.records import JobNotFound, JobRepository, is_dependency_error
+from core.jobs.records import JobNotFound, JobRepository
 from core.specs import JobRecord, job_id_of
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def reconcile(repo: JobRepository, enqueuer: Enqueuer, *, max_attempts: int, def
     """One pass over the active jobs (see the module docstring). Errors of single jobs are logged and
     reported, never raised, so one bad record cannot stop the others from being reconciled."""
     report = ReconcileReport()
-    lock = repo.redis.lock(keys.R_RECONCILE_LOCK, timeout=lock_timeout_s, blocking_timeout=0)
+    lock = repo.reconcile_lock(lock_timeout_s)
     if not lock.acquire(blocking=False):
         report.skipped = True
         return report

@@ -7,27 +7,35 @@ updates only touch Redis; they are folded into the record when it is read. Every
 Redis lives in the store: the record (with its frozen plan and per-unit attempt counts), the marker
 ``active/<id>`` of every non-terminal job, and the Idempotency-Key bindings. Reads fall back to the store
 when Redis is unreachable. No torch here: the API uses it.
+
+This module is the Redis layer's front: every Redis key of a job is read and written here or in the modules
+it composes (:mod:`core.jobs.leases` as ``repo.leases``, :mod:`core.jobs.idempotency` as
+``repo.idempotency``, :mod:`core.jobs.quotas`); the rest of the service goes through :class:`JobRepository`
+(tests/service/test_redis_layer.py checks it). At about 370 lines it stays one module: the record's life
+cycle (create, read, list, update under the lock, finish, cancel, progress, attempts) is one concern, and the
+lock protocol it shares would be scattered by a further split.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import redis as redis_lib
 
 from core.jobs import keys, quotas
+from core.jobs.dependencies import REDIS_ERRORS, DependencyUnavailable
+from core.jobs.idempotency import IdempotencyKeys
 from core.jobs.keys import RECORD_TTL_S
 from core.jobs.leases import UnitLeases
+from core.progress import Stage
 from core.specs import TERMINAL_STATUSES, JobKind, JobPlan, JobRecord, JobStatus, Progress, links_for
 from core.storage import ObjectNotFound, ObjectStore, StorageError
 
@@ -38,38 +46,6 @@ log = logging.getLogger(__name__)
 # fails it.
 UPDATE_LOCK_TTL_S = 10
 UPDATE_LOCK_WAIT_S = 20
-
-# Errors of the service's dependencies (Redis, the object store), as opposed to errors of a job itself: a
-# unit that meets one gives up its lease and is retried; the API answers 503.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (redis_lib.exceptions.ConnectionError,
-                                                 redis_lib.exceptions.TimeoutError)
-
-
-def is_dependency_error(exc: BaseException) -> bool:
-    """Redis unreachable, or the store failing for a reason other than a missing object or a bad key."""
-    from kombu.exceptions import OperationalError
-
-    if isinstance(exc, (*REDIS_ERRORS, OperationalError, DependencyUnavailable)):
-        return True
-    return isinstance(exc, StorageError) and not isinstance(exc, (ObjectNotFound, ValueError))
-
-
-class DependencyUnavailable(RuntimeError):
-    """Redis or the object store cannot be reached; ``dependency`` names which ("redis" or "storage")."""
-
-    def __init__(self, dependency: str, message: str) -> None:
-        super().__init__(message)
-        self.dependency = dependency
-
-
-def redis_client(url: str) -> redis_lib.Redis:
-    """A client that fails fast: a short connect timeout and one quick retry, so an API whose Redis is down
-    answers 503 (or reads from the store) at once instead of after redis-py's default backoff."""
-    from redis.backoff import ConstantBackoff
-    from redis.retry import Retry
-
-    return redis_lib.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10,
-                                    retry=Retry(ConstantBackoff(0.05), 1), health_check_interval=15)
 
 
 def json_bytes(data: Any) -> bytes:
@@ -111,20 +87,6 @@ class JobNotFound(KeyError):
     """No job with this id (or not visible to this owner)."""
 
 
-class IdempotencyMismatch(ValueError):
-    """The Idempotency-Key was already used with a different request body."""
-
-
-class IdempotencyBusy(RuntimeError):
-    """Another request with the same Idempotency-Key is still being processed."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    job_id: str
-    created: bool  # False: an earlier submission with this key owns the job
-
-
 class JobRepository:
     """Reads and writes job records. ``redis`` is a ``redis.Redis`` client with ``decode_responses=True``."""
 
@@ -132,6 +94,8 @@ class JobRepository:
         self.store = store
         self.redis = redis
         self.leases = UnitLeases(redis, ttl_s=lease_ttl_s)
+        self.idempotency = IdempotencyKeys(store, redis, job_visible=self._is_visible,
+                                           job_stored=self._is_stored)
 
     # --- create / read ---
     def create(self, *, kind: JobKind, owner: str, input: dict[str, Any], job_id: str | None = None,
@@ -303,9 +267,9 @@ class JobRepository:
             if status == "succeeded":
                 record.progress.fraction = 1.0
                 record.progress.current = record.progress.total
-                record.progress.stage = "done"
+                record.progress.stage = Stage.DONE
             elif status == "canceled":
-                record.progress.stage = "canceled"
+                record.progress.stage = Stage.CANCELED
 
         return self.update(job_id, change)
 
@@ -321,7 +285,7 @@ class JobRepository:
             if record.status == "queued":
                 record.status = "canceled"
                 record.completed_at = utcnow()
-                record.progress.stage = "canceled"
+                record.progress.stage = Stage.CANCELED
 
         return self.update(job_id, change)
 
@@ -376,94 +340,37 @@ class JobRepository:
             missing = True
         return missing
 
-    # --- idempotency keys (REFERENCE §6: same key + same body -> same job; kept 48 h) ---
-    @staticmethod
-    def body_digest(kind: str, body: dict[str, Any]) -> str:
-        return hashlib.sha256(json.dumps([kind, body], sort_keys=True).encode()).hexdigest()
-
-    def claim_idempotency(self, owner: str, key: str, body_hash: str, job_id: str, *,
-                          wait_s: float = 10.0) -> Claim:
-        """Bind ``key`` to ``job_id`` unless an earlier request holds it.
-
-        The claim is one atomic step in Redis (SET NX), mirrored durably in the store (create-if-absent), so
-        concurrent requests agree on one winner and a Redis that lost its data still knows old keys. A loser
-        waits (up to ``wait_s``) until the winner's record exists, then returns it; a winner that failed
-        releases its claim (:meth:`release_idempotency`) and the next request may claim the key afresh."""
-        rkey, skey = keys.r_idempotency(owner, key), keys.idempotency_key(owner, key)
-        entry = json.dumps({"job_id": job_id, "body": body_hash})
-        deadline = time.monotonic() + wait_s
-        while True:
-            if self.redis.set(rkey, entry, nx=True, ex=keys.IDEMPOTENCY_TTL_S):
-                return self._bind_durably(rkey, skey, owner, key, body_hash, job_id)
-            raw = self.redis.get(rkey)
-            if raw is not None:
-                held = json.loads(raw)
-                if held["body"] != body_hash:
-                    raise IdempotencyMismatch(
-                        "Idempotency-Key was already used with a different request body")
-                try:
-                    self.get(held["job_id"], owner=owner)
-                    return Claim(held["job_id"], created=False)
-                except JobNotFound:
-                    pass  # the winner is still writing its record (or is about to release the key)
-            if time.monotonic() > deadline:
-                raise IdempotencyBusy("a request with this Idempotency-Key is still being processed")
-            time.sleep(0.02)
-
-    def _bind_durably(self, rkey: str, skey: str, owner: str, key: str, body_hash: str, job_id: str) -> Claim:
-        binding = {"job_id": job_id, "body": body_hash, "created_at": utcnow().isoformat()}
+    def ping(self) -> None:
+        """DependencyUnavailable unless Redis answers (the client's error is its ``__cause__``)."""
         try:
-            if self.store.put_bytes_if_absent(skey, json.dumps(binding).encode(),
-                                              content_type="application/json"):
-                return Claim(job_id, created=True)
-            earlier = get_json(self.store, skey)
-            fresh = (utcnow() - datetime.fromisoformat(earlier["created_at"])
-                     < timedelta(seconds=keys.IDEMPOTENCY_TTL_S))
-            if fresh and self._exists(earlier["job_id"]):
-                if earlier["body"] != body_hash:
-                    self.redis.delete(rkey)
-                    raise IdempotencyMismatch(
-                        "Idempotency-Key was already used with a different request body")
-                # Redis had forgotten the key (it lost its data): restore the binding there
-                self.redis.set(rkey, json.dumps({"job_id": earlier["job_id"], "body": body_hash}),
-                               ex=keys.IDEMPOTENCY_TTL_S)
-                return Claim(earlier["job_id"], created=False)
-            put_json(self.store, skey, binding)  # expired, or bound to a job that was never created
-            return Claim(job_id, created=True)
-        except (StorageError, *REDIS_ERRORS):
-            self.release_idempotency(owner, key, job_id)
-            raise
+            self.redis.ping()
+        except REDIS_ERRORS as exc:
+            raise DependencyUnavailable("redis", f"Redis does not answer ({type(exc).__name__})") from exc
 
-    def _exists(self, job_id: str) -> bool:
+    # --- the queue and the reconciler ---
+    def queue_depth(self, lists: Sequence[str]) -> int:
+        """Messages waiting in the broker's Redis lists ``lists`` (a queue's priority steps)."""
+        return sum(int(self.redis.llen(name)) for name in lists)
+
+    def reconcile_lock(self, timeout_s: float) -> Any:
+        """The lock that keeps reconciler passes one at a time (``acquire(blocking=False)``, ``release()``);
+        it expires after ``timeout_s`` should its holder die."""
+        return self.redis.lock(keys.R_RECONCILE_LOCK, timeout=timeout_s, blocking_timeout=0)
+
+    # --- internals ---
+    def _is_visible(self, job_id: str, owner: str) -> bool:
+        try:
+            self.get(job_id, owner=owner)
+            return True
+        except JobNotFound:
+            return False
+
+    def _is_stored(self, job_id: str) -> bool:
         try:
             self.load(job_id)
             return True
         except JobNotFound:
             return False
 
-    def release_idempotency(self, owner: str, key: str, job_id: str) -> None:
-        """Free a key whose submission failed (best effort), so a retry can create the job."""
-        rkey, skey = keys.r_idempotency(owner, key), keys.idempotency_key(owner, key)
-        try:
-            binding = get_json(self.store, skey)
-            if binding.get("job_id") == job_id:
-                self.store.delete(skey)
-        except (StorageError, ValueError):
-            pass
-        try:
-            raw = self.redis.get(rkey)
-            if raw is not None and json.loads(raw).get("job_id") == job_id:
-                self.redis.delete(rkey)
-        except REDIS_ERRORS:
-            pass
-
-    def ping(self) -> None:
-        """DependencyUnavailable unless Redis answers."""
-        try:
-            self.redis.ping()
-        except REDIS_ERRORS as exc:
-            raise DependencyUnavailable("redis", f"Redis does not answer ({type(exc).__name__})") from None
-
-    # --- internals ---
     def _mirror(self, record: JobRecord) -> None:
         self.redis.set(keys.r_record(record.id), record.model_dump_json(), ex=RECORD_TTL_S)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import logs
+from core.jobs.idempotency import IdempotencyMismatch, body_digest
 from core.jobs.queue import Enqueuer, job_priority
 from core.jobs.quotas import QuotaExceeded, Quotas
-from core.jobs.records import IdempotencyMismatch, JobNotFound, JobRepository, new_job_id
+from core.jobs.records import JobNotFound, JobRepository, new_job_id
 from core.specs import (
     EvaluateSpec,
     ExperimentSpec,
@@ -143,7 +144,7 @@ class JobService:
         job_id = new_job_id()
         if key is not None:
             try:
-                claim = self.repo.claim_idempotency(owner, key, self.repo.body_digest(kind, body), job_id)
+                claim = self.repo.idempotency.claim(owner, key, body_digest(kind, body), job_id)
             except IdempotencyMismatch as exc:
                 raise IdempotencyConflict(str(exc)) from None
             if not claim.created:
@@ -161,7 +162,7 @@ class JobService:
             if reservation is not None and self.quotas is not None:
                 self.quotas.release(reservation)
             if key is not None:
-                self.repo.release_idempotency(owner, key, job_id)
+                self.repo.idempotency.release(owner, key, job_id)
             raise
         with logs.bind(job_id=job_id, owner=owner):
             log.info("accepted a %s job (%d units)", kind, len(units))

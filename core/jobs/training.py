@@ -1,4 +1,8 @@
-"""From a :class:`core.specs.TrainSpec` to a trainer call (worker side; imports torch lazily).
+"""Training jobs: from a :class:`core.specs.TrainSpec` to a trainer call (worker side; imports torch lazily).
+
+``run_train`` is the job's one unit: it trains in a local work directory that mirrors
+``jobs/<id>/checkpoints/`` in the store; a redelivered task restores the checkpoints and the trainer resumes
+from the last epoch.
 
 Every trainer checkpoints into ``out_dir`` each epoch and resumes from it, so the caller only has to keep
 ``out_dir`` in sync with the store. Returns the trainer's metrics with two additions: ``_model_dir`` (the
@@ -8,17 +12,92 @@ clean and PGD robust accuracy on the held-out test split at the spec's eps.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.jobs import keys
+from core.jobs.artifacts import DirectorySync, download_prefix, jsonable, write_manifest
+from core.jobs.context import JobProgress, WorkerContext, run_unit
+from core.jobs.leases import Lease
 from core.progress import ProgressFn
-from core.specs import TrainSpec
+from core.specs import JobRecord, TrainSpec, job_id_of
+from core.storage import ObjectNotFound
+
+log = logging.getLogger(__name__)
 
 # Files in a trainer's out_dir that are not part of the model it leaves behind.
 NOT_MODEL = ("checkpoint.pt", "metrics.json")
+
+
+def run_train(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> str:
+    def work(job: JobRecord, lease: Lease) -> str:
+        spec = job.train_spec()
+        ctx.repo.mark_running(job_id)
+        out_dir = ctx.work_dir / "jobs" / job_id
+        restored = download_prefix(ctx.store, keys.checkpoint_prefix(job_id), out_dir)
+        if restored:
+            log.info("job %s: restored %d checkpoint files, resuming", job_id, restored)
+        sync = DirectorySync(ctx.store, out_dir, keys.checkpoint_prefix(job_id))
+        progress = JobProgress(ctx, job_id, "train", on_checkpoint=sync)
+        result = train_for_spec(spec, out_dir=out_dir, data_root=ctx.data_root, device=ctx.device,
+                                progress=progress, synthetic_dirs=_synthetic_dirs(ctx, spec))
+        sync()
+        model_dir = result.pop("_model_dir", None)
+        if model_dir is not None:
+            for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+                ctx.store.put_file(keys.model_prefix(job_id) + path.relative_to(model_dir).as_posix(), path)
+        ctx.store.put_json(keys.metrics_key(job_id), jsonable(job_names(result, out_dir)))
+        lease.check()
+        write_manifest(ctx.store, job_id)
+        ctx.repo.finish(job_id, "succeeded")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return "done"
+
+    return run_unit(ctx, job_id, "train", message_id, work)
+
+
+def job_names(value: Any, out_dir: Path) -> Any:
+    """A trainer's metrics as the job's clients see them, without this server's paths: a path inside the
+    trainer's ``out_dir`` becomes the name of the same file or folder under the job's ``model/`` (where
+    ``out_dir`` is uploaded, less its checkpoint and metrics: ``model_dir`` -> ``"model/"``); any other
+    absolute path is dropped (a dict loses the key, a list keeps ``None`` in its place)."""
+    if isinstance(value, dict):
+        named = {k: job_names(v, out_dir) for k, v in value.items()}
+        return {k: v for k, v in named.items() if v is not _DROPPED}
+    if isinstance(value, list | tuple):
+        return [None if v is _DROPPED else v for v in (job_names(v, out_dir) for v in value)]
+    if isinstance(value, str | Path) and Path(value).is_absolute():
+        path = Path(value)
+        if not path.is_relative_to(out_dir):
+            return _DROPPED
+        rel = path.relative_to(out_dir).as_posix()
+        return "model/" if rel == "." else f"model/{rel}"
+    return value
+
+
+_DROPPED = object()
+
+
+def _synthetic_dirs(ctx: WorkerContext, spec: TrainSpec) -> list[Path]:
+    """Download the shards of each referenced generation job (once per worker) and return their dirs."""
+    dirs = []
+    for ref in spec.synthetic:
+        job_id = job_id_of(ref)
+        assert job_id is not None
+        target = ctx.work_dir / "synthetic" / job_id
+        if not (target / ".complete").exists():
+            selected = keys.job_prefix(job_id) + "selected.npz"
+            try:
+                ctx.store.download_file(selected, target / "shards" / "0.npz")
+            except ObjectNotFound:
+                download_prefix(ctx.store, keys.job_prefix(job_id) + "shards/", target / "shards")
+            (target / ".complete").write_text("ok")
+        dirs.append(target / "shards")
+    return dirs
 
 
 def train_for_spec(spec: TrainSpec, *, out_dir: Path, data_root: Path, device: str, progress: ProgressFn,

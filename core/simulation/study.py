@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core.progress import ProgressFn
+from core.progress import ProgressEvent, ProgressFn, Stage
 from core.simulation.gaussian import (
     DIRECTIONS,
     Direction,
@@ -167,7 +167,7 @@ def run_gaussian_study(study: GaussianStudy, *, progress: ProgressFn | None = No
     of one synthetic noise sample (x~ = s c m + sigma z with the same s, z). Rows therefore differ only
     through n, c and n_syn, and a row does not change when other rows are added to the request.
 
-    ``progress`` is called with stage="simulate", current/total counted in samples drawn.
+    ``progress`` gets ``Stage.SIMULATE`` events, current/total counted in samples drawn.
     """
     mu = study.mu
     dim, sigma, eps = study.dim, study.sigma, study.eps
@@ -202,7 +202,7 @@ def run_gaussian_study(study: GaussianStudy, *, progress: ProgressFn | None = No
             running = _prefix_sums_at(running, y[..., None] * x, offset, real_needed, real_sums)
             done_work += batch * y.shape[1]
             if progress is not None:
-                progress(stage="simulate", current=done_work, total=total_work, message="real samples")
+                progress(ProgressEvent(Stage.SIMULATE, done_work, total_work, message="real samples"))
         for j, n in enumerate(study.real_sizes):
             real_acc[start : start + batch, j], real_rob[start : start + batch, j] = batch_accuracies(
                 real_sums[n] / n, mu, sigma=sigma, eps=eps
@@ -223,7 +223,7 @@ def run_gaussian_study(study: GaussianStudy, *, progress: ProgressFn | None = No
             running = _prefix_sums_at(running, pseudo[..., None] * x_syn, offset, syn_needed, syn_sums)
             done_work += batch * s.shape[1]
             if progress is not None:
-                progress(stage="simulate", current=done_work, total=total_work, message="synthetic samples")
+                progress(ProgressEvent(Stage.SIMULATE, done_work, total_work, message="synthetic samples"))
         for j, n in enumerate(study.n_syn):
             syn_part = syn_sums[n] if n > 0 else np.zeros((batch, n_c, dim))
             theta_final = (real_part[:, None, :] + syn_part) / (study.n_real + n)  # (B, C, d), eq. (5)

@@ -47,7 +47,7 @@ from core.contrastive import (
     check_guidance_args,
 )
 from core.diffusion import ddim_timesteps, sample
-from core.progress import ProgressFn
+from core.progress import ProgressEvent, ProgressFn, Stage
 from core.simulation.gaussian import (
     closed_form_robust_accuracy,
     sample_mixture,
@@ -169,8 +169,8 @@ def train_toy_eps_model(
         opt.step()
         sched.step()
         if progress is not None and (step + 1) % 100 == 0:
-            progress(stage="training", current=step + 1, total=config.train_steps,
-                     metrics={"loss": float(loss)})
+            progress(ProgressEvent(Stage.TRAIN, step + 1, config.train_steps,
+                                   metrics={"loss": float(loss)}))
     return model.eval()
 
 
@@ -291,7 +291,7 @@ def run_toy2d(
 
     def cb(step: int, total: int) -> None:
         if progress is not None:
-            progress(stage="sampling", current=step, total=total)
+            progress(ProgressEvent(Stage.SAMPLING, step, total))
 
     vanilla = sample(eps_model, x_T, alphas_cumprod=alphas, timesteps=ts, callback=cb)
     result = Toy2DResult(

@@ -22,8 +22,8 @@ from core.data import ImageDataset, channel_stats
 from core.data.images import to_unit
 from core.models.classifiers import ARCHS, Arch, build_classifier
 from core.models.io import save_classifier
-from core.progress import ProgressFn
-from core.training.common import batch_order, report, resolve_device, seed_everything
+from core.progress import ProgressFn, Stage, report
+from core.training.common import batch_order, resolve_device, seed_everything
 from core.training.distributed import (
     all_reduce_sum,
     is_main,
@@ -221,7 +221,7 @@ def train_classifier(
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-            report(progress, stage="train", current=step, total=total_steps,
+            report(progress, Stage.TRAIN, step, total_steps,
                    message=f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")  # fmt: skip
         loss_sum, correct_sum, seen_sum = all_reduce_sum([loss_sum, float(correct), float(seen)])
         correct, seen = int(correct_sum), int(seen_sum)

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from core.models.io import load_weights_only
-from core.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -161,20 +160,6 @@ def batch_order(
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         yield order[start : start + batch_size]
-
-
-def report(
-    progress: ProgressFn | None,
-    *,
-    stage: str,
-    current: int,
-    total: int,
-    message: str = "",
-    metrics: dict[str, Any] | None = None,
-) -> None:
-    """Call ``progress`` if given (it may raise ``core.progress.Cancelled`` to stop the caller)."""
-    if progress is not None:
-        progress(stage=stage, current=current, total=total, message=message, metrics=metrics)
 
 
 def check_resumable(

@@ -21,8 +21,8 @@ from diffusers import UNet2DModel
 from core.data import ImageDataset
 from core.data.images import to_signed
 from core.models.unet import UNET_PRESETS, UnetPreset, build_unet, make_scheduler, save_diffusion
-from core.progress import ProgressFn
-from core.training.common import EMA, batch_order, report, resolve_device, seed_everything
+from core.progress import ProgressFn, Stage, report
+from core.training.common import EMA, batch_order, resolve_device, seed_everything
 from core.training.distributed import (
     all_reduce_sum,
     is_main,
@@ -216,7 +216,7 @@ def train_diffusion(
             ema.update(unet)
             step += 1
             losses.append(float(loss.detach()) * (rows.stop - rows.start) / x0.shape[0])
-            report(progress, stage="train", current=step, total=total_steps,
+            report(progress, Stage.TRAIN, step, total_steps,
                    message=f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")  # fmt: skip
         losses = all_reduce_sum(losses)  # each rank's share of every step's loss -> the global batch's loss
         record = {

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from core.data import ImageDataset
 from core.data.images import to_unit
-from core.progress import ProgressFn
+from core.progress import ProgressEvent, ProgressFn, Stage
 from core.training.masking_checks import check_gradient_masking
 from core.training.pgd import batches, correct_mask, eval_mode, pgd_attack, validate_attack
 
@@ -130,7 +130,7 @@ def evaluate_robustness(
                 x_adv = x
             correct[f"pgd_{kind}"].append(correct_mask(model, x_adv, y).cpu())
         if progress is not None:
-            progress(stage="evaluate", current=i + 1, total=n_batches, message="PGD-CE/CW")
+            progress(ProgressEvent(Stage.EVALUATE, i + 1, n_batches, message="PGD-CE/CW"))
     masks = {name: torch.cat(parts) for name, parts in correct.items()}
     if autoattack:
         x_adv = run_autoattack(model, x_all, y_all, eps=eps, batch_size=batch_size, device=device, seed=seed)

@@ -36,13 +36,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.progress import ProgressFn
+from core.progress import ProgressFn, report_epoch
 from core.training.common import (
     CHECKPOINT_NAME,
     EMA,
     check_resumable,
     load_checkpoint,
-    report,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -137,14 +136,15 @@ class TrainingRun:
 
     def end_epoch(self, record: dict[str, Any], *, epochs: int, progress: ProgressFn | None) -> None:
         """Append ``record`` (whose ``"epoch"`` is the 1-based epoch just finished) to the history; on rank 0
-        also write the checkpoint, log the record and report stage "epoch" (which may raise Cancelled)."""
+        also write the checkpoint, log the record and report the epoch (``report_epoch``: CHECKPOINT, then
+        EPOCH, which may raise Cancelled)."""
         self.epoch = int(record["epoch"])
         self.history.append(record)
         if not is_main():
             return
         save_checkpoint(self.checkpoint_path, self.state_dict())
         logger.info("%s epoch %d/%d: %s", self.label or self.kind, self.epoch, epochs, record)
-        report(progress, stage="epoch", current=self.epoch, total=epochs, metrics=record)
+        report_epoch(progress, self.epoch, epochs, metrics=record)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """``out/metrics.json`` (rank 0 only)."""

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from core.data import ImageDataset
 from core.data.images import to_unit
 from core.models import build_classifier, save_classifier
-from core.progress import ProgressFn
-from core.training.common import EMA, report, resolve_device, seed_everything
+from core.progress import ProgressFn, Stage, report
+from core.training.common import EMA, resolve_device, seed_everything
 from core.training.distributed import (
     all_reduce_sum,
     is_main,
@@ -292,7 +292,7 @@ def train_trades(
             sums["ce"] += parts["ce"]
             sums["kl"] += parts["kl"]
             sums["accuracy"] += parts["accuracy"] * len(y) / (n_r + n_s)
-            report(progress, stage="train", current=step, total=total_steps,
+            report(progress, Stage.TRAIN, step, total_steps,
                    message=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
         sums = dict(zip(sums, all_reduce_sum(list(sums.values())), strict=True))
         elapsed += time.perf_counter() - began

@@ -4,19 +4,16 @@ a server path or address."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import redis
-import uvicorn
 from fastapi import FastAPI
 
 from api import problems
-from core.jobs.embedded import free_port
 from core.storage import ObjectNotFound, StorageError
+from tests.service.serving import served
 
 
 @pytest.fixture
@@ -44,18 +41,8 @@ def server() -> Iterator[str]:
     def ok() -> dict:
         return {"ok": True}
 
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not instance.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with served(app) as url:
+        yield url
 
 
 def test_a_500_keeps_the_connection_usable(server: str) -> None:

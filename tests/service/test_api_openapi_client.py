@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.service.serving import served
+
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -202,29 +204,15 @@ def test_authenticated_client_of_the_generated_package_submits_and_reads_a_job(
     models = importlib.import_module("cdp_client3.models")
 
     # a real server on loopback: the generated client builds its own httpx client with the bearer header
-    import threading
+    with served(http.app) as base_url:
+        client = client_mod.AuthenticatedClient(base_url=base_url, token=key)
+        created = create_train_job.sync_detailed(client=client, body=models.TrainSpec.from_dict(
+            {"kind": "classifier", "dataset": "digits", "epochs": 1}), idempotency_key="auth-1")
+        assert created.status_code == 202, created.content
+        assert created.headers["location"] == f"/jobs/{created.parsed.id}"
+        record = get_job.sync(client=client, job_id=created.parsed.id)
+        assert isinstance(record, models.JobRecord) and record.owner == "team-a"
+        assert [j.id for j in list_jobs.sync(client=client).items] == [created.parsed.id]
 
-    import uvicorn
-
-    from core.jobs.embedded import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(http.app, host="127.0.0.1", port=port, log_level="critical"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    base_url = f"http://127.0.0.1:{port}"
-    client = client_mod.AuthenticatedClient(base_url=base_url, token=key)
-    created = create_train_job.sync_detailed(client=client, body=models.TrainSpec.from_dict(
-        {"kind": "classifier", "dataset": "digits", "epochs": 1}), idempotency_key="auth-1")
-    assert created.status_code == 202, created.content
-    assert created.headers["location"] == f"/jobs/{created.parsed.id}"
-    record = get_job.sync(client=client, job_id=created.parsed.id)
-    assert isinstance(record, models.JobRecord) and record.owner == "team-a"
-    assert [j.id for j in list_jobs.sync(client=client).items] == [created.parsed.id]
-
-    anonymous = client_mod.Client(base_url=base_url)
-    assert get_job.sync_detailed(client=anonymous, job_id=created.parsed.id).status_code == 401
-    server.should_exit = True
+        anonymous = client_mod.Client(base_url=base_url)
+        assert get_job.sync_detailed(client=anonymous, job_id=created.parsed.id).status_code == 401

@@ -6,17 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from core.jobs.apikeys import create_key
-from core.jobs.embedded import free_port
 from core.settings import get_settings
+from tests.service.serving import served
 
 pytestmark = pytest.mark.timeout(300)
 HERE = Path(__file__).parent
@@ -34,17 +31,8 @@ def keyed_server(service_env, monkeypatch, tmp_path, store, redis_client) -> Ite
     for name in ("digits-unet", "digits-cnn"):
         (get_settings().model_dir / name).mkdir(exist_ok=True)
     app = create_app(get_settings(), store=store, redis_client=redis_client)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", key
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(app) as url:
+        yield url, key
 
 
 def test_schemathesis_finds_nothing(keyed_server: tuple[str, str], tmp_path: Path) -> None:

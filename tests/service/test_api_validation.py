@@ -299,7 +299,7 @@ def test_artifact_urls(presigning: bool, settings: Settings, redis_client: redis
                        tmp_path: Path) -> None:
     from api.app import create_app
     from core.jobs import keys
-    from core.jobs.execute import write_manifest
+    from core.jobs.artifacts import write_manifest
 
     store = PresigningStore(tmp_path / "s") if presigning else LocalStore(tmp_path / "s")
     client = TestClient(create_app(settings, store=store, redis_client=redis_client))

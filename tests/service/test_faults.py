@@ -113,10 +113,14 @@ def test_kill_9_of_the_worker_mid_generation(stack_factory, var: Path) -> None:
     job_id = http.post("/jobs/generate", json=generation(steps=50)).json()["id"]
     running: list[str] = []
 
-    def mid_shard() -> bool:  # a shard holds its lease and its object is not written yet
+    def mid_shard() -> bool:  # a shard holds its lease, has counted its attempt, and is not written yet
         done = {p.stem for p in shard_files(var, job_id)}
+        log_path = var / "logs" / "worker.log"
+        log_text = log_path.read_text() if log_path.exists() else ""
+        # the attempt is counted just after the lease is taken: a kill in between would leave it uncounted
         running[:] = [u for u in leased_units(stack, job_id)
-                      if u.startswith("shard-") and u.removeprefix("shard-") not in done]
+                      if u.startswith("shard-") and u.removeprefix("shard-") not in done
+                      and f"job {job_id}: {u} started (attempt" in log_text]
         return len(done) >= 2 and bool(running)
 
     wait_for("two shards and a third one running", mid_shard)

@@ -1,5 +1,5 @@
-"""core.jobs.execute without Celery: leases, the attempt cap, idempotent shards, the frozen plan, the time
-limit, a failing store, and training resume after a lost worker.
+"""The worker's units (core.jobs.context, generate, training) without Celery: leases, the attempt cap,
+idempotent shards, the frozen plan, the time limit, a failing store, and training resume after a lost worker.
 
 The enqueuer is a fake that records what would have been sent (and marks units pending like the real one).
 """
@@ -15,10 +15,14 @@ import numpy as np
 import pytest
 import redis
 
-from core.jobs import execute, keys
-from core.jobs.execute import WorkerContext, run_generate_shard, run_train, shard_seed
+from core.jobs import context, keys
+from core.jobs.artifacts import npz_bytes
+from core.jobs.context import WorkerContext, unit_seed
+from core.jobs.generate import run_generate_shard
 from core.jobs.leases import LeaseLost
 from core.jobs.records import JobRepository
+from core.jobs.training import job_names, run_train
+from core.progress import ProgressEvent, Stage
 from core.settings import Settings
 from core.specs import GenerateSpec, JobPlan, TrainSpec, server_limits
 from core.storage import LocalStore, MemoryStore, StorageError
@@ -67,10 +71,10 @@ def generate_job(ctx: WorkerContext, count: int = 4, shard_size: int = 8, **spec
 
 
 def test_shard_seeds_are_deterministic_and_distinct() -> None:
-    seeds = [shard_seed(7, k) for k in range(100)]
-    assert seeds == [shard_seed(7, k) for k in range(100)]
+    seeds = [unit_seed(7, k) for k in range(100)]
+    assert seeds == [unit_seed(7, k) for k in range(100)]
     assert len(set(seeds)) == 100 and all(0 <= s < 2**63 for s in seeds)
-    assert shard_seed(8, 0) != shard_seed(7, 0)
+    assert unit_seed(8, 0) != unit_seed(7, 0)
 
 
 def test_a_unit_started_too_often_fails_the_job(ctx: WorkerContext) -> None:
@@ -101,17 +105,17 @@ def test_a_unit_whose_lease_is_held_elsewhere_does_nothing(ctx: WorkerContext) -
 def test_an_executor_that_lost_its_lease_stops_without_writing(ctx: WorkerContext,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     job = generate_job(ctx)
-    original = execute._JobProgress.__call__
+    original = context.JobProgress.__call__
     stolen = []
 
-    def steal_then_report(self, **kw) -> None:
+    def steal_then_report(self, event: ProgressEvent) -> None:
         if not stolen:  # another executor takes over (this one was paused past its TTL)
             ctx.repo.redis.delete(keys.r_lease(job.id, "shard-0"))
             stolen.append(ctx.repo.leases.acquire(job.id, "shard-0", message_id="m2", holder="b:2"))
-            execute._UNIT.lease._last_renewed = 0.0  # noqa: SLF001 - force the check against Redis
-        original(self, **kw)
+            context._UNIT.lease._last_renewed = 0.0  # noqa: SLF001 - force the check against Redis
+        original(self, event)
 
-    monkeypatch.setattr(execute._JobProgress, "__call__", steal_then_report)
+    monkeypatch.setattr(context.JobProgress, "__call__", steal_then_report)
     assert run_generate_shard(ctx, job.id, 0, message_id="m1") == "lease-lost"
     assert not ctx.store.exists(keys.shard_key(job.id, 0))
     assert ctx.repo.get(job.id).status == "running"  # the record is the new executor's to finish
@@ -126,7 +130,7 @@ def test_an_executor_that_lost_its_lease_stops_without_writing(ctx: WorkerContex
 
 def test_existing_shard_is_not_redone_and_finalize_is_enqueued_once(ctx: WorkerContext) -> None:
     job = generate_job(ctx)  # one shard
-    shard = execute._npz_bytes(image=np.zeros((4, 16, 16, 1), np.uint8))
+    shard = npz_bytes(image=np.zeros((4, 16, 16, 1), np.uint8))
     ctx.store.put_bytes(keys.shard_key(job.id, 0), shard)
     before = ctx.store.stat(keys.shard_key(job.id, 0))
     assert run_generate_shard(ctx, job.id, 0) == "exists"
@@ -216,21 +220,21 @@ def test_training_resumes_from_store_checkpoints_after_a_lost_worker(
                      eval_attack_steps=2)
     job = ctx.repo.create(kind="train", owner="o", input=spec.model_dump(mode="json"))
 
-    original_call = execute._TrainProgress.__call__
+    original_call = context.JobProgress.__call__
 
-    def die_after_first_epoch(self, *, stage: str, current: int, total: int, **kw) -> None:
-        original_call(self, stage=stage, current=current, total=total, **kw)
-        if stage == "epoch" and current == 1:
+    def die_after_first_epoch(self, event: ProgressEvent) -> None:
+        original_call(self, event)
+        if event.stage == Stage.EPOCH and event.current == 1:
             raise WorkerLost
 
-    monkeypatch.setattr(execute._TrainProgress, "__call__", die_after_first_epoch)
+    monkeypatch.setattr(context.JobProgress, "__call__", die_after_first_epoch)
     with pytest.raises(WorkerLost):
         run_train(ctx, job.id)
     assert ctx.repo.get(job.id).status == "running"
     assert ctx.store.exists(keys.checkpoint_prefix(job.id) + "checkpoint.pt")
     # the redelivered task lands on another machine: no local files, only the store
     shutil.rmtree(ctx.work_dir / "jobs" / job.id)
-    monkeypatch.setattr(execute._TrainProgress, "__call__", original_call)
+    monkeypatch.setattr(context.JobProgress, "__call__", original_call)
     with caplog.at_level(logging.INFO):
         assert run_train(ctx, job.id) == "done", ctx.repo.get(job.id).error
     assert any("resuming" in r.getMessage() and "epoch 1" in r.getMessage() for r in caplog.records)
@@ -241,6 +245,28 @@ def test_training_resumes_from_store_checkpoints_after_a_lost_worker(
     assert 0 <= metrics["test"]["clean_acc"] <= 1 and 0 <= metrics["test"]["robust_acc"] <= 1
     model_files = {i.key.rsplit("/", 1)[-1] for i in ctx.store.list(keys.model_prefix(job.id))}
     assert {"model.safetensors", "config.json"} <= model_files and "checkpoint.pt" not in model_files
+    assert metrics["model_dir"] == "model/"  # where the model is in the job, not where it was trained
+    assert not server_paths(metrics), server_paths(metrics)
+
+
+def server_paths(value: object) -> list[str]:
+    """Every string in ``value`` (nested dicts and lists) that names an absolute path."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in server_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in server_paths(v)]
+    return [value] if isinstance(value, str) and (value.startswith("/") or ":\\" in value) else []
+
+
+def test_training_metrics_name_paths_relative_to_the_job(tmp_path) -> None:
+    out = tmp_path / "jobs" / "j1"
+    metrics = {"model_dir": str(out), "final_model_dir": str(out / "final"), "data": str(tmp_path / "data"),
+               "history": [{"epoch": 1, "best": str(out / "best")}], "arch": "resnet",
+               "dirs": [str(tmp_path)]}
+    named = job_names(metrics, out)
+    assert named == {"model_dir": "model/", "final_model_dir": "model/final", "arch": "resnet",
+                     "history": [{"epoch": 1, "best": "model/best"}], "dirs": [None]}
+    assert not server_paths(named)
 
 
 def test_a_record_lock_left_by_a_killed_process_delays_the_next_update_and_never_fails_it(

@@ -84,7 +84,7 @@ def test_trades_on_r_plus_o_trains_on_both_pools_for_the_fixed_step_budget(tmp_p
     spec = TrainSpec(kind="trades", dataset="mnist5k16", epochs=1, oracle=True, steps_per_epoch=2,
                      batch_size=8, attack_steps=1, eval_attack_steps=1, eval_samples=8, final_eval=False)
     metrics = train_for_spec(spec, out_dir=tmp_path / "out", data_root=tmp_path, device="cpu",
-                          progress=lambda **_: None, synthetic_dirs=[])
+                          progress=lambda _event: None, synthetic_dirs=[])
     assert metrics["real_images"] == 1000 + 2500
     assert metrics["steps"] == 2 and metrics["steps_per_epoch"] == 2
 
