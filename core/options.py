@@ -44,6 +44,12 @@ TrainKind = Literal["diffusion", "classifier", "trades"]
 Mixing = Literal["batch", "loss"]  # TRADES: synthetic share of each batch, or the paper's eq.-3 weighted sum
 AttackName = Literal["pgd_ce", "pgd_cw", "autoattack"]
 
+TradesSchedule = Literal["cosine", "onecycle", "constant"]  # TRADES learning-rate schedules
+AttackStart = Literal["normal", "uniform"]  # PGD start: x + 0.001 N(0, I) (TRADES' code) or uniform
+ToyModel = Literal["mlp", "exact"]  # the 2-D toy's eps-model: a trained MLP or the exact mixture denoiser
+ToyFeatures = Literal["rff", "identity"]  # the toy's feature map: random Fourier features or the identity
+ToyLabels = Literal["pseudo", "oracle"]  # the toy's class_conditional labels: eq.-5 labeller or Bayes rule
+
 ARCHS: tuple[str, ...] = get_args(Arch)
 UNET_PRESETS: tuple[str, ...] = get_args(UnetPreset)
 PACKAGED_DATASETS: tuple[str, ...] = get_args(PackagedDataset)
@@ -51,6 +57,11 @@ DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 TRAIN_KINDS: tuple[str, ...] = get_args(TrainKind)
 MIXINGS: tuple[str, ...] = get_args(Mixing)
 ATTACKS: tuple[str, ...] = get_args(AttackName)
+TRADES_SCHEDULES: tuple[str, ...] = get_args(TradesSchedule)
+ATTACK_STARTS: tuple[str, ...] = get_args(AttackStart)
+TOY_MODELS: tuple[str, ...] = get_args(ToyModel)
+TOY_FEATURES: tuple[str, ...] = get_args(ToyFeatures)
+TOY_LABELS: tuple[str, ...] = get_args(ToyLabels)
 
 # ------------------------------------------------------------------------------ generation defaults
 CONTRASTIVE_LOSS: ContrastiveLoss = "hnm"
@@ -67,6 +78,20 @@ SCHEDULE: Schedule = "quad"
 ETA = 0.0
 BATCH_SIZE = 256
 CRITERION: SelectionCriterion = "separability"
+
+# -------------------------------------------------------------------------------- training defaults
+ARCH: Arch = "small_cnn"
+UNET: UnetPreset = "tiny"
+EPS = 8 / 255  # L_inf radius of training and evaluation attacks (CIFAR-10's usual budget)
+STEP_SIZE = 2 / 255  # PGD step of the TRADES inner maximisation
+TRADES_BETA = 6.0  # TRADES' KL weight (Zhang et al. 2019)
+ATTACK_STEPS = 10  # PGD steps while training
+EVAL_ATTACK_STEPS = 20  # PGD steps of the evaluations
+MIXING: Mixing = "batch"
+SYNTHETIC_FRACTION = 0.7  # share of each batch that is synthetic (mixing "batch")
+MIXING_ETA = 0.3  # weight of the real data in eq. 3 (mixing "loss")
+TRADES_SCHEDULE: TradesSchedule = "cosine"
+ATTACK_START: AttackStart = "normal"
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> None:

@@ -82,3 +82,42 @@ def _generate_actions() -> list[argparse.Action]:
     sub = parser.add_subparsers()
     register(sub)
     return list(sub.choices["generate"]._actions)
+
+
+def test_trades_defaults_agree_across_the_spec_the_trainer_and_the_cli() -> None:
+    from core.cli.train_trades import add_trades_arguments
+    from core.specs import TrainSpec
+    from core.training.trades import TradesConfig
+
+    parser = argparse.ArgumentParser()
+    add_trades_arguments(parser)
+    cli = parser.parse_args(["--dataset", "digits", "--out", "unused"])
+    spec = TrainSpec(kind="trades", dataset="digits", epochs=1)
+    config = TradesConfig()
+    # option default -> (spec field, TradesConfig field, CLI dest)
+    shared = {
+        options.TRADES_BETA: ("beta", "beta", "beta"), options.EPS: ("eps", "eps", "eps"),
+        options.ATTACK_STEPS: ("attack_steps", "steps", "attack_steps"),
+        options.SYNTHETIC_FRACTION: ("synthetic_fraction", "synthetic_fraction", "synthetic_fraction"),
+        options.MIXING: ("mixing", "mixing", "mixing"), options.ARCH: ("arch", "arch", "arch"),
+    }
+    for default, (spec_field, config_field, dest) in shared.items():
+        assert getattr(spec, spec_field) == getattr(config, config_field) == getattr(cli, dest) == default
+    assert spec.step_size == config.step_size == options.STEP_SIZE
+    assert (config.schedule, config.start, config.eta) == (cli.schedule, cli.start, cli.eta)
+    assert (cli.schedule, cli.start, cli.eta) == (options.TRADES_SCHEDULE, options.ATTACK_START,
+                                                  options.MIXING_ETA)
+
+
+def test_toy_cli_defaults_are_the_toy_dataclasses_defaults() -> None:
+    from core.cli import toy2d as cli_toy2d
+    from core.simulation.toy2d import GuidanceSettings, Toy2DConfig
+
+    root = argparse.ArgumentParser()
+    cli_toy2d.register(root.add_subparsers())
+    args = root.parse_args(["toy2d"])
+    config, guidance = Toy2DConfig(), GuidanceSettings()
+    for name in ("loss", "strategy", "lam", "tau", "tau_plus", "beta", "feature_on"):
+        assert getattr(args, name) == getattr(guidance, name), name
+    for name in ("model", "features", "labels", "steps", "init_scale", "train_steps", "n_real"):
+        assert getattr(args, name) == getattr(config, name), name

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core import options
 from core.cli.common import ProgressBar, integer, parse_eps, resolve_data_root_and_device
 
 
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", type=Path, help="classifier directory (model.safetensors + config.json)")
-    parser.add_argument("--dataset", required=True, help="digits, cifar10 or gtsrb")
+    parser.add_argument("--dataset", required=True, help=", ".join(options.DATASET_NAMES))
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default: CDP_DATA_ROOT)")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--eps", type=parse_eps, required=True, help="L-inf radius in [0, 1], e.g. 8/255")

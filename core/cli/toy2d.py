@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core import options
 from core.cli.common import integer, number
-from core.contrastive import STRATEGIES
 from core.simulation.toy2d import GuidanceSettings, Toy2DConfig, Toy2DResult, run_toy2d
 from core.simulation.toy2d_plots import plot_toy2d
 
@@ -33,6 +33,7 @@ METRICS = (
 )
 
 
+_CONFIG, _GUIDANCE = Toy2DConfig(), GuidanceSettings()  # the toy's defaults, written in core.simulation.toy2d
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,26 +43,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--loss", choices=("hnm", "infonce", "none"), default="hnm")
-    p.add_argument("--strategy", choices=STRATEGIES, default="previous")
-    p.add_argument("--lam", type=number(0, strict=False), default=100.0, help="guidance scale lambda")
-    p.add_argument("--tau", type=number(0, strict=True), default=0.5, help="temperature")
-    p.add_argument("--tau-plus", type=number(0, strict=False), default=0.1, help="HNM tau+, in [0, 1)")
-    p.add_argument("--beta", type=number(0, strict=False), default=1.0, help="HNM hardness")
+    p.add_argument("--loss", choices=options.GEN_LOSSES, default=_GUIDANCE.loss)
+    p.add_argument("--strategy", choices=options.STRATEGIES, default=_GUIDANCE.strategy)
+    p.add_argument("--lam", type=number(0, strict=False), default=_GUIDANCE.lam, help="guidance scale lambda")
+    p.add_argument("--tau", type=number(0, strict=True), default=_GUIDANCE.tau, help="temperature")
+    p.add_argument("--tau-plus", type=number(0, strict=False), default=_GUIDANCE.tau_plus,
+                   help="HNM tau+, in [0, 1)")
+    p.add_argument("--beta", type=number(0, strict=False), default=_GUIDANCE.beta, help="HNM hardness")
     p.add_argument("--window", type=integer(0), nargs=2, metavar=("LO", "HI"), default=None,
                    help="guide only for LO <= t <= HI (default: every step but the first)")
     p.add_argument("--embedding-head", action="store_true", help="train an embedding head online")
-    p.add_argument("--feature-on", choices=("x_t", "x0_hat"), default="x_t")
-    p.add_argument("--features", choices=("rff", "identity"), default="rff",
+    p.add_argument("--feature-on", choices=options.FEATURE_ON, default=_GUIDANCE.feature_on)
+    p.add_argument("--features", choices=options.TOY_FEATURES, default=_CONFIG.features,
                    help="feature map f: random Fourier features (kernel) or the identity (angle only)")
-    p.add_argument("--labels", choices=("pseudo", "oracle"), default="pseudo",
+    p.add_argument("--labels", choices=options.TOY_LABELS, default=_CONFIG.labels,
                    help="labels for class_conditional: from the eq.-5 labeller or the Bayes rule")
-    p.add_argument("--model", choices=("mlp", "exact"), default="mlp",
+    p.add_argument("--model", choices=options.TOY_MODELS, default=_CONFIG.model,
                    help="trained MLP eps-model, or the exact optimal denoiser of the mixture")
-    p.add_argument("--steps", type=integer(2), default=50, help="DDIM steps")
-    p.add_argument("--init-scale", type=number(0, strict=True), default=1.0, help="x_T ~ N(0, s^2 I)")
-    p.add_argument("--train-steps", type=integer(1), default=1000, help="MLP training steps")
-    p.add_argument("--n-real", type=integer(1), default=10, help="real samples for eq. 5")
+    p.add_argument("--steps", type=integer(2), default=_CONFIG.steps, help="DDIM steps")
+    p.add_argument("--init-scale", type=number(0, strict=True), default=_CONFIG.init_scale,
+                   help="x_T ~ N(0, s^2 I)")
+    p.add_argument("--train-steps", type=integer(1), default=_CONFIG.train_steps, help="MLP training steps")
+    p.add_argument("--n-real", type=integer(1), default=_CONFIG.n_real, help="real samples for eq. 5")
     p.add_argument("--seed", type=integer(0), default=0)
     p.add_argument("--repeats", type=integer(1), default=1, help="run seeds SEED .. SEED+K-1 and summarise")
     p.add_argument("--n", type=integer(2), default=512, help="synthetic samples (one guided batch)")

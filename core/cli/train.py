@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import options
 from core.cli.common import add_nproc_argument, integer, number, run_on_ranks
 from core.cli.train_trades import add_trades_arguments, arch_options, run_trades
 from core.models import ARCHS, UNET_PRESETS
@@ -27,7 +28,7 @@ CLASSIFIER_ARCH_OPTIONS = {"small_cnn": ("width", "feature_dim"), "wrn": ("depth
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="digits, mnist5k, mnist5k16, cifar10 or gtsrb")
+    parser.add_argument("--dataset", required=True, help=", ".join(options.DATASET_NAMES))
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default: CDP_DATA_ROOT)")
     parser.add_argument("--epochs", type=integer(1), required=True)
     parser.add_argument("--seed", type=integer(0), default=0)
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "diffusion", help="DDPM (epsilon objective, EMA) saved as a diffusers pipeline"
     )
     _common_arguments(diffusion)
-    diffusion.add_argument("--preset", choices=UNET_PRESETS, default="tiny", help="UNet shape")
+    diffusion.add_argument("--preset", choices=UNET_PRESETS, default=options.UNET, help="UNet shape")
     diffusion.add_argument("--class-conditional", action="store_true", help="learn a class embedding")
     diffusion.add_argument("--ema-decay", type=number(0.0, maximum=0.9999), default=0.999)
     diffusion.add_argument("--warmup-steps", type=integer(0), default=100, help="linear lr warm-up")
@@ -60,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     classifier = sub.add_parser("classifier", help="standard cross-entropy classifier (pseudo-labeler)")
     _common_arguments(classifier)
-    classifier.add_argument("--arch", choices=ARCHS, default="small_cnn")
+    classifier.add_argument("--arch", choices=ARCHS, default=options.ARCH)
     classifier.add_argument("--width", type=integer(1), default=None, help="small_cnn width")
     classifier.add_argument("--feature-dim", type=integer(1), default=None, help="small_cnn feature size")
     classifier.add_argument("--depth", type=integer(10), default=None, help="wrn depth (6n + 4)")

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from core import options
 from core.cli.common import (
     add_nproc_argument,
     integer,
@@ -22,48 +23,49 @@ from core.cli.common import (
 )
 from core.models import ARCHS
 
-DEFAULT_EPS = "8/255"
 # The model options of each --arch that `cdp train trades` takes.
 ARCH_OPTIONS = {"small_cnn": ("width",), "wrn": ("depth", "widen_factor")}
 
 
 def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``cdp train trades`` (defaults: official TRADES attack, Gowal et al.'s optimiser)."""
-    parser.add_argument("--dataset", required=True, help="digits, mnist5k, mnist5k16, cifar10 or gtsrb")
+    parser.add_argument("--dataset", required=True, help=", ".join(options.DATASET_NAMES))
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default: CDP_DATA_ROOT)")
     parser.add_argument("--epochs", type=integer(1), default=10)
     parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--out", type=Path, required=True, help="output dir (resumes its checkpoint)")
     parser.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: CDP_DEVICE)")
-    parser.add_argument("--eps", type=parse_eps, default=parse_eps(DEFAULT_EPS),
+    parser.add_argument("--eps", type=parse_eps, default=options.EPS,
                         help="L-inf radius in [0, 1] pixel units, e.g. 0.1 or 8/255")  # fmt: skip
     parser.add_argument("--limit", type=integer(1), default=None, help="use only the first N training images")
     add_nproc_argument(parser)
     parser.add_argument("--synthetic", type=Path, nargs="+", default=None, metavar="PATH",
                         help="synthetic npz files or shard directories (keys image/label or arr_0/arr_1)")
     trades = parser.add_argument_group("TRADES")
-    trades.add_argument("--beta", type=number(0.0), default=6.0, help="weight of the KL term")
-    trades.add_argument("--attack-steps", "--steps", dest="attack_steps", type=integer(0), default=10,
+    trades.add_argument("--beta", type=number(0.0), default=options.TRADES_BETA, help="weight of the KL term")
+    trades.add_argument("--attack-steps", "--steps", dest="attack_steps", type=integer(0),
+                        default=options.ATTACK_STEPS,
                         help="PGD steps of the training attack")  # fmt: skip
     trades.add_argument("--step-size", type=parse_eps, default=None, help="PGD step (default eps / 4)")
-    trades.add_argument("--start", choices=("normal", "uniform"), default="normal",
+    trades.add_argument("--start", choices=options.ATTACK_STARTS, default=options.ATTACK_START,
                         help="attack start: x + 0.001 N(0, I) (official) or uniform in the ball")  # fmt: skip
     trades.add_argument("--label-smoothing", type=number(0.0, maximum=0.99), default=0.0)
     mixing = parser.add_argument_group("real + synthetic mixing")
-    mixing.add_argument("--mixing", choices=("batch", "loss"), default="batch",
+    mixing.add_argument("--mixing", choices=options.MIXINGS, default=options.MIXING,
                         help="batch: a fraction of every batch is synthetic; loss: eq. (3)")  # fmt: skip
-    mixing.add_argument("--synthetic-fraction", type=number(0.0, maximum=0.99), default=0.7)
-    mixing.add_argument("--eta", type=number(0.0, strict=True, maximum=1.0), default=0.3,
+    mixing.add_argument("--synthetic-fraction", type=number(0.0, maximum=0.99),
+                        default=options.SYNTHETIC_FRACTION)
+    mixing.add_argument("--eta", type=number(0.0, strict=True, maximum=1.0), default=options.MIXING_ETA,
                         help="weight of the real data in eq. (3) with --mixing loss")  # fmt: skip
     optim = parser.add_argument_group("optimiser")
     optim.add_argument("--batch-size", type=integer(1), default=128)
     optim.add_argument("--lr", type=number(0.0, strict=True), default=0.1)
     optim.add_argument("--weight-decay", type=number(0.0), default=5e-4)
-    optim.add_argument("--schedule", choices=("cosine", "onecycle", "constant"), default="cosine")
+    optim.add_argument("--schedule", choices=options.TRADES_SCHEDULES, default=options.TRADES_SCHEDULE)
     optim.add_argument("--ema-decay", type=number(0.0, maximum=0.9999), default=0.995, help="0 disables")
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", choices=ARCHS, default="small_cnn")
+    model.add_argument("--arch", choices=ARCHS, default=options.ARCH)
     model.add_argument("--width", type=integer(1), default=None, help="small_cnn width")
     model.add_argument("--depth", type=integer(10), default=None, help="wrn depth (6n + 4)")
     model.add_argument("--widen-factor", type=integer(1), default=None, help="wrn widen factor")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from core import options
 from core.data.images import grid_png
 from core.jobs import keys
 from core.jobs.artifacts import jsonable, npy_bytes, npz_bytes, write_manifest
@@ -72,7 +73,7 @@ def _generate_shard_arrays(ctx: WorkerContext, job: JobRecord, spec: GenerateSpe
     extractor = (ctx.models.get("classifier", spec.feature_extractor) if spec.feature_extractor is not None
                  else None)
     real_images = None
-    if spec.strategy in ("real_positive", "real_negative"):
+    if spec.strategy in options.REAL_STRATEGIES:
         from core.data import load_dataset
 
         real_images = load_dataset(spec.dataset, "train", root=ctx.data_root).images

@@ -33,12 +33,13 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from core import options
 from core.contrastive import (
     ContrastiveGuidance,
     LossName,
@@ -47,6 +48,7 @@ from core.contrastive import (
     check_guidance_args,
 )
 from core.diffusion import ddim_timesteps, sample
+from core.options import FeatureOn, GenLoss, Schedule, ToyFeatures, ToyLabels, ToyModel, check_choice
 from core.progress import ProgressEvent, ProgressFn, Stage
 from core.simulation.gaussian import (
     closed_form_robust_accuracy,
@@ -58,10 +60,7 @@ from core.simulation.toy2d_models import ExactMixtureEps, ToyEpsMLP
 
 log = logging.getLogger(__name__)
 
-ToyLoss = Literal["hnm", "infonce", "none"]
-ToyModel = Literal["mlp", "exact"]
-ToyFeatures = Literal["rff", "identity"]
-ToyLabels = Literal["pseudo", "oracle"]
+ToyLoss = GenLoss  # the toy's names come from core.options; its defaults (a toy's scale) stay here
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +72,7 @@ class Toy2DConfig:
     eps: float = 0.5
     num_train_timesteps: int = 1000
     steps: int = 50
-    schedule: Literal["uniform", "quad"] = "uniform"
+    schedule: Schedule = "uniform"
     init_scale: float = 1.0  # x_T ~ N(0, init_scale^2 I) (paper Fig. 3: 1, Fig. 4: 2)
     model: ToyModel = "mlp"
     train_steps: int = 1000
@@ -99,12 +98,10 @@ class Toy2DConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.model not in ("mlp", "exact"):
-            raise ValueError(f"model must be 'mlp' or 'exact', got {self.model!r}")
-        if self.features not in ("rff", "identity"):
-            raise ValueError(f"features must be 'rff' or 'identity', got {self.features!r}")
-        if self.labels not in ("pseudo", "oracle"):
-            raise ValueError(f"labels must be 'pseudo' or 'oracle', got {self.labels!r}")
+        check_choice("model", self.model, options.TOY_MODELS)
+        check_choice("features", self.features, options.TOY_FEATURES)
+        check_choice("labels", self.labels, options.TOY_LABELS)
+        check_choice("schedule", self.schedule, options.SCHEDULES)
 
     def alphas_cumprod(self) -> Tensor:
         """Linear betas 1e-4 .. 0.02 over T steps, scaled like DDPM's for other T (float64)."""
@@ -125,11 +122,11 @@ class GuidanceSettings:
     beta: float = 1.0
     window: tuple[int, int] | None = None
     embedding_head: bool = False
-    feature_on: Literal["x_t", "x0_hat"] = "x_t"
+    feature_on: FeatureOn = options.FEATURE_ON_DEFAULT
 
     def __post_init__(self) -> None:
-        if self.loss not in ("hnm", "infonce", "none"):
-            raise ValueError(f"loss must be one of ('hnm', 'infonce', 'none'), got {self.loss!r}")
+        check_choice("loss", self.loss, options.GEN_LOSSES)
+        check_choice("feature_on", self.feature_on, options.FEATURE_ON)
         check_guidance_args(
             loss="hnm" if self.loss == "none" else self.loss, lam=self.lam, tau=self.tau,
             tau_plus=self.tau_plus, beta=self.beta, strategy=self.strategy,

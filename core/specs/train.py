@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core import options
 from core.options import Arch, AttackName, DatasetName, Mixing, TrainKind, UnetPreset
 from core.specs.common import PRIORITY_DOC, JobPriority, JobRef, ModelRef, short, within_server_limit
 
@@ -54,27 +55,27 @@ class TrainSpec(BaseModel):
     batch_size: int = Field(default=128, ge=1)
     lr: float | None = Field(default=None, gt=0, le=10, description="learning rate; default: the trainer's")
     seed: int = Field(default=0, ge=0, lt=2**63)
-    arch: Arch = Field(default="small_cnn", description="classifier / trades")
+    arch: Arch = Field(default=options.ARCH, description="classifier / trades")
     arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(
         default_factory=dict, description="small_cnn: width, feature_dim; wrn: depth, widen_factor")
-    unet: UnetPreset = Field(default="tiny", description="diffusion: UNet preset")
+    unet: UnetPreset = Field(default=options.UNET, description="diffusion: UNet preset")
     class_conditional: bool = Field(default=False, description="diffusion: a class-conditional UNet (class "
                                     "embeddings); its generation jobs draw labels balanced over the job")
     # TRADES (Zhang et al. 2019) and the real/synthetic mixing of paper eq. (3).
     synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
                                     description="finished generation jobs mixed into TRADES training")
-    synthetic_fraction: float = Field(default=0.7, ge=0, lt=1,
+    synthetic_fraction: float = Field(default=options.SYNTHETIC_FRACTION, ge=0, lt=1,
                                       description="share of each batch drawn from the synthetic set")
-    beta: float = Field(default=6.0, ge=0, le=100, description="TRADES KL weight")
-    eps: float = Field(default=8 / 255, ge=0, le=1, description="L_inf radius")
-    step_size: float = Field(default=2 / 255, gt=0, le=1)
-    attack_steps: int = Field(default=10, ge=1, le=100)
-    eval_attack_steps: int = Field(default=20, ge=1, le=200)
+    beta: float = Field(default=options.TRADES_BETA, ge=0, le=100, description="TRADES KL weight")
+    eps: float = Field(default=options.EPS, ge=0, le=1, description="L_inf radius")
+    step_size: float = Field(default=options.STEP_SIZE, gt=0, le=1)
+    attack_steps: int = Field(default=options.ATTACK_STEPS, ge=1, le=100)
+    eval_attack_steps: int = Field(default=options.EVAL_ATTACK_STEPS, ge=1, le=200)
     eval_samples: int | None = Field(default=1000, ge=1, description="test images for the final clean / "
                                      "robust evaluation (classifier, trades); null = the whole test split")
     mixing: Mixing = Field(
-        default="batch", description="trades: synthetic share of each batch ('batch'), or the paper's eq.-3 "
-        "weighted sum of a real and a synthetic loss ('loss')")
+        default=options.MIXING, description="trades: synthetic share of each batch ('batch'), or the paper's "
+        "eq.-3 weighted sum of a real and a synthetic loss ('loss')")
     real_subset: int | None = Field(
         default=None, ge=10, le=1_000_000, description="trades: train on a stratified subset of this many "
         "real training images (the same subset for every seed), keeping the rest out")
@@ -117,11 +118,11 @@ class EvaluationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
     split: Literal["test", "val"] = "test"
-    eps: float = Field(default=8 / 255, ge=0, le=1, description="L_inf radius")
+    eps: float = Field(default=options.EPS, ge=0, le=1, description="L_inf radius")
     attacks: list[AttackName] = Field(default_factory=lambda: ["pgd_ce", "pgd_cw"], min_length=1,
                                       max_length=3, description="pgd_ce, pgd_cw (PGD with the CE loss / "
                                       "the CW margin), autoattack (pyautoattack)")
-    steps: int = Field(default=20, ge=1, le=1000, description="PGD steps")
+    steps: int = Field(default=options.EVAL_ATTACK_STEPS, ge=1, le=1000, description="PGD steps")
     restarts: int = Field(default=1, ge=1, le=20, description="PGD random restarts")
     step_size: float | None = Field(default=None, gt=0, le=1, description="PGD step; default 2.5 eps / steps")
     autoattack_version: Literal["standard", "fast"] = Field(
@@ -165,7 +166,7 @@ class ExperimentArm(BaseModel):
     synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
                                     description="finished generation jobs; [] = real data only")
     synthetic_fraction: float = Field(default=0.5, ge=0, lt=1)
-    mixing: Mixing = "batch"
+    mixing: Mixing = options.MIXING
     oracle: bool = Field(default=False, description="mnist5k: also train on the oracle pool of real images")
 
 
@@ -176,12 +177,12 @@ class ExperimentTrades(BaseModel):
     epochs: int = Field(ge=1)
     batch_size: int = Field(default=128, ge=1)
     lr: float | None = Field(default=None, gt=0, le=10)
-    arch: Arch = "small_cnn"
+    arch: Arch = options.ARCH
     arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=dict)
-    beta: float = Field(default=6.0, ge=0, le=100)
-    eps: float = Field(default=8 / 255, ge=0, le=1)
-    step_size: float = Field(default=2 / 255, gt=0, le=1)
-    attack_steps: int = Field(default=10, ge=1, le=100)
+    beta: float = Field(default=options.TRADES_BETA, ge=0, le=100)
+    eps: float = Field(default=options.EPS, ge=0, le=1)
+    step_size: float = Field(default=options.STEP_SIZE, gt=0, le=1)
+    attack_steps: int = Field(default=options.ATTACK_STEPS, ge=1, le=100)
     steps_per_epoch: int | None = Field(default=None, ge=1, le=100_000,
                                         description="optimizer steps per epoch, the same for every arm")
     eps_warmup: float = Field(default=0.0, ge=0, le=1, description="fraction of steps with a ramped eps")

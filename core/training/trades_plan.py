@@ -13,7 +13,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from core import options
 from core.models.classifiers import ARCHS, Arch
+from core.options import check_choice
 
 
 @dataclass(frozen=True)
@@ -39,20 +41,20 @@ class TradesConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    schedule: options.TradesSchedule = options.TRADES_SCHEDULE
     warmup_fraction: float = 0.3
-    beta: float = 6.0
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
-    steps: int = 10
-    start: Literal["normal", "uniform"] = "normal"
+    beta: float = options.TRADES_BETA
+    eps: float = options.EPS
+    step_size: float = options.STEP_SIZE
+    steps: int = options.ATTACK_STEPS
+    start: options.AttackStart = options.ATTACK_START
     ema_decay: float = 0.995
     ema_warmup: bool = True
     label_smoothing: float = 0.0
-    mixing: Literal["batch", "loss"] = "batch"
-    synthetic_fraction: float = 0.7
-    eta: float = 0.3
-    arch: Arch = "small_cnn"
+    mixing: options.Mixing = options.MIXING
+    synthetic_fraction: float = options.SYNTHETIC_FRACTION
+    eta: float = options.MIXING_ETA
+    arch: Arch = options.ARCH
     arch_options: dict[str, int] = field(default_factory=dict)
     init: Literal["kaiming", "default"] = "kaiming"
     eval_steps: int = 10
@@ -86,12 +88,9 @@ class TradesConfig:
             raise ValueError(f"eps_warmup must be a fraction in [0, 1], got {self.eps_warmup!r}")
         if self.eps > 1:
             raise ValueError(f"eps is in [0, 1] pixel units (8/255 = {8 / 255:.4f}), got {self.eps!r}")
-        if self.schedule not in ("cosine", "onecycle", "constant"):
-            raise ValueError(f"schedule must be 'cosine', 'onecycle' or 'constant', got {self.schedule!r}")
-        if self.start not in ("normal", "uniform"):
-            raise ValueError(f"start must be 'normal' or 'uniform', got {self.start!r}")
-        if self.mixing not in ("batch", "loss"):
-            raise ValueError(f"mixing must be 'batch' or 'loss', got {self.mixing!r}")
+        check_choice("schedule", self.schedule, options.TRADES_SCHEDULES)
+        check_choice("start", self.start, options.ATTACK_STARTS)
+        check_choice("mixing", self.mixing, options.MIXINGS)
         if not 0.0 <= self.synthetic_fraction < 1.0:
             raise ValueError(f"synthetic_fraction must be in [0, 1), got {self.synthetic_fraction!r}")
         if not 0.0 < self.eta <= 1.0:
