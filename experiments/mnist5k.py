@@ -237,11 +237,14 @@ def _train_classifier(work: Path, name: str, split: str, seed: int) -> Path:
     return out
 
 
-def generator(work: Path) -> Path:
-    """The DDPM trained on R only (tiny UNet preset)."""
+def generator(work: Path, *, conditional: bool = False) -> Path:
+    """The DDPM trained on R only (tiny UNet preset); ``conditional``: the same with class embeddings (its
+    samples' classes are drawn balanced; their labels still come from the labeller)."""
     from core.specs import TrainSpec
 
-    return _train(work, "ddpm", TrainSpec(kind="diffusion", dataset=DATASET, unet="tiny", **GENERATOR))
+    spec = TrainSpec(kind="diffusion", dataset=DATASET, unet="tiny", class_conditional=conditional,
+                     **GENERATOR)
+    return _train(work, "ddpm-cond" if conditional else "ddpm", spec)
 
 
 def labeller(work: Path) -> Path:
@@ -255,9 +258,11 @@ def judge(work: Path) -> Path:
 
 
 def sample(work: Path, name: str, params: dict[str, Any], *, count: int, seed: int,
-           feature_extractor: Path | None = None) -> dict[str, Any]:
+           feature_extractor: Path | None = None, conditional: bool = False) -> dict[str, Any]:
     """Generate ``count`` images with generation params ``params`` (cached as work/sets/<name>/shards/0.npz)
     and return the sample metrics (labeller's and the judge's)."""
+    import numpy as np
+
     from core.data import load_dataset
     from core.diffusion import load_diffusion_model
     from core.generation import GenerationParams, generate, sample_metrics, sample_quality
@@ -267,7 +272,7 @@ def sample(work: Path, name: str, params: dict[str, Any], *, count: int, seed: i
     done = folder / "metrics.json"
     if done.exists():
         return json.loads(done.read_text())
-    diffusion = load_diffusion_model(generator(work))
+    diffusion = load_diffusion_model(generator(work, conditional=conditional))
     classifier = load_classifier(labeller(work))
     extractor = load_classifier(feature_extractor) if feature_extractor is not None else None
     full = {**SAMPLING, "guidance_window": None, **params}
@@ -281,32 +286,39 @@ def sample(work: Path, name: str, params: dict[str, Any], *, count: int, seed: i
     metrics = dict(sample_metrics(classifier, result.images, result.labels))
     metrics.update(sample_quality(result.images, result.labels, real_images_uint8_nhwc=train.images,
                                   judge=load_classifier(judge(work)), num_classes=10))
+    if result.class_labels is not None:  # a conditional model: how often the labeller reads the asked class
+        metrics["condition_agreement"] = float(np.mean(result.class_labels == result.labels))
     metrics.update(name=name, params=full, count=count, seed=seed, seconds=round(elapsed, 1),
                    feature_extractor=str(feature_extractor.relative_to(work)) if feature_extractor else None)
     done.write_text(json.dumps(metrics, default=float))
     return metrics
 
 
-def gate2(work: Path, *, steps: int | None = None, schedule: str | None = None) -> dict[str, Any]:
+def gate2(work: Path, *, steps: int | None = None, schedule: str | None = None,
+          conditional: bool = False) -> dict[str, Any]:
     """Sample quality of vanilla DDIM from the generator against the gate's thresholds (SAMPLING's DDIM
-    steps and schedule, or ``steps`` / ``schedule``: the same noise, a finer sampler)."""
+    steps and schedule, or ``steps`` / ``schedule``: the same noise, a finer sampler; ``conditional``: the
+    class-conditional generator)."""
     params: dict[str, Any] = {"loss": "none", "lam": 0.0, "tau": 1.0}
     name = "gate2-vanilla-w32aug"
     if steps is not None or schedule is not None:
         params.update(steps=steps or SAMPLING["steps"], schedule=schedule or SAMPLING["schedule"])
         name += f"-{params['steps']}{params['schedule']}"
-    m = sample(work, name, params, count=GATE2["count"], seed=GATE2["seed"])
+    if conditional:
+        name += "-cond"
+    m = sample(work, name, params, count=GATE2["count"], seed=GATE2["seed"], conditional=conditional)
     checks = {
         "outlier_fraction": m["outlier_fraction"] < GATE2["outliers_below"],
         "label_agreement": m["label_agreement"] >= GATE2["agreement_at_least"],
         "class_entropy_normalized": m["class_entropy_normalized"] >= GATE2["class_entropy_at_least"],
         "near_duplicate_fraction": m["near_duplicate_fraction"] < GATE2["near_duplicates_below"],
     }
-    ddpm = json.loads((generator(work) / "metrics.json").read_text())
+    ddpm = json.loads((generator(work, conditional=conditional) / "metrics.json").read_text())
     return {"stage": "gate2", "passed": all(checks.values()), "checks": checks,
             "metrics": {k: m[k] for k in ("outlier_fraction", "label_agreement", "class_entropy_normalized",
                                           "near_duplicate_fraction", "nn_distance_median", "class_histogram",
-                                          "mean_confidence")},
+                                          "mean_confidence", "condition_agreement") if k in m},
+            "conditional": conditional,
             "generator": {"steps": ddpm.get("steps"), "train_seconds": ddpm.get("train_seconds"),
                           "final_ema_eval_loss": ddpm.get("final_ema_eval_loss")},
             "thresholds": GATE2}
@@ -666,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     p_gen = sub.add_parser("generator", help="train the DDPM, the labeller and the judge; gate 2")
     p_gen.add_argument("--sampler-steps", type=int, default=None, help="DDIM steps for gate 2 (default 50)")
     p_gen.add_argument("--schedule", choices=("uniform", "quad"), default=None)
+    p_gen.add_argument("--conditional", action="store_true",
+                       help="the class-conditional generator (trained on R too; written to gate2-cond.json)")
     sub.add_parser("sweep", help="Contrastive-DP configurations judged by sample metrics; freezes one")
     p_gates = sub.add_parser("gates", help="docs/data/mnist5k-gates.json and the gate-1 figure")
     p_gates.add_argument("--json", type=Path, default=ROOT / "docs" / "data" / "mnist5k-gates.json")
@@ -682,9 +696,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "gate1":
         emit(gate1(args.work, args.seed, longer=args.longer))
     elif args.stage == "generator":
-        result = gate2(args.work, steps=args.sampler_steps, schedule=args.schedule)
+        result = gate2(args.work, steps=args.sampler_steps, schedule=args.schedule,
+                       conditional=args.conditional)
         if args.sampler_steps is None and args.schedule is None:  # the gate of record
-            (args.work / "gate2.json").write_text(json.dumps(result, indent=1))
+            name = "gate2-cond.json" if args.conditional else "gate2.json"
+            (args.work / name).write_text(json.dumps(result, indent=1))
         emit(result)
     elif args.stage == "gates":
         emit(gates_report(args.work, args.json, args.img))
