@@ -32,7 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.jobs.embedded import RedisServer, free_port  # noqa: E402
+from core.jobs.embedded import RedisServer, free_port, stop_process, wait_http_ready  # noqa: E402
 
 BODY = {"dataset": "digits", "model": "unet-t", "classifier": "cnn-t", "count": 64, "steps": 10}
 SERVERS = {"ours": "api.app:create_app", "floor": "benchmarks.api_floor:create_app"}
@@ -85,17 +85,13 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        if wait_http_ready(self.url, timeout=timeout, alive=self._check_alive, interval=0.2):
+            return
         raise RuntimeError(f"{self.name} did not become ready within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def _check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
 
     def log_tail(self) -> str:
         try:
@@ -104,13 +100,7 @@ class Server:
             return ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10)
 
 
 async def run_batch(url: str, clients: int, total: int) -> dict[str, Any]:

@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import httpx
-
-from core.jobs.embedded import RedisServer, free_port, redis_answers
+from core.jobs.embedded import RedisServer, free_port, redis_answers, wait_http_ready
 from core.jobs.queue import CONTROL_QUEUE, WORK_QUEUES
 
 log = logging.getLogger(__name__)
@@ -157,15 +155,9 @@ class EmbeddedStack:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive(strict=True)
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        if wait_http_ready(self.base_url, timeout=timeout, alive=lambda: self.check_alive(strict=True),
+                           interval=0.3):
+            return
         self.stop()
         raise RuntimeError(f"the API did not become ready on {self.base_url} within {timeout:.0f} s "
                            f"(see {self.var / 'logs'})")

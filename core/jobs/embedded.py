@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,38 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float) -> bool:
+    """SIGTERM, then SIGKILL if ``process`` has not exited after ``timeout`` seconds; waits for the exit.
+    Returns whether it had to be killed."""
+    if process.poll() is not None:
+        return False
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return True
+
+
+def wait_http_ready(base_url: str, *, timeout: float, alive: Callable[[], None], interval: float) -> bool:
+    """Poll ``GET base_url/readyz`` until it answers 200 (True) or ``timeout`` seconds pass (False);
+    ``alive()`` runs before each try and raises if the server has died."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive()
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    return False
 
 
 def redis_answers(url: str, *, timeout: float = 0.5) -> bool:
@@ -98,13 +131,8 @@ class RedisServer:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=5)
         self.process = None
 
     def __enter__(self) -> RedisServer:
