@@ -9,7 +9,7 @@ export OMP_NUM_THREADS=1
 run() { "$PY" experiments/mnist5k.py "$@"; }
 for seed in 0 1 2; do run gate1 --seed "$seed"; done          # gate 1: R/2, R, R+O (validation only)
 for seed in 0 1 2; do run gate1 --seed "$seed" --longer; done # R, R+O at 3x the steps
-run generator                                                   # the DDPM on R, labeller, judge; gate 2
+run generator                                                   # the class-conditional DDPM on R, labeller, judge; gate 2
 run gates                                                       # docs/data/mnist5k-gates.json, figures
 if ! "$PY" -c 'import json, sys; sys.exit(0 if json.load(open("var/mnist5k/gate2.json"))["passed"] else 1)'; then
   echo "gate 2 failed (var/mnist5k/gate2.json): no sweep and no arms until the generator passes" >&2
