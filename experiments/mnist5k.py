@@ -570,7 +570,9 @@ def pca_figure(work: Path, names: list[str], img_dir: Path) -> None:
 
 def gates_report(work: Path, out_json: Path, img_dir: Path) -> dict[str, Any]:
     """docs/data/mnist5k-gates.json and docs/img/mnist5k-gate1.png from the cached gate runs (validation
-    numbers only) and gate 2's sample metrics, for every seed that has finished."""
+    numbers only) and gate 2's sample metrics, for every seed that has finished. Rows whose cache is gone (a
+    fresh clone, a later session) are kept from the JSON already there, and the gate-1 figure is then left
+    as it is."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -587,24 +589,34 @@ def gates_report(work: Path, out_json: Path, img_dir: Path) -> dict[str, Any]:
                     "final_val_clean": m["final_val_clean_acc"],
                     "val_curve": [h["val_pgd_acc"] for h in m["history"]], "steps": m["steps"],
                     "real_images": m.get("real_images"), "train_seconds": m["train_seconds"]})
+    previous = json.loads(out_json.read_text()) if out_json.exists() else {}
+    fresh, gate1_rows = gate1_rows, dict(previous.get("gate1", {}))
+    for name, rows in fresh.items():  # a cached row replaces a recorded one only with as many seeds
+        if len(rows) >= len(gate1_rows.get(name, [])):
+            gate1_rows[name] = rows
     summary = {name: interval([r["final_val_pgd"] for r in rows]) for name, rows in gate1_rows.items()}
-    gate2 = {}
+    gate2: dict[str, Any] = dict(previous.get("gate2", {}))
     sets = work / "sets"
     for label, path in (("4800 steps, width-16 classifiers", work / "attic" / "gate2-vanilla-300.json"),
                         ("9600 steps, width-16 classifiers", sets / "gate2-vanilla" / "metrics.json"),
                         ("9600 steps, width-32 classifiers", sets / "gate2-vanilla-w32aug" / "metrics.json"),
                         ("9600 steps, width-32 classifiers, 200 quad DDIM steps",
-                         sets / "gate2-vanilla-w32aug-200quad" / "metrics.json")):
+                         sets / "gate2-vanilla-w32aug-200quad" / "metrics.json"),
+                        ("9600 steps, class-conditional, width-32 classifiers (the generator of record)",
+                         sets / "gate2-vanilla-w32aug-cond" / "metrics.json")):
         if path.exists():
             m = json.loads(path.read_text())
             keys = ("outlier_fraction", "label_agreement", "class_entropy_normalized",
                     "near_duplicate_fraction", "nn_distance_median", "mean_confidence", "class_histogram",
-                    "count", "seconds")
-            gate2[label] = {k: m[k] for k in keys}
+                    "count", "seconds", "condition_agreement")
+            gate2[label] = {k: m[k] for k in keys if k in m}
     out = {"dataset": DATASET, "protocol": PROTOCOL, "gate1": gate1_rows, "gate1_summary": summary,
            "gate2": gate2, "gate2_thresholds": GATE2}
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(out, indent=1) + "\n")
+    disagreement_figure(work, img_dir)
+    if gate1_rows == previous.get("gate1"):  # nothing recomputed: the figure on disk stands
+        return {"stage": "gates", "json": str(out_json), "gate1": {n: s["mean"] for n, s in summary.items()}}
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for k, (name, rows) in enumerate(gate1_rows.items()):
         for j, r in enumerate(rows):
@@ -619,13 +631,18 @@ def gates_report(work: Path, out_json: Path, img_dir: Path) -> dict[str, Any]:
     img_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(img_dir / "mnist5k-gate1.png", dpi=120)
     plt.close(fig)
-    disagreement_figure(work, img_dir)
     return {"stage": "gates", "json": str(out_json), "gate1": {n: s["mean"] for n, s in summary.items()}}
 
 
 def disagreement_figure(work: Path, img_dir: Path) -> None:
-    """Gate 2's samples: real R images, the first samples, and samples whose judge label differs from the
-    pseudo-label (what keeps the generator below the gate)."""
+    """Gate 2's samples of the generator of record (docs/img/mnist5k-gate2-samples.png; the unconditional
+    one's, if cached, to mnist5k-gate2-samples-unconditional.png): real R images, the first samples, and
+    samples whose judge label differs from the pseudo-label."""
+    for name, suffix in (("gate2-vanilla-w32aug-cond", ""), ("gate2-vanilla-w32aug", "-unconditional")):
+        _samples_figure(work, name, img_dir / f"mnist5k-gate2-samples{suffix}.png")
+
+
+def _samples_figure(work: Path, name: str, out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
     import torch
@@ -634,7 +651,7 @@ def disagreement_figure(work: Path, img_dir: Path) -> None:
     from core.data.images import to_unit
     from core.models import load_classifier
 
-    path = work / "sets" / "gate2-vanilla-w32aug" / "shards" / "0.npz"
+    path = work / "sets" / name / "shards" / "0.npz"
     if not path.exists():
         return
     with np.load(path) as npz:
@@ -664,7 +681,7 @@ def disagreement_figure(work: Path, img_dir: Path) -> None:
                 r, c = divmod(i, 20)
                 ax.text(c * 16 + 1, r * 16 + 4, f"{labels[k]}/{judged[k]}", color="yellow", fontsize=5)
     fig.tight_layout()
-    fig.savefig(img_dir / "mnist5k-gate2-samples.png", dpi=130)
+    fig.savefig(out, dpi=130)
     plt.close(fig)
 
 
