@@ -481,8 +481,17 @@ def report(work: Path, out_json: Path, img_dir: Path) -> dict[str, Any]:
                          and r[m] is not None and base[r["seed"]][m] is not None] for m in ("clean", "worst")}
             paired[f"{arm['name']} - {base_name}"] = {m: interval(d) for m, d in diffs.items() if len(d) > 1}
     del ref
+    paired_real: dict[str, Any] = {}  # every arm against real data only, seed by seed
+    real = {r["seed"]: r for r in by_name.get("R (3x steps)", {"runs": []})["runs"]}
+    for arm in arms:
+        if arm["name"] == "R (3x steps)":
+            continue
+        diffs = {m: [r[m] - real[r["seed"]][m] for r in arm["runs"] if r["seed"] in real
+                     and r[m] is not None and real[r["seed"]][m] is not None] for m in ("clean", "worst")}
+        key = f"{arm['name']} - R (3x steps)"
+        paired_real[key] = {m: interval(d) for m, d in diffs.items() if len(d) > 1}
     study = {"dataset": DATASET, "protocol": PROTOCOL, "seeds": list(SEEDS), "arms": arms, "summary": summary,
-             "paired_vs_vanilla": paired, "missing": missing}
+             "paired_vs_vanilla": paired, "paired_vs_real": paired_real, "missing": missing}
     for stage in ("gate2", "frozen"):
         path = work / f"{stage}.json"
         if path.exists():
