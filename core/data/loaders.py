@@ -154,6 +154,7 @@ def mnist5k_split_indices() -> dict[str, np.ndarray]:
         labels, fractions=(MNIST5K_TEST / n, MNIST5K_VAL / (n - MNIST5K_TEST)), seed=MNIST5K_SPLIT_SEED
     )
     rest = n - MNIST5K_TEST - MNIST5K_VAL
+    pool = np.sort(pool)  # the second split draws from the pool in row order, so membership stays as recorded
     pool_parts = seeded_split(labels[pool], fractions=(MNIST5K_TRAIN / rest,), seed=MNIST5K_SPLIT_SEED + 1)
     train, oracle = (pool[part] for part in pool_parts)
     return {"train": train, "val": val, "test": test, "oracle": oracle}
