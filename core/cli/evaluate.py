@@ -13,8 +13,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from core import options
 from core.cli.common import ProgressBar, integer, parse_eps, resolve_data_root_and_device
 
@@ -39,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--step-size", type=parse_eps, default=None, help="default 2.5 eps / steps")
     parser.add_argument("--restarts", type=integer(1), default=1, help="PGD random restarts")
     parser.add_argument("--autoattack", action="store_true", help="also run AutoAttack standard")
-    parser.add_argument("--limit", type=integer(1), default=None, help="evaluate the first N images only")
+    parser.add_argument("--limit", type=integer(1), default=None,
+                        help="evaluate N images only, spread evenly over the classes")
     parser.add_argument("--batch-size", type=integer(1), default=256)
     parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: CDP_DEVICE)")
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_classifier(args.model, device=device)
     data = load_dataset(args.dataset, args.split, root=root)
     if args.limit is not None:
-        data = data.subset(np.arange(min(args.limit, len(data))))
+        data = data.subset(data.limit_index(args.limit))
     if model.num_classes != data.info.num_classes or getattr(model, "channels", data.info.channels) != (
         data.info.channels
     ):

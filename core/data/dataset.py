@@ -134,6 +134,15 @@ class ImageDataset:
         index = np.asarray(indices, dtype=np.int64)
         return ImageDataset(self.images[index].copy(), self.labels[index].copy(), self.info)
 
+    def limit_index(self, limit: int | None) -> np.ndarray:
+        """Row positions of an evaluation ``limit``: every row when ``limit`` is None or covers the set, else
+        :func:`stratified_prefix` (as even per class as ``limit`` allows, in the split's shuffled order)."""
+        if limit is None:
+            return np.arange(len(self))
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        return stratified_prefix(self.labels, limit)
+
     def concat(self, other: ImageDataset) -> ImageDataset:
         """This dataset's rows followed by ``other``'s (same classes, image size and channels)."""
         if (other.info.num_classes, other.info.image_size, other.info.channels) != (

