@@ -208,7 +208,8 @@ def pgd_robust_accuracy(
     device: torch.device,
 ) -> dict[str, float]:
     """Clean and PGD-CE accuracy (step 2.5 eps / steps, uniform start) on ``limit`` images of ``dataset``
-    (uint8; spread evenly over the classes), one restart, no sanity checks: the per-epoch validation measure of TRADES."""
+    (uint8; spread evenly over the classes), one restart, no sanity checks: the per-epoch validation measure
+    of TRADES."""
     index = dataset.limit_index(limit)
     n = len(index)
     images = torch.from_numpy(dataset.images[index])
