@@ -147,3 +147,20 @@ def test_tstr_on_real_digits_beats_chance_and_is_deterministic() -> None:
     shuffled = np.random.default_rng(0).permutation(train.labels)
     noise = train_on_synthetic_test_on_real(train.images, shuffled, test.images, test.labels, **kwargs)
     assert noise < acc - 0.3
+
+
+def test_sample_warnings_name_each_problem_and_stay_quiet_on_good_sets() -> None:
+    from core.quality import sample_warnings
+
+    good = {"outlier_fraction": 0.0, "near_duplicate_fraction": 0.0, "label_agreement": 0.97,
+            "class_share_min": 0.09, "class_share_max": 0.11}
+    assert sample_warnings(good, num_classes=10) == []
+    assert sample_warnings({}, num_classes=10) == []  # nothing measured, nothing claimed
+    assert sample_warnings({**good, "label_agreement": None, "outlier_fraction": float("nan")},
+                           num_classes=10) == []
+    bad = {"outlier_fraction": 0.87, "near_duplicate_fraction": 0.2, "label_agreement": 0.5,
+           "class_share_min": 0.01, "class_share_max": 0.3}
+    found = sample_warnings(bad, num_classes=10)
+    assert [w.split(":")[0] for w in found] == ["outliers", "near-copies", "labels", "class imbalance"]
+    assert "87 %" in found[0]
+    assert sample_warnings({**good, "class_share_max": 0.21}, num_classes=10)[0].startswith("class imbalance")

@@ -151,6 +151,9 @@ class GenerationMetrics(BaseModel):
     tstr_accuracy: float | None = Field(default=None, description="with `tstr: true`")
     sampling_seconds: float | None = None
     images_per_s: float | None = None
+    warnings: list[str] = Field(default_factory=list, description="sample-quality warnings: outliers above "
+                                "5 %, near-copies above 1 %, judge agreement below 90 %, a class under half "
+                                "or over twice its balanced share; empty when none")
 
 
 class TrainingMetrics(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     guidance.add_argument("--real-dataset", default=None,
                           help="dataset whose train split feeds real_positive / real_negative")  # fmt: skip
     guidance.add_argument("--data-root", type=Path, default=None, help="data root (default: CDP_DATA_ROOT)")
+    parser.add_argument("--quality-dataset", default=None,
+                        help="dataset the diffusion model learned (default: --real-dataset): adds outliers "
+                        "and near-copies of its train split to the metrics and to the warnings")
     sampler = parser.add_argument_group("DDIM")
     sampler.add_argument("--steps", type=integer(1), default=options.STEPS)
     sampler.add_argument("--schedule", choices=options.SCHEDULES, default=options.SCHEDULE)
@@ -163,6 +167,18 @@ def run_generate(args: argparse.Namespace) -> int:
         "guidance": result.guidance_summary(),
         **sample_metrics(classifier, result.images, result.labels),
     }
+    quality_name = args.quality_dataset or args.real_dataset
+    if quality_name is not None:
+        from core.data import load_dataset
+        from core.quality import sample_quality
+
+        root = args.data_root if args.data_root is not None else settings.data_root
+        train = load_dataset(quality_name, "train", root=root)
+        metrics.update(sample_quality(result.images, result.labels, real_images_uint8_nhwc=train.images,
+                                      num_classes=train.info.num_classes, device=device))
+    from core.quality import sample_warnings
+
+    metrics["warnings"] = sample_warnings(metrics, num_classes=classifier.num_classes)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if args.json:
         print(json.dumps(metrics))
@@ -171,4 +187,6 @@ def run_generate(args: argparse.Namespace) -> int:
             f"generated {metrics['count']} images in {seconds:.1f} s: mean confidence "
             f"{metrics['mean_confidence']:.3f}, classes {metrics['class_histogram']}; shards in {shard_dir}"
         )
+    for warning in metrics["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

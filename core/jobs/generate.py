@@ -138,6 +138,7 @@ def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") ->
         spec = job.generate_spec()
         from core.data import load_dataset
         from core.generation import sample_metrics, sample_quality, train_on_synthetic_test_on_real
+        from core.quality import sample_warnings
 
         ctx.repo.set_progress(job_id, Progress(fraction=0.99, current=0, total=1, stage=Stage.FINALIZING))
         data = load_shards(ctx.store, job_id, shard_count(job, ctx.shard_size))
@@ -168,11 +169,14 @@ def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") ->
             images_per_s=float(len(data["label"]) / elapsed) if elapsed > 0 else None,
             spec=spec.model_dump(mode="json"),
         )
+        metrics["warnings"] = sample_warnings(metrics, num_classes=train.info.num_classes)
+        for warning in metrics["warnings"]:
+            log.warning("job %s: %s", job_id, warning)
         ctx.store.put_json(keys.metrics_key(job_id), jsonable(metrics))
         ctx.store.put_bytes(keys.preview_key(job_id), grid_png(images), content_type="image/png")
         lease.check()
         write_manifest(ctx.store, job_id)
-        ctx.repo.finish(job_id, "succeeded")
+        ctx.repo.finish(job_id, "succeeded", warnings=metrics["warnings"])
         return "done"
 
     return run_unit(ctx, job_id, "finalize", message_id, work)

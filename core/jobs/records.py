@@ -250,8 +250,10 @@ class JobRepository:
 
         return self.update(job_id, change)
 
-    def finish(self, job_id: str, status: JobStatus, *, error: str | None = None) -> JobRecord:
-        """Move to a terminal state (once: a terminal record is never changed again)."""
+    def finish(self, job_id: str, status: JobStatus, *, error: str | None = None,
+               warnings: list[str] | None = None) -> JobRecord:
+        """Move to a terminal state (once: a terminal record is never changed again), with the result's
+        ``warnings`` (e.g. a generated set's sample-quality warnings) shown on the record."""
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"status={status!r} is not terminal")
 
@@ -261,6 +263,8 @@ class JobRepository:
             record.status = status
             record.error = public_error(error)
             record.completed_at = utcnow()
+            if warnings:
+                record.warnings = list(warnings)
             live = self.redis.get(keys.r_progress(job_id))
             if live is not None:
                 record.progress = Progress.model_validate_json(live)

@@ -70,6 +70,8 @@ class JobRecord(BaseModel):
     input: dict[str, Any]
     progress: Progress = Field(default_factory=Progress)
     error: str | None = None
+    warnings: list[str] = Field(default_factory=list, description="what the result's own checks flag, e.g. "
+                                "a generated set whose samples are mostly outliers (see its metrics)")
     created_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None

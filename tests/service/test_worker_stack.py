@@ -39,6 +39,12 @@ def test_generation_job_end_to_end(stack) -> None:
     assert sum(histogram.values() if isinstance(histogram, dict) else histogram) == 20
     assert metrics["images_per_s"] > 0
     assert 0 <= metrics["mean_confidence_all"] <= 1
+    # the tiny UNet is untrained: its samples are noise, and the job says so instead of succeeding silently
+    assert metrics["outlier_fraction"] > 0.5
+    assert any(w.startswith("outliers:") for w in metrics["warnings"]), metrics["warnings"]
+    assert job["warnings"] == metrics["warnings"]
+    typed = client.get(f"/jobs/{job_id}/metrics").json()["generation"]
+    assert typed["warnings"] == metrics["warnings"]
 
     listing = client.get(f"/jobs/{job_id}/artifacts").json()
     assert listing["complete"] is True
