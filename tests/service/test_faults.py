@@ -280,9 +280,17 @@ def test_concurrent_requests_with_one_idempotency_key_make_one_job(stack_factory
 def test_cancel_of_a_job_whose_worker_died(stack_factory, var: Path) -> None:
     stack = stack_factory(restart=False)
     http = httpx.Client(base_url=stack.base_url, timeout=30)
-    job_id = http.post("/jobs/generate", json=generation(count=4, steps=400)).json()["id"]
-    wait_for("the job to run", lambda: bool(leased_units(stack, job_id)))
-    os.kill(stack.pid("worker"), signal.SIGKILL)  # type: ignore[arg-type]
+    # Eight shards for one worker: while it holds the first lease the job cannot be finished. (With one shard
+    # of 4 images a loaded machine let the worker finish the job between the test seeing the lease and the
+    # kill, and the cancel then met a succeeded job: cancel_requested false.) The worker is stopped at once,
+    # and the test checks that the job is still unfinished before it kills the worker.
+    job_id = http.post("/jobs/generate", json=generation(count=64, steps=400)).json()["id"]
+    wait_for("the job to run", lambda: bool(leased_units(stack, job_id))
+             and http.get(f"/jobs/{job_id}").json()["status"] == "running")  # (the lease comes first)
+    worker = stack.pid("worker")
+    os.kill(worker, signal.SIGSTOP)  # type: ignore[arg-type]
+    assert http.get(f"/jobs/{job_id}").json()["status"] == "running"
+    os.kill(worker, signal.SIGKILL)  # type: ignore[arg-type]
     reply = http.post(f"/jobs/{job_id}/cancel")
     assert reply.status_code == 200 and reply.json()["cancel_requested"] is True
     job = wait_terminal(http, job_id, timeout=30)  # the reconciler, once the dead worker's lease expired
