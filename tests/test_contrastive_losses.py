@@ -1,4 +1,4 @@
-"""The contrastive losses against hand-computed values and a naive per-row implementation of REFERENCE §2."""
+"""The contrastive losses against hand-computed values and a naive per-row version of the paper's formulas."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _naive_hnm(u: torch.Tensor, v: torch.Tensor, tau: float, tau_plus: float, beta: float) -> float:
-    """Row by row, plain exponentials, exactly the REFERENCE §2 formulas."""
+    """Row by row, plain exponentials, exactly the paper's formulas."""
     b = u.shape[0]
     z = torch.cat([u, v]).double()
     losses = []

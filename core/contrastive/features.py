@@ -1,5 +1,5 @@
 """What the guidance embeds: the classifier's features on the sampler's [-1, 1] images, pseudo-labels, and
-the optional embedding head g trained online on top of them (paper §3.2; REFERENCE §2)."""
+the optional embedding head g trained online on top of them (paper §3.2)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def classifier_feature_fn(classifier: nn.Module) -> FeatureFn:
     """f(x) = classifier.features((x + 1) / 2) for x in the diffusion model's [-1, 1] range.
 
     The project's classifiers take inputs in [0, 1] (:mod:`core.data.images`); the authors fed x in [-1, 1]
-    straight into a classifier normalising as if inputs were in [0, 1] (REFERENCE §2). Mapping to [0, 1]
+    straight into a classifier normalising as if inputs were in [0, 1]. Mapping to [0, 1]
     first is a deliberate fix: the classifier then sees the range it was trained on.
     """
     if not hasattr(classifier, "features"):

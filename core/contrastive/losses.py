@@ -1,4 +1,4 @@
-"""Contrastive losses on L2-normalised embeddings (paper §4.2; REFERENCE §2), and
+"""Contrastive losses on L2-normalised embeddings (paper §4.2), and
 :func:`batch_contrastive_loss`, how distinguishable a batch of embeddings is.
 
 Both losses take anchors ``u`` and positives ``v`` (B x k, rows already L2-normalised; the losses do not

@@ -35,7 +35,7 @@ Split = Literal["train", "val", "test", "oracle"]
 DIGITS_SPLIT_SEED = 0
 DIGITS_IMAGE_SIZE = 16
 # CIFAR-10 / GTSRB: validation = a seeded hold-out of the official training set, at most this many images
-# (REFERENCE §4: ~1024 images to pick the best checkpoint) and never more than a tenth of the training set.
+# (about 1024 images suffice to pick the best checkpoint) and never more than a tenth of the training set.
 HOLDOUT_SIZE = 1024
 HOLDOUT_SEED = 0
 

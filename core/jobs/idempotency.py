@@ -1,4 +1,4 @@
-"""Idempotency-Keys (REFERENCE §6): the same key with the same body gives the same job; kept 48 h.
+"""Idempotency-Keys: the same key with the same body gives the same job; kept 48 h.
 
 A claim is one atomic step in Redis (SET NX), mirrored durably in the store (create-if-absent), so concurrent
 requests agree on one winner and a Redis that lost its data still knows old keys. Part of the Redis layer

@@ -1,4 +1,4 @@
-"""Object-store keys and Redis keys of a job: the layout of DESIGN.md in one place."""
+"""Object-store keys and Redis keys of a job: the storage layout in one place."""
 
 from __future__ import annotations
 

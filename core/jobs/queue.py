@@ -1,6 +1,6 @@
 """Celery configuration shared by the API (which only sends tasks by name) and worker/ (which runs them).
 
-REFERENCE §6: delivery is at-least-once (``task_acks_late``; a message whose worker died is requeued,
+Delivery is at-least-once (``task_acks_late``; a message whose worker died is requeued,
 ``task_reject_on_worker_lost``), one message at a time per process (prefetch 1). Recovery from a dead worker
 does not wait for Redis's visibility timeout: every unit holds a lease (:mod:`core.jobs.leases`) and the
 reconciler re-enqueues a unit whose lease expired (:mod:`core.jobs.reconcile`), so a message redelivered

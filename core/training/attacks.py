@@ -1,4 +1,4 @@
-"""White-box L-inf attacks and the robustness evaluation that checks itself (REFERENCE.md §4), in one import.
+"""White-box L-inf attacks and the robustness evaluation that checks itself, in one import.
 
 This module re-exports three that split the work, so that ``core.training.attacks`` keeps serving the jobs,
 the CLI, the experiments and the tests:

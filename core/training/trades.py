@@ -1,4 +1,4 @@
-"""TRADES adversarial training (Zhang et al. 2019) on real plus synthetic data (paper eq. 3; REFERENCE.md §4).
+"""TRADES adversarial training (Zhang et al. 2019) on real plus synthetic data (paper eq. 3).
 
 Per sample:  loss = CE(f(x), y) + beta * KL( softmax f(x) || softmax f(x_adv) ),  averaged over the batch,
 where x_adv maximises the KL term in the L-inf ball B(x, eps) ∩ [0, 1] by PGD (k steps of size alpha, signed

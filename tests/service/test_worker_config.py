@@ -1,4 +1,4 @@
-"""The Celery configuration REFERENCE §6 asks for, and the task names shared between API and worker."""
+"""The Celery configuration the service relies on, and the task names shared between API and worker."""
 
 from __future__ import annotations
 
