@@ -16,8 +16,6 @@ from core.jobs.service import JobService
 from core.settings import Settings
 from core.storage import ObjectStore
 
-ANONYMOUS = auth.ANONYMOUS
-
 
 async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings

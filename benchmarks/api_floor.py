@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import Body, FastAPI
 
 from core.jobs import task_names
-from core.jobs.queue import QUEUE, make_celery
+from core.jobs.queue import GENERATE_QUEUE, make_celery
 from core.jobs.records import new_job_id
 from core.settings import Settings, get_settings
 
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/jobs/generate", status_code=202)
     def create_generate_job(body: Annotated[dict[str, Any], Body()]) -> dict[str, str]:
         job_id = new_job_id()
-        celery_app.send_task(task_names.GENERATE_SHARD, args=[job_id, 0], queue=QUEUE)
+        celery_app.send_task(task_names.GENERATE_SHARD, args=[job_id, 0], queue=GENERATE_QUEUE)
         return {"id": job_id, "status": "queued"}
 
     @app.get("/readyz")

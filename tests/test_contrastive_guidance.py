@@ -88,7 +88,8 @@ def test_term_is_lambda_times_gradient_of_mean_loss() -> None:
     term = g(x, 5, eps=torch.zeros_like(x), alpha_bar_t=0.5, x_prev=x_prev, step=1, class_labels=None)
 
     def loss_at(z: torch.Tensor) -> float:
-        return float(g.contrastive_loss(g.embed(z), g.embed(x_prev)))
+        return float(g.contrastive_loss(g.embed_features(g.feature_fn(z).flatten(1)),
+                                     g.embed_features(g.feature_fn(x_prev).flatten(1))))
 
     h = 1e-6
     numeric = torch.zeros_like(x)
@@ -128,7 +129,7 @@ def test_same_seed_same_samples_and_head_learns() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
     # The head was trained: recreate its initial weights from the same generator and compare.
     fresh = guide(embedding_head=True, head_hidden=16, head_dim=8, generator=torch.Generator().manual_seed(0))
-    fresh.embed(x_T)
+    fresh.embed_features(fresh.feature_fn(x_T).flatten(1))
     assert ga.head is not None and fresh.head is not None
     assert not torch.allclose(ga.head.fc1.weight, fresh.head.fc1.weight)
 

@@ -227,10 +227,6 @@ class ContrastiveGuidance:
         return term.detach()
 
     # -- pieces --------------------------------------------------------------------------------------
-    def embed(self, x: Tensor) -> Tensor:
-        """e(x) = normalize(g(f(x))): the L2-normalised embedding the loss sees."""
-        return self.embed_features(self.feature_fn(x).flatten(1))
-
     def embed_features(self, h: Tensor) -> Tensor:
         """normalize(g(h)) for raw features h = f(x) (the head is created on first use)."""
         if self.use_head:

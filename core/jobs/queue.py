@@ -41,7 +41,6 @@ TASK_QUEUES: dict[str, str] = {
     task_names.TRAIN: TRAIN_QUEUE, task_names.EVALUATE: EVALUATE_QUEUE,
     task_names.EXPERIMENT_STEP: CONTROL_QUEUE, task_names.RECONCILE: CONTROL_QUEUE,
 }  # fmt: skip
-QUEUE = GENERATE_QUEUE  # the queue generation shards go to (kept for callers that send a shard by hand)
 
 Priority = JobPriority
 # Message priority per job priority. kombu's Redis transport reads priority 0 first (its lists are

@@ -86,11 +86,6 @@ class EMA:
             averaged_buffer.copy_(live_buffer)
         self.num_updates += 1
 
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Overwrite ``model``'s parameters and buffers with the averaged ones."""
-        model.load_state_dict(self.module.state_dict())
-
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
                 "module": self.module.state_dict()}  # fmt: skip
