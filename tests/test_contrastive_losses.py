@@ -188,3 +188,15 @@ def test_bad_arguments(kwargs: dict, match: str) -> None:
 def test_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="B x k"):
         info_nce_loss(E1, torch.ones(3, 2), tau=1.0)
+
+
+def test_every_contrastive_loss_name_has_a_table_entry_and_unknown_names_are_refused() -> None:
+    from core import options
+    from core.contrastive.losses import LOSSES, pair_loss
+
+    assert set(LOSSES) == set(options.CONTRASTIVE_LOSSES)
+    e = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    for name in options.CONTRASTIVE_LOSSES:
+        assert torch.isfinite(pair_loss(name, e, e, tau=0.5))
+    with pytest.raises(ValueError, match="unknown contrastive loss 'ntxent'"):
+        pair_loss("ntxent", e, e, tau=0.5)  # type: ignore[arg-type]

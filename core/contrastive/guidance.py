@@ -49,7 +49,7 @@ from torch import Tensor
 from core import options
 from core.contrastive.checks import check_guidance_args, validate_window
 from core.contrastive.features import EmbeddingHead, FeatureFn, LabelFn
-from core.contrastive.losses import hnm_loss, info_nce_loss
+from core.contrastive.losses import pair_loss
 from core.options import FEATURE_ON, REAL_STRATEGIES, FeatureOn, Strategy, check_choice
 from core.options import ContrastiveLoss as LossName
 
@@ -248,12 +248,8 @@ class ContrastiveGuidance:
         labels: Tensor | None = None,
     ) -> Tensor:
         """The configured loss on embeddings (mean over rows)."""
-        if self.loss_name == "infonce":
-            return info_nce_loss(anchor, positive, tau=self.tau, negatives=negatives, labels=labels)
-        return hnm_loss(
-            anchor, positive, tau=self.tau, tau_plus=self.tau_plus, beta=self.beta, negatives=negatives,
-            labels=labels,
-        )
+        return pair_loss(self.loss_name, anchor, positive, tau=self.tau, tau_plus=self.tau_plus,
+                         beta=self.beta, negatives=negatives, labels=labels)
 
     def _draw_real(self, n: int, device: torch.device) -> Tensor:
         """Embeddings of ``n`` real samples drawn at random (with replacement) from ``real``."""

@@ -181,6 +181,40 @@ def batch_contrastive_loss(
     move apart. Used to compare final batches sampled with and without guidance.
     """
     e = F.normalize(embeddings.flatten(1), dim=1)
-    if loss == "infonce":
-        return info_nce_loss(e, e, tau=tau)
-    return hnm_loss(e, e, tau=tau, tau_plus=tau_plus, beta=beta)
+    return pair_loss(loss, e, e, tau=tau, tau_plus=tau_plus, beta=beta)
+
+
+def _info_nce(anchor: Tensor, positive: Tensor, *, tau: float, tau_plus: float, beta: float,
+              negatives: Tensor | None, labels: Tensor | None) -> Tensor:
+    del tau_plus, beta  # InfoNCE has no debiasing or hardness terms
+    return info_nce_loss(anchor, positive, tau=tau, negatives=negatives, labels=labels)
+
+
+def _hnm(anchor: Tensor, positive: Tensor, *, tau: float, tau_plus: float, beta: float,
+         negatives: Tensor | None, labels: Tensor | None) -> Tensor:
+    return hnm_loss(anchor, positive, tau=tau, tau_plus=tau_plus, beta=beta, negatives=negatives,
+                    labels=labels)
+
+
+# One entry per name of core.options.ContrastiveLoss (tests/test_contrastive_losses.py checks they agree).
+LOSSES = {"infonce": _info_nce, "hnm": _hnm}
+
+
+def pair_loss(
+    name: ContrastiveLoss,
+    anchor: Tensor,
+    positive: Tensor,
+    *,
+    tau: float,
+    tau_plus: float = options.TAU_PLUS,
+    beta: float = options.BETA,
+    negatives: Tensor | None = None,
+    labels: Tensor | None = None,
+) -> Tensor:
+    """The loss called ``name`` (a key of :data:`LOSSES`) on embeddings, mean over rows; an unknown name is
+    a ValueError listing the known ones, never a silent fall-through to another loss."""
+    try:
+        fn = LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown contrastive loss {name!r}; expected one of {', '.join(LOSSES)}") from None
+    return fn(anchor, positive, tau=tau, tau_plus=tau_plus, beta=beta, negatives=negatives, labels=labels)
