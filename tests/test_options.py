@@ -131,3 +131,28 @@ def test_an_experiment_attacks_each_run_with_its_own_seed() -> None:
                                           "trades": {"epochs": 1}, "evaluation": {"seed": 10}})
     assert [spec.child_evaluate_spec("0190a1b2c3d4e5f6a7b8c9d0", s).seed for s in spec.seeds] == [10, 14]
     assert spec.child_evaluate_spec("0190a1b2c3d4e5f6a7b8c9d0", 2**63 - 1).seed == (10 + 2**63 - 1) % 2**63
+
+
+def test_a_train_record_shows_only_the_fields_of_its_kind() -> None:
+    from core.options import TRAIN_KINDS
+    from core.specs import TrainSpec
+    from core.specs.train import TRAIN_FIELDS
+
+    assert set(TRAIN_FIELDS) == set(TRAIN_KINDS)
+    listed = {name for fields in TRAIN_FIELDS.values() for name in fields}
+    assert listed == set(TrainSpec.model_fields), set(TrainSpec.model_fields) ^ listed
+    diffusion = TrainSpec(kind="diffusion", dataset="digits", epochs=2)
+    shown = diffusion.record_input()
+    assert {"beta", "eps", "arch", "synthetic_fraction"}.isdisjoint(shown) and shown["unet"] == "tiny"
+    assert TrainSpec.model_validate(shown) == diffusion  # the record still gives the spec back
+    trades = TrainSpec(kind="trades", dataset="digits", epochs=2, beta=3.0)
+    assert TrainSpec.model_validate(trades.record_input()) == trades
+
+
+def test_frozen_limits_are_integers_where_whole() -> None:
+    from core.specs import JobPlan, server_limits
+
+    limits = server_limits()
+    assert isinstance(limits["max_count"], int)
+    assert JobPlan(limits=limits).model_dump(mode="json")["limits"]["max_count"] == limits["max_count"]
+    assert isinstance(JobPlan(limits=limits).limits["max_count"], int)

@@ -103,7 +103,7 @@ class JobService:
         self._check_dataset(spec.dataset)
         for i, ref in enumerate(spec.synthetic):
             self._check_job_ref(("synthetic", i), ref, owner=owner, kind="generate", train_kinds=None)
-        return self._submit("train", spec.model_dump(mode="json"), owner, idempotency_key,
+        return self._submit("train", spec.record_input(), owner, idempotency_key,
                             JobPlan(limits=server_limits()), ["train"], epochs=spec.epochs)
 
     def submit_evaluate(self, spec: EvaluateSpec, *, owner: str, idempotency_key: str | None = None

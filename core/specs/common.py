@@ -78,10 +78,12 @@ _SERVER_LIMITS = {
 SERVER_LIMITS = _SERVER_LIMITS  # public: the API documents these bounds in its OpenAPI document
 
 
-def server_limits() -> dict[str, float]:
-    """The limits in force now (CDP_MAX_*), as frozen into a job's plan at submission."""
+def server_limits() -> dict[str, int | float]:
+    """The limits in force now (CDP_MAX_*), as frozen into a job's plan at submission; a whole number is
+    an int (a record shows ``max_count: 100000``, not ``100000.0``)."""
     settings = get_settings()
-    return {name: getattr(settings, name) for name in sorted(set(_SERVER_LIMITS.values()))}
+    values = {name: getattr(settings, name) for name in sorted(set(_SERVER_LIMITS.values()))}
+    return {name: int(v) if float(v).is_integer() else float(v) for name, v in values.items()}
 
 
 def within_server_limit(value: float | None, info: ValidationInfo) -> float | None:

@@ -38,7 +38,7 @@ class JobPlan(BaseModel):
 
     shards: int = Field(default=0, ge=0, description="generation: number of shards (0 for training)")
     shard_size: int = Field(default=0, ge=0, description="generation: images per shard")
-    limits: dict[str, float] = Field(default_factory=dict, description="the CDP_MAX_* limits in force")
+    limits: dict[str, int | float] = Field(default_factory=dict, description="the CDP_MAX_* limits in force")
 
 
 class JobRecord(BaseModel):

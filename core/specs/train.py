@@ -5,7 +5,7 @@ TRADES defaults to beta = 6, eps = 8/255, 10 PGD steps of 2/255 (Zhang et al. 20
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -31,6 +31,19 @@ def _check_arch_options(arch: str, arch_options: dict[str, int]) -> None:
         raise ValueError(f"arch_options.depth={depth}: a WRN depth is 6n + 4 with n >= 1 (10, 16, 22, ...)")
     if arch == "wrn" and arch_options.get("widen_factor", 1) > 32:
         raise ValueError(f"arch_options.widen_factor={arch_options['widen_factor']} exceeds 32")
+
+
+# Which TrainSpec fields apply to each kind (TrainSpec.record_input; tests/test_options.py checks that every
+# field is listed for some kind and every kind is listed).
+_COMMON_TRAIN_FIELDS = ("kind", "dataset", "epochs", "batch_size", "lr", "seed", "devices", "priority")
+_EVAL_FIELDS = ("eps", "eval_attack_steps", "eval_samples", "final_eval")
+TRAIN_FIELDS: dict[str, tuple[str, ...]] = {
+    "diffusion": (*_COMMON_TRAIN_FIELDS, "unet", "class_conditional"),
+    "classifier": (*_COMMON_TRAIN_FIELDS, "arch", "arch_options", *_EVAL_FIELDS),
+    "trades": (*_COMMON_TRAIN_FIELDS, "arch", "arch_options", *_EVAL_FIELDS, "synthetic",
+               "synthetic_fraction", "beta", "step_size", "attack_steps", "mixing", "real_subset", "oracle",
+               "steps_per_epoch", "eps_warmup"),
+}
 
 
 class TrainSpec(BaseModel):
@@ -95,6 +108,11 @@ class TrainSpec(BaseModel):
     priority: JobPriority = Field(default="normal", description=PRIORITY_DOC)
 
     _limits = field_validator("epochs", "batch_size", "eval_samples", "devices")(within_server_limit)
+
+    def record_input(self) -> dict[str, Any]:
+        """The spec as a job record shows it: only the fields that apply to its kind (a diffusion job's
+        record does not echo TRADES' beta or eps). Validating it again gives this spec back."""
+        return self.model_dump(mode="json", include=set(TRAIN_FIELDS[self.kind]))
 
     @model_validator(mode="after")
     def _synthetic_only_for_trades(self) -> TrainSpec:
