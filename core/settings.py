@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Deprecated (use CDP_API_KEYS_FILE): plaintext bearer token -> team, as JSON
     # CDP_API_TOKENS='{"s3cret": "team-a"}'. Still honoured (role "member"); the API logs a warning.
     api_tokens: dict[str, str] = Field(default_factory=dict)
+    # Signs the web console's session cookies (/ui). Unset: a random secret per API process, so sessions end
+    # when it restarts and are not shared between processes (set it when running more than one).
+    session_secret: SecretStr | None = None
     # Quotas per team (HTTP 429 with Retry-After beyond them): jobs not yet finished at once (an
     # experiment counts once, not its child jobs), ...
     quota_concurrent_jobs: int = Field(default=100, ge=1)

@@ -1,0 +1,54 @@
+"""Offline API documentation: ``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) with every script and style
+served by this app, so both render on a machine without internet.
+
+FastAPI's own pages load their JavaScript from a CDN. This follows FastAPI's documented self-hosting recipe
+(``docs_url=None, redoc_url=None``, the static files mounted, ``get_swagger_ui_html`` /
+``get_redoc_html`` pointed at them); the assets are the Swagger UI 5 and ReDoc 2 bundles that the
+``fastapi-offline`` package ships in its wheel (we use only its files, not its app factory).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+STATIC_URL = "/static/docs"
+DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
+OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
+
+
+def assets_dir() -> Path:
+    """The directory of the vendored bundles (swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js)."""
+    return Path(str(files("fastapi_offline") / "static"))
+
+
+def install(app: FastAPI) -> None:
+    """Mount the assets and add the three documentation routes to ``app`` (created with docs_url=None and
+    redoc_url=None)."""
+    app.mount(STATIC_URL, StaticFiles(directory=assets_dir()), name="docs-static")
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+                                   oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT_URL}",
+                                   swagger_js_url=f"{root}{STATIC_URL}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}{STATIC_URL}/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}{STATIC_URL}/favicon.png")
+
+    @app.get(OAUTH2_REDIRECT_URL, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get(REDOC_URL, include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{root}{STATIC_URL}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{STATIC_URL}/favicon.png", with_google_fonts=False)
