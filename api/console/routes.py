@@ -173,8 +173,10 @@ def _artifacts(store: Any, job_id: str) -> tuple[list[dict[str, Any]], bool]:
     prefix = keys.job_prefix(job_id)
     try:
         manifest = store.get_json(keys.manifest_key(job_id))
-        return [{"name": a["name"], "size": a["size"], "sha256": a["sha256"]}
-                for a in manifest["artifacts"]], True
+        listed = [{"name": a["name"], "size": a["size"], "sha256": a["sha256"]}
+                  for a in manifest["artifacts"]]
+        size = store.stat(keys.manifest_key(job_id)).size
+        return [*listed, {"name": "manifest.json", "size": size, "sha256": None}], True
     except ObjectNotFound:
         return [{"name": i.key[len(prefix):], "size": i.size, "sha256": i.sha256} for i in store.list(prefix)
                 if i.key != keys.record_key(job_id)], False

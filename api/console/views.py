@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 # metrics.json keys that are not one number and are shown elsewhere (or not at all) on a job page
-_SKIP = frozenset({"history", "warnings", "runs", "children", "arms", "paired", "steps"})
+_SKIP = frozenset({"history", "warnings", "runs", "children", "arms", "paired", "steps", "spec"})
 
 
 def pretty_json(data: Any) -> str:

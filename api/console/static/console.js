@@ -46,6 +46,8 @@
       if (job.status === "succeeded") { bar.value = 1; text.textContent = "100 % · done"; }
       source.close();
       box.dataset.terminal = "true";
+      var cancel = document.getElementById("cancel-form");
+      if (cancel) cancel.remove();
       setTimeout(function () { window.location.reload(); }, 800);
     }
   });
