@@ -27,6 +27,7 @@ from core.jobs.leases import Lease
 from core.jobs.queue import job_priority
 from core.jobs.reconcile import initial_units
 from core.jobs.records import JobNotFound
+from core.jobs.tracking import track_experiment
 from core.progress import Stage
 from core.specs import EvaluateSpec, ExperimentSpec, JobPlan, JobRecord, Progress, TrainSpec, job_id_of
 from core.storage import ObjectNotFound
@@ -134,7 +135,7 @@ def build_report(ctx: WorkerContext, job: JobRecord, spec: ExperimentSpec,
             "arm": arm, "seed": seed,
             "metrics": {m: evaluated[m] for m in REPORT_METRICS if evaluated.get(m) is not None},
             "synthetic_share": trained.get("synthetic_share_seen"),
-            "history": trained.get("history", []),
+            "history": trained.get("history", []), "steps": trained.get("steps", []),
             "train_job": train.id, "evaluate_job": evaluation.id,
             "best_epoch": trained.get("best_epoch"), "train_seconds": trained.get("train_seconds"),
             "sanity": evaluated.get("sanity"), "warnings": evaluated.get("warnings", []),
@@ -168,7 +169,9 @@ def write_report(ctx: WorkerContext, job_id: str, report: dict[str, Any]) -> Non
     summary = report["summary"]
     metrics = {"reference": summary.get("reference"), "interval": summary.get("interval"),
                "arms": summary.get("arms"), "paired": summary.get("paired"),
-               "runs": [{k: v for k, v in r.items() if k != "history"} for r in report["runs"]],
+               "runs": [{k: v for k, v in r.items() if k not in ("history", "steps")}
+                        for r in report["runs"]],
                "children": report["children"]}
+    track_experiment(ctx, job_id, report, html)
     ctx.store.put_json(keys.metrics_key(job_id), jsonable(metrics))
     write_manifest(ctx.store, job_id)
