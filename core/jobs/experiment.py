@@ -142,11 +142,18 @@ def build_report(ctx: WorkerContext, job: JobRecord, spec: ExperimentSpec,
         })
     summary = summarize(runs, arms=[a.name for a in spec.arms], reference=spec.reference or spec.arms[0].name)
     previews: dict[str, bytes | None] = {}
+    samples: dict[str, dict[str, Any]] = {}
     for arm_spec in spec.arms:
         previews[arm_spec.name] = None
         for ref in arm_spec.synthetic[:1]:
             try:
                 previews[arm_spec.name] = ctx.store.get_bytes(keys.preview_key(job_id_of(ref) or ""))
+            except ObjectNotFound:
+                pass
+            try:  # the sample metrics of the arm's (first) synthetic set, shown beside its robust accuracy
+                generated = ctx.store.get_json(keys.metrics_key(job_id_of(ref) or ""))
+                samples[arm_spec.name] = {"job": job_id_of(ref), "metrics": generated,
+                                          "warnings": list(generated.get("warnings") or [])}
             except ObjectNotFound:
                 pass
     children = {f"{r['arm']} / seed {r['seed']}": {"train": r["train_job"], "evaluate": r["evaluate_job"]}
@@ -155,7 +162,7 @@ def build_report(ctx: WorkerContext, job: JobRecord, spec: ExperimentSpec,
         "train": ctx.repo.get(r["train_job"]).input, "evaluate": ctx.repo.get(r["evaluate_job"]).input}
         for r in runs}
     return {"title": f"Experiment {job.id} on {spec.dataset}", "summary": summary, "runs": runs,
-            "previews": previews, "children": children,
+            "previews": previews, "children": children, "samples": samples,
             "specs": {"experiment": spec.model_dump(mode="json"), "children": child_specs}}
 
 
