@@ -184,6 +184,8 @@ def test_an_experiment_report_opens_inline_and_team_b_sees_none_of_team_as_jobs(
 
         a_ids = {j.id for j in site.repo.list(owner="team-a", page_size=200)[0]}
         driver.get(site.url + "/ui")
+        driver.set_window_size(1280, 640)
+        assert driver.save_screenshot(str(site.shots / "jobs-team-a-1280.png"))  # docs/img/console.png
         driver.find_element(By.CSS_SELECTOR, "form[action='/ui/logout'] button").click()
         _wait(lambda: driver.current_url.endswith("/ui/login"), what="signed out")
         assert driver.get_cookie("cdp_session") is None
