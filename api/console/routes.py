@@ -112,7 +112,7 @@ async def login(request: Request, key: Annotated[str, Form(max_length=200)] = ""
     signed = _sessions(request).sign_in(key)
     if signed is None:
         return _page(request, "login.html", status_code=401, title="Sign in",
-                     error="That API key is not valid. Ask your team for a key from `cdp keys create`.")
+                     error="That API key is not valid (or was revoked): use a key made by cdp keys create.")
     response = RedirectResponse("/ui", status_code=303)
     _set_cookie(request, response, signed[0])
     return response
@@ -203,7 +203,8 @@ def job_page(request: Request, job_id: str) -> Response:
     return _page(request, "job.html", title=f"{job.kind} job {job.id}", job=job,
                  spec=views.pretty_json(job.input), metrics=metrics,
                  metric_rows=views.metric_rows(metrics) if metrics else [],
-                 last_epoch=views.last_epoch(metrics) if metrics else [],
+                 history=views.history_table(metrics) if metrics else ([], []),
+                 curve=views.sparkline(metrics.get("steps")) if metrics else None,
                  warnings=views.warnings_of(metrics) if metrics else [],
                  artifacts=artifacts, complete=complete, images=views.images(names),
                  has_report="report.html" in names, children=children)

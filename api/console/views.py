@@ -56,13 +56,6 @@ def warnings_of(metrics: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def last_epoch(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
-    history = metrics.get("history")
-    if not isinstance(history, list) or not history or not isinstance(history[-1], Mapping):
-        return []
-    return [(k, number(v)) for k, v in history[-1].items()]
-
-
 def size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -75,3 +68,47 @@ def images(names: Iterable[str]) -> list[str]:
     """Artifacts a browser can show as images, the preview grid first."""
     shown = [n for n in names if n.lower().endswith((".png", ".jpg", ".jpeg", ".gif", ".webp"))]
     return sorted(shown, key=lambda n: (n != "preview.png", n))
+
+
+def sparkline(points: Any, key: str = "loss", *, width: int = 900, height: int = 160) -> str | None:
+    """An inline SVG line of ``key`` over ``step`` for a training job's ``steps`` curve (numbers only go
+    into the markup), or None when there are fewer than two points."""
+    if not isinstance(points, list):
+        return None
+    pts = [(float(p["step"]), float(p[key])) for p in points
+           if isinstance(p, Mapping) and isinstance(p.get("step"), (int, float))
+           and isinstance(p.get(key), (int, float)) and not isinstance(p.get(key), bool)]
+    if len(pts) < 2:
+        return None
+    xs, ys = [x for x, _ in pts], [y for _, y in pts]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    pad_l, pad_b, pad_t = 56, 24, 8
+    w, h = width - pad_l - 8, height - pad_b - pad_t
+
+    def sx(x: float) -> float:
+        return pad_l + (x - x0) / ((x1 - x0) or 1) * w
+
+    def sy(y: float) -> float:
+        return pad_t + (1 - (y - y0) / ((y1 - y0) or 1)) * h
+
+    line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+    return (f'<svg class="spark" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="training {key} per step, from {ys[0]:.4g} at step {xs[0]:.0f} to {ys[-1]:.4g} at '
+            f'step {xs[-1]:.0f}">'
+            f'<line x1="{pad_l}" y1="{pad_t + h}" x2="{width - 8}" y2="{pad_t + h}" stroke="#8c959f"/>'
+            f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + h}" stroke="#8c959f"/>'
+            f'<text x="{pad_l - 6}" y="{pad_t + 10}" text-anchor="end" font-size="12" fill="#57606a">{y1:.3g}'
+            f'</text><text x="{pad_l - 6}" y="{pad_t + h}" text-anchor="end" font-size="12" fill="#57606a">'
+            f'{y0:.3g}</text><text x="{pad_l}" y="{height - 6}" font-size="12" fill="#57606a">step {x0:.0f}'
+            f'</text><text x="{width - 8}" y="{height - 6}" text-anchor="end" font-size="12" fill="#57606a">'
+            f'step {x1:.0f}</text><polyline points="{line}" fill="none" stroke="#0b57d0" stroke-width="2" '
+            'stroke-linejoin="round"/></svg>')
+
+
+def history_table(metrics: Mapping[str, Any], limit: int = 60) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows of a training job's per-epoch history (the last ``limit`` epochs)."""
+    history = [r for r in metrics.get("history") or [] if isinstance(r, Mapping)]
+    if not history:
+        return [], []
+    columns = list(dict.fromkeys(k for r in history for k in r))
+    return columns, [[number(r.get(c)) for c in columns] for r in history[-limit:]]

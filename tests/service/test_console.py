@@ -159,3 +159,20 @@ def test_docs_load_only_local_assets(client: TestClient) -> None:
         assert asset in page and "cdn." not in page and "fonts.googleapis" not in page
         assert client.get(asset).status_code == 200
     assert client.get("/static/console/console.css").status_code == 200
+
+
+def test_a_training_jobs_page_draws_its_step_curve_and_epochs(two_teams) -> None:
+    client, found = two_teams
+    repo, store = client.app.state.service.repo, client.app.state.store
+    job = repo.create(kind="train", owner="team-a", input={"kind": "classifier", "dataset": "digits"})
+    store.put_json(job_keys.metrics_key(job.id), {
+        "steps": [{"step": k, "loss": 2.0 / k} for k in range(1, 41)],
+        "history": [{"epoch": e, "val_accuracy": 0.5 + e / 10} for e in (1, 2)],
+        "test": {"clean_acc": 0.91}, "warnings": ["the <judge> disagrees"]})
+    _sign_in(client, found["team-a"])
+    page = client.get(f"/ui/jobs/{job.id}").text
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    vertices = re.search(r'points="([^"]+)"', svg).group(1).split()
+    assert len(vertices) == 40 and "step 40" in svg and 'role="img"' in svg  # one vertex per step
+    assert 'id="history"' in page and "0.7" in page  # epoch 2's val_accuracy
+    assert "test.clean_acc" in page and "the &lt;judge&gt; disagrees" in page

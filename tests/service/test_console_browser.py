@@ -167,8 +167,17 @@ def test_an_experiment_report_opens_inline_and_team_b_sees_none_of_team_as_jobs(
                                                                   "seed": 0}, parent=exp.id)
     site.store.put_bytes(job_keys.job_prefix(exp.id) + "report.html", render_html(make_report()).encode(),
                          content_type="text/html")
+    trained = site.repo.create(kind="train", owner="team-a",
+                               input={"kind": "classifier", "dataset": "digits"})
+    site.store.put_json(job_keys.metrics_key(trained.id), {
+        "steps": [{"step": k, "loss": 2.3 / (1 + 0.05 * k)} for k in range(1, 121)],
+        "history": [{"epoch": e, "train_loss": 1.5 / e, "val_accuracy": 0.5 + e / 20} for e in (1, 2, 3)],
+        "test": {"clean_acc": 0.91, "robust_acc": 0.42}})
     with browser(height=1000) as driver:
         _sign_in(driver, site, "team-a")
+        driver.get(f"{site.url}/ui/jobs/{trained.id}")
+        assert driver.find_element(By.CSS_SELECTOR, "#train-curve svg").size["width"] > 800
+        full_screenshot(driver, site.shots / "job-train-1280.png")
         driver.get(f"{site.url}/ui/jobs/{exp.id}")
         assert driver.find_element(By.CSS_SELECTOR, f'#children a[href="/ui/jobs/{child.id}"]')
         frame = driver.find_element(By.ID, "report-frame")
@@ -189,6 +198,7 @@ def test_an_experiment_report_opens_inline_and_team_b_sees_none_of_team_as_jobs(
         driver.find_element(By.CSS_SELECTOR, "form[action='/ui/logout'] button").click()
         _wait(lambda: driver.current_url.endswith("/ui/login"), what="signed out")
         assert driver.get_cookie("cdp_session") is None
+        full_screenshot(driver, site.shots / "login-1280.png")
         _sign_in(driver, site, "team-b")
         rows = driver.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job]")
         shown = {r.get_attribute("data-job") for r in rows}
@@ -198,8 +208,6 @@ def test_an_experiment_report_opens_inline_and_team_b_sees_none_of_team_as_jobs(
         assert "Not found" in driver.title and child.id not in driver.page_source
         driver.get(f"{site.url}/ui/jobs/{exp.id}/report")
         assert "Not found" in driver.title
-        driver.get(f"{site.url}/ui/login")
-        full_screenshot(driver, site.shots / "login-1280.png")
 
 
 def test_docs_render_their_operations_with_the_network_blocked(site) -> None:
