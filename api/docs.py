@@ -60,5 +60,6 @@ def install(app: FastAPI) -> None:
         page = get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
                               redoc_js_url=f"{root}{STATIC_URL}/redoc.standalone.js",
                               redoc_favicon_url=f"{root}{STATIC_URL}/favicon.png", with_google_fonts=False)
-        body = bytes(page.body).replace(b"</style>", b'a[href*="redocly.com"]{display:none !important}</style>', 1)
+        hide = b'a[href*="redocly.com"]{display:none !important}</style>'
+        body = bytes(page.body).replace(b"</style>", hide, 1)
         return HTMLResponse(body, headers={"Content-Security-Policy": DOCS_CSP})

@@ -121,7 +121,7 @@ async def login(request: Request, key: Annotated[str, Form(max_length=200)] = ""
 @router.post("/ui/logout")
 async def logout(request: Request, csrf: Annotated[str, Form(max_length=100)] = "") -> Response:
     session = _session(request)
-    if not Sessions.check_csrf(session, csrf):
+    if session is not None and not Sessions.check_csrf(session, csrf):  # no session (expired): just go
         return _page(request, "error.html", status_code=403, title="Forbidden",
                      message="The form was not sent from this console (missing or wrong CSRF token).")
     response = RedirectResponse("/ui/login", status_code=303)

@@ -66,6 +66,7 @@ def test_root_redirects_and_sign_in_sets_a_strict_cookie(two_teams) -> None:
     assert client.get("/jobs").status_code == 200  # the session reads the API (GET) for the page's script
     assert client.post("/jobs/train", json={"kind": "classifier", "dataset": "digits"}).status_code == 401
 
+    assert client.post("/ui/logout", data={"csrf": "guess"}).status_code == 403  # a forged sign-out
     with TestClient(client.app, base_url="https://testserver") as tls:
         r = tls.post("/ui/login", data={"key": found["team-a"]}, follow_redirects=False)
         assert "Secure" in r.headers["set-cookie"]
