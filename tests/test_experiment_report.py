@@ -241,3 +241,17 @@ def test_page_in_headless_chromium(tmp_path: Path) -> None:
         assert shot.is_file() and shot.stat().st_size > 0
     finally:
         driver.quit()
+
+
+def test_one_epoch_curves_are_lines_over_steps_not_dots() -> None:
+    from core.experiment_report.figures import single_point_keys
+
+    runs = [{"arm": a, "seed": 0, "metrics": {"worst_acc": 0.4},
+             "history": [{"epoch": 1, "train_loss": 1.0, "val_pgd_acc": 0.3}],
+             "steps": [{"step": k, "loss": 2.0 / k} for k in range(1, 31)]} for a in ("a", "b")]
+    assert single_point_keys(runs) == ["train_loss", "val_pgd_acc"]
+    page = render_html({"title": "t", "summary": summarize(runs, arms=["a", "b"], reference="a"),
+                        "runs": runs})
+    note = page[page.index('id="curves-note"'):][:600]
+    assert "one epoch" in note and "train_loss, val_pgd_acc" in note
+    assert 'id="training-curves"' in page

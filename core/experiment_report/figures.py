@@ -119,6 +119,17 @@ def curve_keys(runs: Iterable[Mapping[str, Any]]) -> list[str]:
     return sorted(keys, key=lambda k: (_curve_kind(k) != "accuracy", k))
 
 
+def single_point_keys(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """History keys no run has at two epochs or more (one-epoch runs): a line of one point says nothing, so
+    when the runs have a per-step curve :func:`training_curves` leaves them out."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        for key in curve_keys([run]):
+            n = sum(1 for rec in run.get("history") or [] if _is_number(rec.get(key)))
+            counts[key] = max(counts.get(key, 0), n)
+    return sorted(k for k, n in counts.items() if n < 2)
+
+
 def step_keys(runs: Iterable[Mapping[str, Any]]) -> list[str]:
     """The per-step keys of the runs' ``steps`` curves (``loss`` first)."""
     keys = {k for run in runs for rec in run.get("steps") or [] for k, v in rec.items()
@@ -139,9 +150,12 @@ def _epoch_x(run: Mapping[str, Any]) -> tuple[dict[int, float], bool]:
 
 def training_curves(runs: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> bytes | None:
     """PNG: one panel per quantity, three to a row: first the per-step curves (``steps``: the loss of every
-    optimiser step, bucket-averaged), then each per-epoch history key placed at its epoch's last step; one
-    colour per arm (legend above), one line per seed. None when no run has a history or a step curve."""
+    optimiser step, bucket-averaged), then each per-epoch history key placed at its epoch's last step (left
+    out where every run has one epoch and a step curve exists: :func:`single_point_keys`); one colour per
+    arm (legend above), one line per seed. None when no run has a history or a step curve."""
     skeys, hkeys = step_keys(runs), curve_keys(runs)
+    if skeys:
+        hkeys = [k for k in hkeys if k not in single_point_keys(runs)]
     panels = [("steps", k) for k in skeys] + [("history", k) for k in hkeys]
     shown_arms = [a for a in arms if any(r.get("arm") == a and (r.get("history") or r.get("steps"))
                                          for r in runs)]

@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.experiment_report.figures import data_uri, robust_plot, training_curves
+from core.experiment_report.figures import data_uri, robust_plot, single_point_keys, training_curves
 from core.experiment_report.sections import arms_table, curves_note, interval_note
 from core.experiment_report.statistics import INTERVAL, METRIC_LABELS, ROBUST_METRIC
 
@@ -192,7 +192,7 @@ def render_html(report: dict) -> str:
         "<h2>Training curves</h2>",
         _img("training-curves", curves, "training curves: loss per optimiser step and each epoch's accuracy "
              "and loss, one colour per arm, one line per seed", "No run has a training history."),
-        curves_note(any(r.get("steps") for r in runs)) if curves else "",
+        curves_note(any(r.get("steps") for r in runs), single_point_keys(runs)) if curves else "",
         "<h2>Per-seed results</h2>",
         _per_seed_table(runs, arms, metrics),
         "<h2>Synthetic sets</h2>",

@@ -47,11 +47,14 @@ def interval_note(summary: Mapping[str, Any], metric: str = ROBUST_METRIC) -> st
     return f'<p class="explain" id="interval-note">{_e(text)}</p>'
 
 
-def curves_note(has_steps: bool) -> str:
+def curves_note(has_steps: bool, single: Sequence[str] = ()) -> str:
     if has_steps:
         text = ("Lines over optimiser steps: the per-step panels show every step's training loss "
                 "(averaged in at most 500 buckets); the per-epoch panels put each epoch's record at its "
                 "last step. Colour is the arm; each seed is its own line.")
+        if single:
+            text += (f" Every run trained one epoch, so {', '.join(single)} have one value per seed and are "
+                     "not drawn as curves (see each training job's metrics).")
     else:
         text = ("Lines over epochs (these runs recorded no per-step curve). Colour is the arm; one line per "
                 "seed.")
