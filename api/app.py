@@ -15,8 +15,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import auth, metrics, problems
+from api import auth, console, docs, metrics, problems
 from api.routes import health, jobs
+from api.session import Sessions
 from core import specs
 from core.jobs.apikeys import KeyRing
 from core.jobs.dependencies import redis_client as redis_client_for
@@ -49,7 +50,8 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     repo = JobRepository(store, client, lease_ttl_s=settings.lease_ttl_s)
 
     configure_logging(settings.log_format)
-    app = FastAPI(title="Contrastive-DP service", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(title="Contrastive-DP service", version="0.1.0", description=DESCRIPTION,
+                  docs_url=None, redoc_url=None)  # served offline by api.docs
     app.state.settings = settings
     app.state.store = store
     quotas = Quotas(client, concurrent_jobs=settings.quota_concurrent_jobs,
@@ -69,11 +71,15 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     # (Gate: 401 before any body is read); CatchAll answers what escapes; Observe counts every request.
     app.state.max_body_bytes = settings.max_body_bytes
     app.add_middleware(auth.BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(auth.Gate, keys=keys)
+    secret = settings.session_secret.get_secret_value() if settings.session_secret else None
+    sessions = Sessions(keys, secret)
+    app.add_middleware(auth.Gate, keys=keys, sessions=sessions)
     problems.install(app)
     metrics.install(app, job_counts=metrics.JobCounts(repo, queues=(*WORK_QUEUES, CONTROL_QUEUE)))
     app.include_router(jobs.router)
     app.include_router(health.router)
+    docs.install(app)
+    console.install(app, sessions)
     app.openapi = partial(openapi_document, app)  # type: ignore[method-assign]
     return app
 

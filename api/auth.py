@@ -23,11 +23,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.asgi import HttpMiddleware
 from api.problems import problem_response
+from api.session import Sessions
 from core.jobs.apikeys import KeyRing
 
 ANONYMOUS = "anonymous"
-# Paths anyone may read: the probes and the API's own documentation.
+# Paths anyone may read: the probes, the API's own documentation and the static files of docs and console.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PREFIXES = ("/static/",)
+# The console authenticates its own requests (a signed session cookie, api/session.py): without one, its
+# pages send the browser to its sign-in page instead of a 401.
+CONSOLE_PATHS = ("/ui",)
 ADMIN_PATHS = frozenset({"/metrics"})
 
 
@@ -54,17 +59,26 @@ class Gate(HttpMiddleware):
     :class:`Caller` into the request's state; answers 401 (no or unknown key) or 403 (``/metrics`` for a
     non-admin) itself, before the body is read."""
 
-    def __init__(self, app: ASGIApp, *, keys: KeyRing) -> None:
+    def __init__(self, app: ASGIApp, *, keys: KeyRing, sessions: Sessions | None = None) -> None:
         super().__init__(app)
         self.keys = keys
+        self.sessions = sessions
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"] in PUBLIC_PATHS:
+        path = scope["path"]
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
         caller = LOCAL
         if self.keys.enabled:
-            found = self.keys.lookup(_bearer(scope))
+            token = _bearer(scope)
+            found = self.keys.lookup(token)
+            session = self.sessions.from_scope(scope) if self.sessions and not token else None
+            if found is None and session is not None:  # a console session: GET and HEAD only
+                found = session
+            if found is None and (path == "/" or path.startswith(CONSOLE_PATHS)):
+                await self.app(scope, receive, send)  # no caller in the state: the console asks to sign in
+                return
             if found is None:
                 response = problem_response(
                     Request(scope), 401, "Unauthorized", "a valid 'Authorization: Bearer <API key>' header "

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Deprecated (use CDP_API_KEYS_FILE): plaintext bearer token -> team, as JSON
     # CDP_API_TOKENS='{"s3cret": "team-a"}'. Still honoured (role "member"); the API logs a warning.
     api_tokens: dict[str, str] = Field(default_factory=dict)
+    # Signs the web console's session cookies (/ui). Unset: a random secret per API process, so sessions end
+    # when it restarts and are not shared between processes (set it when running more than one).
+    session_secret: SecretStr | None = None
     # Quotas per team (HTTP 429 with Retry-After beyond them): jobs not yet finished at once (an
     # experiment counts once, not its child jobs), ...
     quota_concurrent_jobs: int = Field(default=100, ge=1)
@@ -76,6 +79,13 @@ class Settings(BaseSettings):
     # Port of a worker's Prometheus exporter (0 = none). With PROMETHEUS_MULTIPROC_DIR set (prefork pools)
     # it serves the metrics of all the worker's processes.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Tracking (off by default): an MLflow tracking URI (http://host:5000, sqlite:///mlflow.db, or file:///dir
+    # with MLFLOW_ALLOW_FILE_STORE=true) that gets one run per training job and experiment, ...
+    mlflow_tracking_uri: str | None = None
+    # ... in this MLflow experiment; ...
+    mlflow_experiment: str = "contrastive-dp"
+    # ... and TensorBoard event files under each training job's and experiment's artifacts (tensorboard/).
+    tensorboard: bool = False
     # Queues a worker serves when Celery's -Q is not given, comma-separated: any of cdp.generate (generation
     # shards and finalize), cdp.train, cdp.evaluate, cdp.control (reconciler, experiment steps).
     worker_queues: str = Field(default="cdp.generate,cdp.train,cdp.evaluate", pattern=_QUEUE_LIST)

@@ -49,7 +49,9 @@ def make_runs() -> list[dict]:
                 metrics["autoattack_acc"] = WORST[arm][seed] - 0.01
             runs.append({"arm": arm, "seed": seed, "metrics": metrics,
                          "synthetic_share": None if i == 0 else 0.25 * i + 0.01 * seed,
-                         "history": _history(seed, 0.02 * i)})  # fmt: skip
+                         "history": _history(seed, 0.02 * i),
+                         "steps": [{"step": k, "loss": 2.5 / (1 + 0.1 * k) + 0.01 * seed}
+                                   for k in range(1, 41)]})  # fmt: skip
     return runs
 
 
@@ -142,6 +144,9 @@ def make_report() -> dict:
         "runs": runs,
         "previews": {"real only": None, "+ vanilla DDIM": _preview_png("viridis"),
                      "+ Contrastive-DP <v2>": _preview_png("magma")},  # fmt: skip
+        "samples": {"+ vanilla DDIM": {"job": "a" * 24, "metrics": {"label_agreement": 0.912,
+                                                                    "outlier_fraction": 0.02},
+                                       "warnings": ["3 % of the images are near-duplicates <of R>"]}},
         "specs": {"experiment": {"dataset": "digits", "seeds": [0, 1, 2, 3], "marker": "spec-value-7f3a",
                                  "trades": {"epochs": 4, "beta": 6.0}},
                   "children": {"train:real only:0": {"kind": "trades", "seed": 0}}},  # fmt: skip
@@ -156,6 +161,28 @@ def test_page_is_self_contained_and_escaped() -> None:
     assert "+ Contrastive-DP &lt;v2&gt;" in page
     assert page.count('src="data:image/png;base64,') == 4  # robust plot, curves, two previews
     assert len(page) < 600_000
+
+
+def test_each_arm_shows_its_sample_metrics_and_warnings_beside_its_robust_accuracy() -> None:
+    page = render_html(make_report())
+    table = page[page.index('<table id="arms">'):page.index("</table>", page.index('<table id="arms">'))]
+    row = table[table.index('data-arm="+ vanilla DDIM"'):]
+    row = row[:row.index("</tr>")]
+    assert "45.0" in row and "91.2 %" in row and "2.0 %" in row  # robust acc., judge agreement, outliers
+    assert "near-duplicates &lt;of R&gt;" in row
+    assert "real data only" in table and "no sample metrics" in table  # real only; a set without metrics
+    assert "optimiser steps" in page[page.index('id="curves-note"'):][:300]
+    assert 'id="interval-note"' in page and "no interval can be given" not in page
+
+
+def test_one_seed_says_that_no_interval_can_be_given() -> None:
+    runs = [{"arm": "a", "seed": 0, "metrics": {"worst_acc": 0.5}, "history": [{"epoch": 1, "val_acc": 0.4}]},
+            {"arm": "b", "seed": 0, "metrics": {"worst_acc": 0.6}, "history": [{"epoch": 1, "val_acc": 0.5}]}]
+    summary = summarize(runs, arms=["a", "b"], reference="a")
+    page = render_html({"title": "t", "summary": summary, "runs": runs})
+    assert "no interval can be given" in page
+    assert page.count("1 seed: no interval") == 2  # in the per-arm table, one per arm
+    assert "Lines over epochs" in page
 
 
 def _browser_binaries() -> tuple[str, str] | None:
@@ -208,8 +235,23 @@ def test_page_in_headless_chromium(tmp_path: Path) -> None:
         assert len(srcs) == 4 and all(s.startswith("data:image/") for s in srcs)
         assert '"marker": "spec-value-7f3a"' in driver.find_element(By.ID, "specs").text
 
-        shot = tmp_path / "report.png"
-        assert driver.save_screenshot(str(shot))
+        from tests.browser import artifacts_dir, full_screenshot
+
+        shot = full_screenshot(driver, artifacts_dir("report") / "report-1280.png")
         assert shot.is_file() and shot.stat().st_size > 0
     finally:
         driver.quit()
+
+
+def test_one_epoch_curves_are_lines_over_steps_not_dots() -> None:
+    from core.experiment_report.figures import single_point_keys
+
+    runs = [{"arm": a, "seed": 0, "metrics": {"worst_acc": 0.4},
+             "history": [{"epoch": 1, "train_loss": 1.0, "val_pgd_acc": 0.3}],
+             "steps": [{"step": k, "loss": 2.0 / k} for k in range(1, 31)]} for a in ("a", "b")]
+    assert single_point_keys(runs) == ["train_loss", "val_pgd_acc"]
+    page = render_html({"title": "t", "summary": summarize(runs, arms=["a", "b"], reference="a"),
+                        "runs": runs})
+    note = page[page.index('id="curves-note"'):][:600]
+    assert "one epoch" in note and "train_loss, val_pgd_acc" in note
+    assert 'id="training-curves"' in page

@@ -39,6 +39,7 @@ def context(app: Celery) -> WorkerContext:
     ctx: WorkerContext | None = getattr(app, "_cdp_context", None)
     if ctx is None:
         from core.diffusion.fast import SamplingSpeed
+        from core.jobs.tracking import TrackingConfig
         from core.training.common import resolve_device
 
         settings: Settings = app.cdp_settings  # type: ignore[attr-defined]
@@ -52,6 +53,9 @@ def context(app: Celery) -> WorkerContext:
             time_limit_s=settings.task_time_limit_s,
             speed=SamplingSpeed(compile=settings.compile, channels_last=settings.channels_last,
                                 bf16=settings.bf16),
+            tracking=TrackingConfig(mlflow_uri=settings.mlflow_tracking_uri,
+                                    mlflow_experiment=settings.mlflow_experiment,
+                                    tensorboard=settings.tensorboard),
         )
         app._cdp_context = ctx  # type: ignore[attr-defined]
     return ctx

@@ -5,7 +5,8 @@
 The spec is the body of ``POST /jobs/experiment`` (arms, seeds, TRADES and evaluation settings; see README).
 Follows the job with a progress bar, then prints one row per arm: the mean over seeds with its 95 %
 interval for each accuracy, and the paired difference of robust accuracy (the per-sample worst case over
-the attacks) to the reference arm. The full report is the job's ``report.html`` artifact.
+the attacks) to the reference arm. The full report is the job's ``report.html`` artifact, which the
+console shows at ``/ui/jobs/<id>/report``.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
             return 1
         result = http.get(f"/jobs/{job['id']}/metrics").json()["metrics"]
     print(format_result(result))
-    print(f"report: {args.url.rstrip('/')}/jobs/{job['id']}/artifacts/report.html", file=sys.stderr)
+    base = args.url.rstrip("/")
+    print(f"report: {base}/ui/jobs/{job['id']}/report (in a browser; the file: "
+          f"{base}/jobs/{job['id']}/artifacts/report.html)", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

@@ -9,7 +9,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.experiment_report.figures import data_uri, robust_plot, training_curves
+from core.experiment_report.figures import data_uri, robust_plot, single_point_keys, training_curves
+from core.experiment_report.sections import arms_table, curves_note, interval_note
 from core.experiment_report.statistics import INTERVAL, METRIC_LABELS, ROBUST_METRIC
 
 _CSS = """
@@ -25,7 +26,10 @@ th{background:#f3f3f5}td.arm,th.arm{text-align:left;font-weight:600;white-space:
 tbody th.arm{background:#fff}tr.reference th.arm{background:#fafafa}
 tr.reference td{background:#fafafa}.ci{display:block;color:#666;font-size:.75rem;white-space:nowrap}
 .pos{color:#0a7a2f;font-weight:600}.neg{color:#b3261e;font-weight:600}.muted{color:#888}
-img{max-width:100%;height:auto}#previews{display:flex;flex-wrap:wrap;gap:1rem}
+img{max-width:100%;height:auto}img.figure{width:100%;display:block;margin:.5rem 0}
+.explain{font-size:.88rem;color:#333;max-width:60rem}.warn{color:#8a4b00}
+ul.warn{margin:.2rem 0;padding-left:1.1rem;font-size:.8rem;white-space:normal;text-align:left}
+table#arms{width:100%}table#arms td{white-space:normal}#previews{display:flex;flex-wrap:wrap;gap:1rem}
 figure{margin:0;border:1px solid #ddd;padding:.5rem;background:#fff}figcaption{font-size:.85rem;
 text-align:center;margin-top:.3rem;font-weight:600}#previews img{image-rendering:pixelated;width:320px}
 pre{background:#f6f8fa;border:1px solid #ddd;padding:.8rem;overflow:auto;font-size:.78rem;max-height:40rem}
@@ -123,18 +127,22 @@ def _per_seed_table(runs: Sequence[Mapping[str, Any]], arms: Sequence[str], metr
 def _img(id_: str, png: bytes | None, alt: str, missing: str) -> str:
     if png is None:
         return f'<p class="muted" id="{_e(id_)}-missing">{_e(missing)}</p>'
-    return f'<img id="{_e(id_)}" src="{data_uri(png)}" alt="{_e(alt)}">'
+    return f'<img id="{_e(id_)}" class="figure" src="{data_uri(png)}" alt="{_e(alt)}">'
 
 
 def render_html(report: dict) -> str:
     """One self-contained HTML page of an experiment.
 
     ``report`` is ``{"title": str, "summary": summarize(...), "runs": [...], "previews": {arm: bytes | None},
-    "specs": {"experiment": dict, "children": {...}}}``. The page has the results table (``#results``, one
-    row per arm: mean ± std and 95 % interval per metric, paired difference to the reference), the robust
-    accuracy plot (``#robust-plot``), the training curves (``#training-curves``), the per-seed numbers
-    (``#per-seed``), the preview grids (``#previews``, one ``<figure>`` per arm with a preview) and the specs
-    as pretty JSON (``#specs``). Every image is a data URI; the page loads nothing and runs no script.
+    "specs": {"experiment": dict, "children": {...}}}`` and optionally ``"samples": {arm: {"job": id,
+    "metrics": {...}, "warnings": [...]}}`` (the generation metrics of each arm's synthetic set); a run may
+    carry ``steps`` (its per-step curve) beside ``history``. The page has the results table (``#results``,
+    one row per arm: mean ± std and 95 % interval per metric, paired difference to the reference), the
+    robust accuracy plot (``#robust-plot``) with the note on its intervals (``#interval-note``) and the
+    per-arm table (``#arms``: robust accuracy beside its synthetic set's sample metrics and warnings), the
+    training curves (``#training-curves``), the per-seed numbers (``#per-seed``), the preview grids
+    (``#previews``, one ``<figure>`` per arm with a preview) and the specs as pretty JSON (``#specs``).
+    Every image is a data URI; the page loads nothing and runs no script.
     """
     summary = report["summary"]
     runs = list(report.get("runs") or [])
@@ -145,6 +153,7 @@ def render_html(report: dict) -> str:
     metrics = list(summary.get("metrics") or [])
     seeds = sorted({r["seed"] for r in runs if "seed" in r})
 
+    samples = dict(report.get("samples") or {})
     robust = robust_plot(summary)
     curves = training_curves(runs, arms)
     preview_arms = [a for a in arms if previews.get(a)]
@@ -177,9 +186,13 @@ def render_html(report: dict) -> str:
         "<h2>Robust accuracy</h2>",
         _img("robust-plot", robust, f"{ROBUST_METRIC} per arm: every seed as a dot, the mean with its "
              f"{INTERVAL} interval", f"No run has {ROBUST_METRIC}."),  # fmt: skip
+        interval_note(summary) if robust else "",
+        "<h3>Each arm: robust accuracy beside its synthetic set</h3>",
+        arms_table(summary, runs, samples),
         "<h2>Training curves</h2>",
-        _img("training-curves", curves, "training curves per arm: accuracy and loss against epoch, one line "
-             "per seed", "No run has a training history."),  # fmt: skip
+        _img("training-curves", curves, "training curves: loss per optimiser step and each epoch's accuracy "
+             "and loss, one colour per arm, one line per seed", "No run has a training history."),
+        curves_note(any(r.get("steps") for r in runs), single_point_keys(runs)) if curves else "",
         "<h2>Per-seed results</h2>",
         _per_seed_table(runs, arms, metrics),
         "<h2>Synthetic sets</h2>",

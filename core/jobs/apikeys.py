@@ -133,6 +133,13 @@ class KeyRing:
             return found
         return self._entries().get(digest(key))
 
+    def lookup_digest(self, key_digest: str) -> KeyEntry | None:
+        """The entry whose key hashes to ``key_digest`` (a console session holds the digest, not the key)."""
+        found = self._legacy.get(key_digest)
+        if found is not None or self.path is None:
+            return found
+        return self._entries().get(key_digest)
+
     def _entries(self) -> dict[str, KeyEntry]:
         assert self.path is not None
         try:

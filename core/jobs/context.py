@@ -59,6 +59,7 @@ class WorkerContext:
     lease_renew_s: float = 5.0
     time_limit_s: float = 6 * 3600
     speed: Any = None  # core.diffusion.fast.SamplingSpeed for generation (None: the plain fp32 eager loop)
+    tracking: Any = None  # core.jobs.tracking.TrackingConfig (None: no MLflow, no TensorBoard)
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     models: ModelCache = field(init=False)
 

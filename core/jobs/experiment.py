@@ -27,6 +27,7 @@ from core.jobs.leases import Lease
 from core.jobs.queue import job_priority
 from core.jobs.reconcile import initial_units
 from core.jobs.records import JobNotFound
+from core.jobs.tracking import track_experiment
 from core.progress import Stage
 from core.specs import EvaluateSpec, ExperimentSpec, JobPlan, JobRecord, Progress, TrainSpec, job_id_of
 from core.storage import ObjectNotFound
@@ -134,18 +135,25 @@ def build_report(ctx: WorkerContext, job: JobRecord, spec: ExperimentSpec,
             "arm": arm, "seed": seed,
             "metrics": {m: evaluated[m] for m in REPORT_METRICS if evaluated.get(m) is not None},
             "synthetic_share": trained.get("synthetic_share_seen"),
-            "history": trained.get("history", []),
+            "history": trained.get("history", []), "steps": trained.get("steps", []),
             "train_job": train.id, "evaluate_job": evaluation.id,
             "best_epoch": trained.get("best_epoch"), "train_seconds": trained.get("train_seconds"),
             "sanity": evaluated.get("sanity"), "warnings": evaluated.get("warnings", []),
         })
     summary = summarize(runs, arms=[a.name for a in spec.arms], reference=spec.reference or spec.arms[0].name)
     previews: dict[str, bytes | None] = {}
+    samples: dict[str, dict[str, Any]] = {}
     for arm_spec in spec.arms:
         previews[arm_spec.name] = None
         for ref in arm_spec.synthetic[:1]:
             try:
                 previews[arm_spec.name] = ctx.store.get_bytes(keys.preview_key(job_id_of(ref) or ""))
+            except ObjectNotFound:
+                pass
+            try:  # the sample metrics of the arm's (first) synthetic set, shown beside its robust accuracy
+                generated = ctx.store.get_json(keys.metrics_key(job_id_of(ref) or ""))
+                samples[arm_spec.name] = {"job": job_id_of(ref), "metrics": generated,
+                                          "warnings": list(generated.get("warnings") or [])}
             except ObjectNotFound:
                 pass
     children = {f"{r['arm']} / seed {r['seed']}": {"train": r["train_job"], "evaluate": r["evaluate_job"]}
@@ -154,7 +162,7 @@ def build_report(ctx: WorkerContext, job: JobRecord, spec: ExperimentSpec,
         "train": ctx.repo.get(r["train_job"]).input, "evaluate": ctx.repo.get(r["evaluate_job"]).input}
         for r in runs}
     return {"title": f"Experiment {job.id} on {spec.dataset}", "summary": summary, "runs": runs,
-            "previews": previews, "children": children,
+            "previews": previews, "children": children, "samples": samples,
             "specs": {"experiment": spec.model_dump(mode="json"), "children": child_specs}}
 
 
@@ -168,7 +176,9 @@ def write_report(ctx: WorkerContext, job_id: str, report: dict[str, Any]) -> Non
     summary = report["summary"]
     metrics = {"reference": summary.get("reference"), "interval": summary.get("interval"),
                "arms": summary.get("arms"), "paired": summary.get("paired"),
-               "runs": [{k: v for k, v in r.items() if k != "history"} for r in report["runs"]],
+               "runs": [{k: v for k, v in r.items() if k not in ("history", "steps")}
+                        for r in report["runs"]],
                "children": report["children"]}
+    track_experiment(ctx, job_id, report, html)
     ctx.store.put_json(keys.metrics_key(job_id), jsonable(metrics))
     write_manifest(ctx.store, job_id)

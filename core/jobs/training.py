@@ -23,7 +23,8 @@ from core.jobs import keys
 from core.jobs.artifacts import DirectorySync, download_prefix, jsonable, write_manifest
 from core.jobs.context import JobProgress, WorkerContext, run_unit
 from core.jobs.leases import Lease
-from core.progress import ProgressFn
+from core.jobs.tracking import MODEL_CARD_FILES, TrackedProgress, Tracker, upload_tensorboard
+from core.progress import Cancelled, ProgressFn
 from core.specs import JobRecord, TrainSpec, job_id_of
 from core.storage import ObjectNotFound
 
@@ -42,14 +43,26 @@ def run_train(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> st
         if restored:
             log.info("job %s: restored %d checkpoint files, resuming", job_id, restored)
         sync = DirectorySync(ctx.store, out_dir, keys.checkpoint_prefix(job_id))
-        progress = JobProgress(ctx, job_id, "train", on_checkpoint=sync)
-        result = train_for_spec(spec, out_dir=out_dir, data_root=ctx.data_root, device=ctx.device,
-                                progress=progress, synthetic_dirs=_synthetic_dirs(ctx, spec))
+        tracker = Tracker(ctx.tracking, job_id=job_id, kind=f"train/{spec.kind}",
+                          name=f"{spec.kind} {spec.dataset} seed {spec.seed} ({job_id})", params=job.input,
+                          local_dir=ctx.work_dir / "tensorboard" / job_id)
+        progress = TrackedProgress(JobProgress(ctx, job_id, "train", on_checkpoint=sync), tracker)
+        try:
+            result = train_for_spec(spec, out_dir=out_dir, data_root=ctx.data_root, device=ctx.device,
+                                    progress=progress, synthetic_dirs=_synthetic_dirs(ctx, spec))
+        except BaseException as exc:
+            tracker.close("KILLED" if isinstance(exc, Cancelled) else "FAILED")
+            raise
         sync()
+        result["steps"] = progress.curve.downsampled()  # the per-step curve (loss, ...): the report's lines
         model_dir = result.pop("_model_dir", None)
         if model_dir is not None:
             for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
                 ctx.store.put_file(keys.model_prefix(job_id) + path.relative_to(model_dir).as_posix(), path)
+            tracker.artifacts(Path(model_dir) / name for name in MODEL_CARD_FILES)
+        if isinstance(result.get("test"), dict):
+            tracker.scalars(result["test"], progress.last_step, prefix="test/")
+        upload_tensorboard(ctx, job_id, tracker.close())
         ctx.store.put_json(keys.metrics_key(job_id), jsonable(job_names(result, out_dir)))
         lease.check()
         write_manifest(ctx.store, job_id)

@@ -221,8 +221,9 @@ def train_classifier(
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-            report(progress, Stage.TRAIN, step, total_steps,
-                   message=f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")  # fmt: skip
+            step_loss = float(loss.detach())
+            report(progress, Stage.TRAIN, step, total_steps, metrics={"step": step, "loss": step_loss},
+                   message=f"epoch {epoch + 1}/{config.epochs} loss {step_loss:.4f}")  # fmt: skip
         loss_sum, correct_sum, seen_sum = all_reduce_sum([loss_sum, float(correct), float(seen)])
         correct, seen = int(correct_sum), int(seen_sum)
         run.step, run.elapsed = step, run.elapsed + time.perf_counter() - began

@@ -216,8 +216,9 @@ def train_diffusion(
             ema.update(unet)
             step += 1
             losses.append(float(loss.detach()) * (rows.stop - rows.start) / x0.shape[0])
-            report(progress, Stage.TRAIN, step, total_steps,
-                   message=f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")  # fmt: skip
+            step_loss = float(loss.detach())
+            report(progress, Stage.TRAIN, step, total_steps, metrics={"step": step, "loss": step_loss},
+                   message=f"epoch {epoch + 1}/{config.epochs} loss {step_loss:.4f}")  # fmt: skip
         losses = all_reduce_sum(losses)  # each rank's share of every step's loss -> the global batch's loss
         record = {
             "epoch": epoch + 1,

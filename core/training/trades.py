@@ -288,12 +288,14 @@ def train_trades(
             if ema is not None:
                 ema.update(net)
             step += 1
-            sums["loss"] += float(loss.detach())
+            step_loss = float(loss.detach())
+            sums["loss"] += step_loss
             sums["ce"] += parts["ce"]
             sums["kl"] += parts["kl"]
             sums["accuracy"] += parts["accuracy"] * len(y) / (n_r + n_s)
-            report(progress, Stage.TRAIN, step, total_steps,
-                   message=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
+            report(progress, Stage.TRAIN, step, total_steps, message=f"epoch {epoch + 1}/{config.epochs}",
+                   metrics={"step": step, "loss": step_loss, "ce": parts["ce"], "kl": parts["kl"],
+                            "accuracy": parts["accuracy"]})  # fmt: skip
         sums = dict(zip(sums, all_reduce_sum(list(sums.values())), strict=True))
         elapsed += time.perf_counter() - began
         if not is_main():  # rank 0 alone evaluates and writes; the others go on to the next epoch
