@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from api import auth, metrics, problems
 from api.routes import health, jobs
 from core import specs
+from core.jobs import waiting
 from core.jobs.apikeys import KeyRing
 from core.jobs.dependencies import redis_client as redis_client_for
 from core.jobs.queue import CONTROL_QUEUE, WORK_QUEUES, Enqueuer, make_celery
@@ -55,7 +56,9 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     quotas = Quotas(client, concurrent_jobs=settings.quota_concurrent_jobs,
                     images_per_day=settings.quota_images_per_day,
                     epochs_per_day=settings.quota_epochs_per_day)
-    app.state.service = JobService(repo=repo, enqueuer=Enqueuer(celery_app, repo.leases),
+    enqueuer = Enqueuer(celery_app, repo.leases)
+    waiting.attach(repo, enqueuer, settings.shard_size)  # a job canceled here settles its dependants
+    app.state.service = JobService(repo=repo, enqueuer=enqueuer,
                                    model_dir=settings.model_dir, shard_size=settings.shard_size,
                                    data_root=settings.data_root, quotas=quotas)
     keys = KeyRing(settings.api_keys_file, settings.api_tokens)

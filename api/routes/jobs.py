@@ -18,6 +18,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from api import metrics as prom
 from api.deps import CallerDep, RepoDep, ServiceDep, SettingsDep, StoreDep
 from api.problems import FieldError, ProblemError, responses
+from api.waiting import job_view, long_poll
 from core.jobs import keys
 from core.jobs.idempotency import IdempotencyBusy
 from core.jobs.records import JobNotFound, JobRepository
@@ -285,10 +286,17 @@ def list_jobs(
     return JobPage(items=items, next_page_token=token)
 
 
+WaitSeconds = Annotated[float, Query(ge=0, le=3600, description="long-poll: answer once the job is "
+                                     "finished or after this many seconds, whichever is first (at most "
+                                     "CDP_MAX_WAIT_SECONDS; 0: at once)")]
+
+
 @router.get("/{job_id:jobid}", response_model=JobRecord, operation_id="getJob", summary="One job",
-            responses=responses(401, 404, 503))
-def get_job(job_id: JobId, repo: RepoDep, caller: CallerDep) -> JobRecord:
-    return _job_or_404(repo, job_id, caller.scope)
+            responses=responses(401, 404, 422, 503))
+async def get_job(job_id: JobId, repo: RepoDep, caller: CallerDep, settings: SettingsDep,
+                  wait: WaitSeconds = 0) -> JobRecord:
+    read = partial(job_view, repo, job_id, caller.scope, settings.shard_size)
+    return await long_poll(read, min(wait, settings.max_wait_seconds))
 
 
 @router.post("/{job_id:jobid}/cancel", response_model=JobRecord, operation_id="cancelJob",
