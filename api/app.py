@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import auth, metrics, problems
-from api.routes import health, jobs
+from api.routes import health, jobs, pipelines
 from core import specs
 from core.jobs import waiting
 from core.jobs.apikeys import KeyRing
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     problems.install(app)
     metrics.install(app, job_counts=metrics.JobCounts(repo, queues=(*WORK_QUEUES, CONTROL_QUEUE)))
     app.include_router(jobs.router)
+    app.include_router(pipelines.router)
     app.include_router(health.router)
     app.openapi = partial(openapi_document, app)  # type: ignore[method-assign]
     return app
