@@ -10,7 +10,7 @@ from typing import TypeVar
 import anyio
 
 from api.problems import ProblemError
-from core.jobs.composite import experiment_progress
+from core.jobs.composite import child_states, experiment_parts, experiment_progress
 from core.jobs.records import JobNotFound, JobRepository
 from core.specs import JobRecord
 
@@ -47,3 +47,21 @@ async def long_poll(read: Callable[[], T], seconds: float, *,
         await sleep(min(POLL_S, left))
         value = await anyio.to_thread.run_sync(read)
     return value
+
+
+class ChildEvents:
+    """The children of an experiment whose (status, stage) changed since the last call: what its events
+    stream reports as ``child`` events."""
+
+    def __init__(self, repo: JobRepository, shard_size: int) -> None:
+        self.repo, self.shard_size = repo, shard_size
+        self.seen: dict[str, tuple[object, object]] = {}
+
+    def changes(self, job: JobRecord) -> list[dict[str, object]]:
+        changed = []
+        for state in child_states(self.repo, experiment_parts(job, self.shard_size)):
+            key = (state["status"], state["stage"])
+            if self.seen.get(str(state["id"])) != key:
+                self.seen[str(state["id"])] = key
+                changed.append({"parent": job.id, **state})
+        return changed

@@ -4,6 +4,7 @@ children that use them, a failed generation that fails only its arms, and cancel
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -125,3 +126,30 @@ def test_arm_generation_specs_are_checked_at_submission(client) -> None:
     assert bad.json()["errors"][0]["field"] == "body.arms.0.generate.model"
     bad = client.post("/jobs/experiment", json=experiment([{"name": "a", "count": 8}], seeds=[0]))
     assert bad.status_code == 422 and "count" in bad.text
+
+
+def test_an_experiments_events_include_its_children_and_its_progress_counts_their_units(stack) -> None:
+    client = stack.client
+    reply = client.post("/jobs/experiment", json=experiment(
+        [{"name": "real only"}, {"name": "+ vanilla", "generate": VANILLA, "count": 16}], seeds=[0]))
+    job_id = reply.json()["id"]
+    events: list[tuple[str, dict]] = []
+    with client.stream("GET", f"/jobs/{job_id}/events", params={"poll_s": 0.05}) as stream:
+        name = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: ") and name is not None:
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    assert events[-1][0] == "state" and events[-1][1]["status"] == "succeeded"
+    children = [data for name, data in events if name == "child"]
+    kinds = {c["kind"] for c in children}
+    assert kinds == {"generate", "train", "evaluate"}
+    gen_states = [c["status"] for c in children if c["kind"] == "generate"]
+    assert gen_states[-1] == "succeeded" and len(gen_states) >= 2  # seen before it finished, then done
+    assert all(c["parent"] == job_id for c in children)
+    # 16 images in shards of 8 (2 shards + finalize) and 2 arms x 1 seed x (TRADES, evaluation): 7 units
+    totals = {data["total"] for name, data in events if name == "progress" and data["stage"] == "children"}
+    assert totals == {7}
+    fractions = [data["fraction"] for name, data in events if name == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
