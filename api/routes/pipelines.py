@@ -55,7 +55,7 @@ async def create_pipeline(spec: Annotated[PipelineSpec, Body()], service: Servic
     return record
 
 
-@router.get("/{pipeline_id}", response_model=PipelineRecord, operation_id="getPipeline",
+@router.get("/{pipeline_id:jobid}", response_model=PipelineRecord, operation_id="getPipeline",
             summary="A pipeline: its steps' jobs and states, progress over all of them",
             responses=responses(401, 404, 422, 503))
 async def get_pipeline(pipeline_id: PipelineId, repo: RepoDep, caller: CallerDep, settings: SettingsDep,
@@ -64,7 +64,7 @@ async def get_pipeline(pipeline_id: PipelineId, repo: RepoDep, caller: CallerDep
     return await long_poll(read, min(wait, settings.max_wait_seconds))
 
 
-@router.post("/{pipeline_id}/cancel", response_model=PipelineRecord, operation_id="cancelPipeline",
+@router.post("/{pipeline_id:jobid}/cancel", response_model=PipelineRecord, operation_id="cancelPipeline",
              summary="Cancel every unfinished step (idempotent)", responses=responses(401, 404, 503))
 async def cancel(pipeline_id: PipelineId, service: ServiceDep, caller: CallerDep,
                  settings: SettingsDep) -> PipelineRecord:
@@ -76,7 +76,7 @@ async def cancel(pipeline_id: PipelineId, service: ServiceDep, caller: CallerDep
     return await anyio.to_thread.run_sync(run)
 
 
-@router.get("/{pipeline_id}/events", operation_id="streamPipelineEvents",
+@router.get("/{pipeline_id:jobid}/events", operation_id="streamPipelineEvents",
             summary="Server-sent events: `step` when a step's status or stage changes, `progress` of the "
                     "whole; ends with `state` when every step is finished",
             responses={200: {"content": {"text/event-stream": {}}, "description": "event stream"},
