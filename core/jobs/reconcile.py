@@ -104,6 +104,9 @@ def why_it_cannot_run(repo: JobRepository, record: JobRecord, model_dir: Path | 
     else:
         refs = [(f"arms[{a}].synthetic[{i}]", ref) for a, arm in enumerate(spec.arms)
                 for i, ref in enumerate(arm.synthetic)]
+        models = ("model", "classifier", "judge", "feature_extractor")
+        refs += [(f"arms[{a}].generate.{name}", getattr(arm.generate, name))
+                 for a, arm in enumerate(spec.arms) if arm.generate is not None for name in models]
     for name, ref in refs:
         if ref is None:
             continue

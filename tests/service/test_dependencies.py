@@ -158,3 +158,43 @@ def test_the_reconciler_releases_a_waiting_job_after_redis_lost_everything(stack
         assert (record.status, record.waiting_for) == ("queued", [])
         assert repo.leases.states(trades["id"], ["train"])["train"].pending
         assert waiting.dependants_of(repo, gen["id"]) == {trades["id"]}  # store marker (hook never ran)
+
+
+def test_another_teams_unfinished_job_cannot_be_waited_for(service_env, monkeypatch, tmp_path,
+                                                            client) -> None:
+    from api.app import create_app
+    from core.jobs.apikeys import create_key
+    from core.settings import get_settings
+
+    path = tmp_path / "keys.json"
+    a, b = (create_key(path, team=team)[1] for team in ("team-a", "team-b"))
+    admin = create_key(path, team="ops", role="admin")[1]
+    monkeypatch.setenv("CDP_API_KEYS_FILE", str(path))
+    get_settings.cache_clear()
+    from fastapi.testclient import TestClient
+
+    app = create_app(get_settings(), store=client.app.state.store,
+                     redis_client=client.app.state.service.repo.redis)
+    with TestClient(app) as http:
+        auth = {k: {"Authorization": f"Bearer {v}"} for k, v in (("a", a), ("b", b), ("admin", admin))}
+        theirs = http.post("/jobs/train", json=TINY_CLASSIFIER, headers=auth["a"]).json()
+        assert theirs["status"] == "queued"
+        spec = {"model": f"job:{theirs['id']}", "dataset": "digits"}
+        refused = http.post("/jobs/evaluate", json=spec, headers=auth["b"])
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "body.model"
+        unknown = http.post("/jobs/evaluate", json={**spec, "model": "job:" + "0" * 24}, headers=auth["b"])
+        assert refused.json()["detail"].replace(theirs["id"], "0" * 24) == unknown.json()["detail"]
+        assert http.get(f"/jobs/{theirs['id']}", params={"wait": 5}, headers=auth["b"]).status_code == 404
+        mine = http.post("/jobs/evaluate", json=spec, headers=auth["a"]).json()
+        assert mine["status"] == "waiting"
+
+        pipeline = http.post("/pipelines", headers=auth["a"], json={"steps": [
+            {"name": "cls", "kind": "train", "spec": TINY_CLASSIFIER},
+            {"name": "score", "kind": "evaluate", "spec": {"model": "step:cls", "dataset": "digits"}}]})
+        assert pipeline.status_code == 202, pipeline.text
+        pid = pipeline.json()["id"]
+        assert http.get(f"/pipelines/{pid}", headers=auth["b"]).status_code == 404
+        assert http.post(f"/pipelines/{pid}/cancel", headers=auth["b"]).status_code == 404
+        assert http.get(f"/pipelines/{pid}", headers=auth["a"]).json()["status"] == "queued"
+        assert http.get(f"/pipelines/{pid}", headers=auth["admin"]).status_code == 200
+    get_settings.cache_clear()
