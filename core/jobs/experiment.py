@@ -1,12 +1,16 @@
 """Experiment jobs: arms x seeds of TRADES training and evaluation as child jobs, then statistics.
 
 The experiment's only unit, ``experiment``, is a short coordinating step that never waits: it creates
-whatever child is due (a TRADES job per (arm, seed); once that succeeded, an evaluation job of its model),
-reports progress, and returns. It runs again whenever a child finishes (the child wakes it) and at every
-reconcile pass, so any number of workers run the children while no worker sits blocked on them. Child ids
-are derived from (experiment id, arm, seed, step): a redelivered or repeated step finds the child that
-exists and never trains an (arm, seed) twice. A failed or canceled child fails the experiment and cancels
-the children still running; canceling the experiment cancels them too (:meth:`JobService.cancel`).
+whatever child is due (a generation job per distinct ``generate`` spec of its arms; a TRADES job per (arm,
+seed) once the arm's generation succeeded; once that succeeded, an evaluation job of its model), reports
+progress (its children's units, :mod:`core.jobs.composite`), and returns. It runs again whenever a child
+finishes (the child wakes it) and at every reconcile pass, so any number of workers run the children while
+no worker sits blocked on them. Child ids are derived from (experiment id, arm, seed, step), a generation's
+from the digest of its spec: a redelivered or repeated step finds the child that exists and never trains an
+(arm, seed) twice, and arms with identical generation specs share one job. A failed or canceled generation
+fails only the arms that use it (``failed_arms`` in the report; the reference arm's fails the experiment);
+any other failed or canceled child fails the experiment and cancels the children still running; canceling
+the experiment cancels them too (:meth:`JobService.cancel`).
 
 When every evaluation has succeeded the step reads the children's metrics, computes per-arm statistics over
 seeds and paired differences to the reference arm (:mod:`core.experiment_report`), and writes

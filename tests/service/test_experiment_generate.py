@@ -93,8 +93,10 @@ def test_a_failed_generation_fails_only_its_arms_and_identical_specs_run_once(lo
     assert all(broken_id in why and "failed" in why for why in result["failed_arms"].values())
     assert set(result["arms"]) == {"real only", "+ vanilla"}
     assert sorted(k["kind"] for k in kids if k["kind"] != "generate") == ["evaluate"] * 2 + ["train"] * 2
-    html = stack.store.get_bytes(f"jobs/{job['id']}/report.json").decode()
-    assert "+ broken a" in html and "failed_arms" in html
+    report = json.loads(stack.store.get_bytes(f"jobs/{job['id']}/report.json"))
+    assert set(report["failed_arms"]) == {"+ broken a", "+ broken b"}
+    html = stack.store.get_bytes(f"jobs/{job['id']}/report.html").decode()
+    assert 'id="failed-arms"' in html and broken_id in html
 
 
 def test_cancel_of_an_experiment_reaches_its_generations(stack) -> None:
@@ -152,4 +154,4 @@ def test_an_experiments_events_include_its_children_and_its_progress_counts_thei
     totals = {data["total"] for name, data in events if name == "progress" and data["stage"] == "children"}
     assert totals == {7}
     fractions = [data["fraction"] for name, data in events if name == "progress"]
-    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert fractions[-1] == 1.0 and any(0 < f < 1 for f in fractions)  # it moved while children ran
