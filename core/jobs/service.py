@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import logs
-from core.jobs import waiting
+from core.jobs import waiting as waiting_jobs
 from core.jobs.idempotency import IdempotencyMismatch, body_digest
 from core.jobs.queue import Enqueuer, job_priority
 from core.jobs.quotas import QuotaExceeded, Quotas
@@ -174,7 +174,7 @@ class JobService:
             record = self.repo.create(kind=kind, owner=owner, input=body, job_id=job_id, plan=plan,
                                       waiting_for=waiting_for)
             if waiting_for:
-                waiting.register(self.repo, record)
+                waiting_jobs.register(self.repo, record)
             else:
                 self.enqueuer.units(job_id, units, priority=job_priority(record))
         except Exception as exc:
@@ -190,7 +190,7 @@ class JobService:
                      f", waiting for {len(waiting_for)} inputs" if waiting_for else "")
         if waiting_for:  # an input that finished before the registration above: settled here, not lost
             try:
-                waiting.settle(self.repo, self.enqueuer, job_id, self.shard_size)
+                waiting_jobs.settle(self.repo, self.enqueuer, job_id, self.shard_size)
                 record = self.repo.get(job_id, owner=owner)
             except Exception as exc:  # the job stands; the reconciler settles it
                 log.warning("job %s: could not settle it after submission: %s", job_id, exc)
