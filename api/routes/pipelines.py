@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CallerDep, RepoDep, ServiceDep, SettingsDep
 from api.problems import ProblemError, responses
-from api.routes.jobs import SUBMIT_RESPONSES, WaitSeconds, _submit_errors
+from api.routes.jobs import SUBMIT_RESPONSES, IdempotencyKey, WaitSeconds, _submit_errors
 from api.waiting import long_poll
 from core.jobs.idempotency import IdempotencyBusy
 from core.jobs.pipelines import PipelineInvalid, cancel_pipeline, pipeline_view, submit_pipeline
@@ -40,9 +40,10 @@ def _view(repo: Any, pipeline_id: str, owner: str | None, shard_size: int) -> Pi
              summary="Submit named steps (train, generate, evaluate, experiment) as jobs with dependencies",
              responses=SUBMIT_RESPONSES)
 async def create_pipeline(spec: Annotated[PipelineSpec, Body()], service: ServiceDep, caller: CallerDep,
-                          settings: SettingsDep, response: Response) -> PipelineRecord:
+                          settings: SettingsDep, response: Response,
+                          idempotency_key: IdempotencyKey = None) -> PipelineRecord:
     def submit() -> PipelineRecord:
-        document = submit_pipeline(service, spec, owner=caller.team)
+        document = submit_pipeline(service, spec, owner=caller.team, idempotency_key=idempotency_key)
         return pipeline_view(service.repo, document["id"], caller.team, settings.shard_size)
 
     try:

@@ -7,19 +7,22 @@ the kind's spec model), so a bad step 7 submits nothing; then it submits the ste
 apply to each), and if one is refused (a reference of the wrong kind, a quota) cancels those already
 submitted. The pipeline document ``pipelines/<id>.json`` (owner, step names and their job ids) is written
 last. The pipeline holds no state of its own: its status and progress are its steps' (so nothing of it can
-be stranded), and canceling it cancels every unfinished step.
+be stranded), and canceling it cancels every unfinished step. An ``Idempotency-Key`` is bound to the first
+step's job, from whose id the pipeline's derives: a replay returns the same pipeline.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from pydantic import ValidationError
 
-from core.jobs.composite import Part, composite_progress, units_of
+from core.jobs.composite import Part, child_id, composite_progress, units_of
+from core.jobs.idempotency import IdempotencyBusy, IdempotencyMismatch, body_digest
 from core.jobs.records import JobNotFound, JobRepository, get_json, new_job_id, put_json, utcnow
-from core.jobs.service import InvalidReference, JobService
+from core.jobs.service import IdempotencyConflict, InvalidReference, JobService
 from core.specs import EvaluateSpec, ExperimentSpec, GenerateSpec, JobRecord, TrainSpec
 from core.specs.pipeline import (
     PipelineRecord,
@@ -48,8 +51,16 @@ class PipelineInvalid(ValueError):
         self.errors = errors
 
 
-def submit_pipeline(service: JobService, spec: PipelineSpec, *, owner: str) -> dict[str, Any]:
-    """Submit every step; returns the stored pipeline document."""
+def pipeline_id_for(first_step_id: str) -> str:
+    """A pipeline's id, derived from its first step's job id (sorts next to it; replays find it)."""
+    return child_id(first_step_id, "pipeline")
+
+
+def submit_pipeline(service: JobService, spec: PipelineSpec, *, owner: str,
+                    idempotency_key: str | None = None) -> dict[str, Any]:
+    """Submit every step; returns the stored pipeline document. With ``idempotency_key`` the key is bound
+    to the first step's job (the pipeline's id derives from it), so a replay returns the same pipeline and
+    a different body with the same key is an IdempotencyConflict."""
     job_ids: dict[str, str] = {}
     typed: list[tuple[int, str, str, Any]] = []
     errors: list[dict[str, Any]] = []
@@ -66,6 +77,17 @@ def submit_pipeline(service: JobService, spec: PipelineSpec, *, owner: str) -> d
         job_ids[step.name] = job_id
     if errors:
         raise PipelineInvalid(errors)
+    first_id = typed[0][2]
+    claimed = None
+    if idempotency_key is not None:
+        claimed = f"pipelines\n{idempotency_key}"  # apart from the jobs' keys (a header has no newline)
+        digest = body_digest("pipeline", spec.model_dump(mode="json"))
+        try:
+            claim = service.repo.idempotency.claim(owner, claimed, digest, first_id)
+        except IdempotencyMismatch as exc:
+            raise IdempotencyConflict(str(exc)) from None
+        if not claim.created:
+            return _replayed(service.repo, pipeline_id_for(claim.job_id), owner)
     submitted: list[str] = []
     try:
         for i, kind, job_id, step_spec in typed:
@@ -74,19 +96,35 @@ def submit_pipeline(service: JobService, spec: PipelineSpec, *, owner: str) -> d
             except InvalidReference as exc:
                 raise InvalidReference(("steps", i, "spec", *exc.loc), exc.message) from None
             submitted.append(record.id)
+        pipeline_id = pipeline_id_for(first_id)
+        steps = [{"name": s.name, "kind": s.kind, "job_id": job_ids[s.name]} for s in spec.steps]
+        document = {"id": pipeline_id, "owner": owner, "name": spec.name,
+                    "created_at": utcnow().isoformat(), "steps": steps}
+        put_json(service.repo.store, pipeline_key(pipeline_id), document)
     except BaseException:
         for job_id in submitted:  # nothing half-submitted keeps running
             try:
                 service.cancel(job_id, owner=owner)
             except Exception as exc:
                 log.warning("pipeline step %s: could not cancel it: %s", job_id, exc)
+        if claimed is not None:
+            service.repo.idempotency.release(owner, claimed, first_id)
         raise
-    pipeline_id = new_job_id()
-    document = {"id": pipeline_id, "owner": owner, "name": spec.name, "created_at": utcnow().isoformat(),
-                "steps": [{"name": s.name, "kind": s.kind, "job_id": job_ids[s.name]} for s in spec.steps]}
-    put_json(service.repo.store, pipeline_key(pipeline_id), document)
     log.info("pipeline %s: %d steps submitted", pipeline_id, len(submitted))
     return document
+
+
+def _replayed(repo: JobRepository, pipeline_id: str, owner: str, *, wait_s: float = 10.0) -> dict[str, Any]:
+    """The pipeline an earlier request with the same key made (its steps may still be being submitted)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return load_pipeline(repo, pipeline_id, owner)
+        except JobNotFound:
+            if time.monotonic() > deadline:
+                raise IdempotencyBusy("a request with this Idempotency-Key is still being "
+                                      "processed") from None
+            time.sleep(0.05)
 
 
 def load_pipeline(repo: JobRepository, pipeline_id: str, owner: str | None) -> dict[str, Any]:

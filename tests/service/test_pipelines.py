@@ -104,7 +104,10 @@ def test_step_references_and_specs_are_checked_before_anything_runs(stack) -> No
         {"name": "gen", "kind": "generate", "spec": {**gen, "model": "step:cls"}}]})
     assert reply.status_code == 422
     assert reply.json()["errors"][0]["field"] == "body.steps.1.spec.model"
-    assert {j["status"] for j in client.get("/jobs").json()["items"]} <= {"canceled", "succeeded"}
+    (submitted,) = client.get("/jobs").json()["items"]  # the first step, canceled (cooperatively: it may run)
+    assert submitted["cancel_requested"] is True
+    assert client.get(f"/jobs/{submitted['id']}", params={"wait": 30}).json()["status"] in ("canceled",
+                                                                                           "succeeded")
     assert client.get("/pipelines/0190a1b2c3d4e5f6a7b8c9d0").status_code == 404
 
 
@@ -134,3 +137,22 @@ def test_cdp_wait_follows_a_job_to_its_end(stack, capsys: pytest.CaptureFixture[
         assert json.loads(capsys.readouterr().out)["status"] == "succeeded"
         assert cdp(["wait", "0190a1b2c3d4e5f6a7b8c9d0", "--url", url, "--quiet"]) == 2
         assert "404" in capsys.readouterr().err
+
+
+def test_an_idempotency_key_replays_the_same_pipeline(client) -> None:
+    body = {"steps": [
+        {"name": "cls", "kind": "train", "spec": {"kind": "classifier", "dataset": "digits", "epochs": 1}},
+        {"name": "score", "kind": "evaluate", "spec": {"model": "step:cls", "dataset": "digits"}}]}
+    first = client.post("/pipelines", json=body, headers={"Idempotency-Key": "study-1"})
+    assert first.status_code == 202, first.text
+    again = client.post("/pipelines", json=body, headers={"Idempotency-Key": "study-1"})
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert [s["job_id"] for s in again.json()["steps"]] == [s["job_id"] for s in first.json()["steps"]]
+    assert len(client.get("/jobs").json()["items"]) == 2  # no second set of steps
+    other = {**body, "name": "changed"}
+    conflict = client.post("/pipelines", json=other, headers={"Idempotency-Key": "study-1"})
+    assert conflict.status_code == 422 and conflict.json()["errors"][0]["field"] == "header.Idempotency-Key"
+    # the same key on a job route is a key of its own
+    job = client.post("/jobs/train", json={"kind": "classifier", "dataset": "digits", "epochs": 1},
+                      headers={"Idempotency-Key": "study-1"})
+    assert job.status_code == 202
