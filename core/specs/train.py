@@ -64,7 +64,8 @@ class TrainSpec(BaseModel):
                                     "embeddings); its generation jobs draw labels balanced over the job")
     # TRADES (Zhang et al. 2019) and the real/synthetic mixing of paper eq. (3).
     synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
-                                    description="finished generation jobs mixed into TRADES training")
+                                    description="generation jobs mixed into TRADES training (this job "
+                                    "waits for unfinished ones)")
     synthetic_fraction: float = Field(default=options.SYNTHETIC_FRACTION, ge=0, lt=1,
                                       description="share of each batch drawn from the synthetic set")
     beta: float = Field(default=options.TRADES_BETA, ge=0, le=100, description="TRADES KL weight")
@@ -178,7 +179,8 @@ class ExperimentArm(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(pattern=_ARM_NAME, examples=["real only", "+ Contrastive-DP"])
     synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
-                                    description="finished generation jobs; [] = real data only")
+                                    description="generation jobs (unfinished ones: the experiment waits "
+                                    "for them); [] = real data only")
     synthetic_fraction: float = Field(default=0.5, ge=0, lt=1)
     mixing: Mixing = options.MIXING
     oracle: bool = Field(default=False, description="mnist5k: also train on the oracle pool of real images")
