@@ -156,3 +156,29 @@ def test_an_idempotency_key_replays_the_same_pipeline(client) -> None:
     job = client.post("/jobs/train", json={"kind": "classifier", "dataset": "digits", "epochs": 1},
                       headers={"Idempotency-Key": "study-1"})
     assert job.status_code == 202
+
+
+def test_a_pipelines_events_report_each_steps_changes_and_end_with_its_state(stack) -> None:
+    client = stack.client
+    reply = client.post("/pipelines", json={"steps": [
+        {"name": "gen", "kind": "generate", "spec": {
+            "dataset": "digits", "model": "unet-t", "classifier": "cnn-t", "count": 16, "steps": 2,
+            "schedule": "uniform", "batch_size": 8, "loss": "none"}},
+        {"name": "score", "kind": "evaluate", "spec": {"model": "cnn-t", "dataset": "digits",
+                                                        "attacks": ["pgd_ce"], "steps": 1, "limit": 16}}]})
+    pipeline_id = reply.json()["id"]
+    events: list[tuple[str, dict]] = []
+    with client.stream("GET", f"/pipelines/{pipeline_id}/events", params={"poll_s": 0.05}) as stream:
+        name = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: ") and name is not None:
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    assert events[-1][0] == "state" and events[-1][1]["status"] == "succeeded"
+    steps = [data for name, data in events if name == "step"]
+    seen = {step: [s["status"] for s in steps if s["name"] == step] for step in ("gen", "score")}
+    assert all(states[-1] == "succeeded" for states in seen.values()), seen
+    assert max(len(states) for states in seen.values()) >= 2, seen  # changes while it ran, not only the end
+    totals = {data["total"] for name, data in events if name == "progress"}
+    assert totals == {2 + 1 + 1}  # two shards of 8 and the finalize step, one evaluation
