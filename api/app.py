@@ -16,9 +16,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import auth, console, docs, metrics, problems
-from api.routes import health, jobs
+from api.routes import health, jobs, pipelines
 from api.session import Sessions
 from core import specs
+from core.jobs import waiting
 from core.jobs.apikeys import KeyRing
 from core.jobs.dependencies import redis_client as redis_client_for
 from core.jobs.queue import CONTROL_QUEUE, WORK_QUEUES, Enqueuer, make_celery
@@ -57,7 +58,9 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     quotas = Quotas(client, concurrent_jobs=settings.quota_concurrent_jobs,
                     images_per_day=settings.quota_images_per_day,
                     epochs_per_day=settings.quota_epochs_per_day)
-    app.state.service = JobService(repo=repo, enqueuer=Enqueuer(celery_app, repo.leases),
+    enqueuer = Enqueuer(celery_app, repo.leases)
+    waiting.attach(repo, enqueuer, settings.shard_size)  # a job canceled here settles its dependants
+    app.state.service = JobService(repo=repo, enqueuer=enqueuer,
                                    model_dir=settings.model_dir, shard_size=settings.shard_size,
                                    data_root=settings.data_root, quotas=quotas)
     keys = KeyRing(settings.api_keys_file, settings.api_tokens)
@@ -77,6 +80,7 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     problems.install(app)
     metrics.install(app, job_counts=metrics.JobCounts(repo, queues=(*WORK_QUEUES, CONTROL_QUEUE)))
     app.include_router(jobs.router)
+    app.include_router(pipelines.router)
     app.include_router(health.router)
     docs.install(app)
     console.install(app, sessions)

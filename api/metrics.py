@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 JOBS_SUBMITTED = Counter("cdp_jobs_submitted_total", "Jobs accepted by the API", ["kind"])
 REQUESTS = Counter("cdp_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("cdp_http_request_seconds", "HTTP request latency", ["method", "route"])
-_UNFINISHED: tuple[JobStatus, ...] = ("queued", "running")
+_UNFINISHED: tuple[JobStatus, ...] = ("waiting", "queued", "running")
 
 
 class Observe(HttpMiddleware):

@@ -31,6 +31,7 @@ class Stage(StrEnum):
     # Stages a job record shows that no core function reports:
     FINALIZING = "finalizing"  # a generation job's finalize unit: metrics, preview, manifest
     CHILDREN = "children"  # an experiment's child jobs finished so far
+    WAITING = "waiting"  # a job waiting for its input jobs to succeed (core.jobs.waiting)
     DONE = "done"  # the job succeeded
     CANCELED = "canceled"  # the job was canceled
 

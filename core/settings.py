@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     quota_images_per_day: int = Field(default=10_000_000, ge=1)
     # ... and training epochs per UTC day (train jobs: epochs; experiments: epochs x arms x seeds).
     quota_epochs_per_day: int = Field(default=100_000, ge=1)
+    # Longest a client may long-poll `GET /jobs/{id}?wait=S` (or a pipeline's), seconds; a larger S waits this
+    # long. Each waiting request holds an event-loop task and polls the record every half second.
+    max_wait_seconds: float = Field(default=60.0, ge=0, le=3600)
     # Largest request body the API reads, bytes (HTTP 413 beyond it).
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # Log format of the API and the workers: "json" (one object per line with job_id, unit, owner, attempt

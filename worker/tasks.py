@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 
 from core import logs
-from core.jobs import task_names
+from core.jobs import task_names, waiting
 from core.jobs.context import WorkerContext
 from core.jobs.dependencies import is_dependency_error, redis_client
 from core.jobs.generate import run_finalize, run_generate_shard, shard_size_of
@@ -45,8 +45,10 @@ def context(app: Celery) -> WorkerContext:
         settings: Settings = app.cdp_settings  # type: ignore[attr-defined]
         store = store_from_settings(settings)
         repo = JobRepository(store, redis_client(settings.redis_url), lease_ttl_s=settings.lease_ttl_s)
+        enqueuer = Enqueuer(app, repo.leases)
+        waiting.attach(repo, enqueuer, settings.shard_size)  # a job that ends settles its dependants
         ctx = WorkerContext(
-            repo=repo, store=store, enqueuer=Enqueuer(app, repo.leases),
+            repo=repo, store=store, enqueuer=enqueuer,
             model_dir=settings.model_dir, work_dir=settings.work_dir, data_root=settings.data_root,
             device=str(resolve_device(settings.device)), shard_size=settings.shard_size,
             max_attempts=settings.max_attempts, lease_renew_s=settings.lease_renew_s,
@@ -68,7 +70,8 @@ def _control(app: Celery) -> tuple[JobRepository, Enqueuer, Settings]:
         settings: Settings = app.cdp_settings  # type: ignore[attr-defined]
         repo = JobRepository(store_from_settings(settings), redis_client(settings.redis_url),
                              lease_ttl_s=settings.lease_ttl_s)
-        found = (repo, Enqueuer(app, repo.leases), settings)
+        enqueuer = Enqueuer(app, repo.leases)
+        found = (waiting.attach(repo, enqueuer, settings.shard_size), enqueuer, settings)
         app._cdp_control = found  # type: ignore[attr-defined]
     return found
 

@@ -18,6 +18,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from api import metrics as prom
 from api.deps import CallerDep, RepoDep, ServiceDep, SettingsDep, StoreDep
 from api.problems import FieldError, ProblemError, responses
+from api.waiting import ChildEvents, job_view, long_poll
 from core.jobs import keys
 from core.jobs.idempotency import IdempotencyBusy
 from core.jobs.records import JobNotFound, JobRepository
@@ -288,10 +289,17 @@ def list_jobs(
     return JobPage(items=items, next_page_token=token)
 
 
+WaitSeconds = Annotated[float, Query(ge=0, le=3600, description="long-poll: answer once the job is "
+                                     "finished or after this many seconds, whichever is first (at most "
+                                     "CDP_MAX_WAIT_SECONDS; 0: at once)")]
+
+
 @router.get("/{job_id:jobid}", response_model=JobRecord, operation_id="getJob", summary="One job",
-            responses=responses(401, 404, 503))
-def get_job(job_id: JobId, repo: RepoDep, caller: CallerDep) -> JobRecord:
-    return _job_or_404(repo, job_id, caller.scope)
+            responses=responses(401, 404, 422, 503))
+async def get_job(job_id: JobId, repo: RepoDep, caller: CallerDep, settings: SettingsDep,
+                  wait: WaitSeconds = 0) -> JobRecord:
+    read = partial(job_view, repo, job_id, caller.scope, settings.shard_size)
+    return await long_poll(read, min(wait, settings.max_wait_seconds))
 
 
 @router.post("/{job_id:jobid}/cancel", response_model=JobRecord, operation_id="cancelJob",
@@ -378,13 +386,16 @@ def _sse(event: str, data: dict[str, Any]) -> str:
 
 
 @router.get("/{job_id:jobid}/events", operation_id="streamJobEvents",
-            summary="Server-sent events: `state` on status changes, `progress` while running; ends when the "
-                    "job is finished",
+            summary="Server-sent events: `state` on status changes, `progress` while running (an "
+                    "experiment's over its children's units, with `child` when a child's status or stage "
+                    "changes); ends when the job is finished",
             responses={200: {"content": {"text/event-stream": {}}, "description": "event stream"},
                        **responses(401, 404, 422, 503)})
-async def stream_job_events(job_id: JobId, repo: RepoDep, caller: CallerDep,
+async def stream_job_events(job_id: JobId, repo: RepoDep, caller: CallerDep, settings: SettingsDep,
                             poll_s: Annotated[float, Query(ge=0.05, le=10)] = 0.5) -> StreamingResponse:
-    first = await anyio.to_thread.run_sync(lambda: _job_or_404(repo, job_id, caller.scope))
+    read = partial(job_view, repo, job_id, caller.scope, settings.shard_size)
+    first = await anyio.to_thread.run_sync(read)
+    children = ChildEvents(repo, settings.shard_size)
 
     async def events(job: JobRecord) -> AsyncIterator[str]:
         # the current state first; then progress changes, each state change after the progress that led to it;
@@ -399,6 +410,9 @@ async def stream_job_events(job_id: JobId, repo: RepoDep, caller: CallerDep,
             if progress != last_progress:
                 yield _sse("progress", {"id": job.id, "status": job.status, **progress})
                 last_progress, idle = progress, 0.0
+            if job.kind == "experiment":
+                for child in await anyio.to_thread.run_sync(children.changes, job):
+                    yield _sse("child", child)
             if job.status != last_status:
                 yield _sse("state", job.model_dump(mode="json"))
                 last_status = job.status
@@ -409,7 +423,7 @@ async def stream_job_events(job_id: JobId, repo: RepoDep, caller: CallerDep,
             if idle >= 15:
                 yield ": keep-alive\n\n"
                 idle = 0.0
-            job = await anyio.to_thread.run_sync(lambda: repo.get(job_id, owner=caller.scope))
+            job = await anyio.to_thread.run_sync(read)
 
     return StreamingResponse(events(first), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

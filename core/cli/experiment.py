@@ -61,14 +61,17 @@ def format_result(result: dict[str, Any]) -> str:
 
 def follow(http: httpx.Client, job: dict[str, Any], *, bar: tqdm | None = None, poll_s: float = 1.0,
            on_poll: Any = None) -> dict[str, Any]:
-    """Poll the job until it is terminal, advancing ``bar`` (0..100) with its progress."""
+    """Follow the job until it is terminal, advancing ``bar`` (0..100) with its progress: each request
+    long-polls up to ``poll_s`` (``?wait=``), so the answer comes the moment the job finishes."""
     while job["status"] not in TERMINAL:
-        time.sleep(poll_s)
         if on_poll is not None:
             on_poll()
-        reply = http.get(f"/jobs/{job['id']}")
+        asked = time.monotonic()
+        reply = http.get(f"/jobs/{job['id']}", params={"wait": poll_s})
         reply.raise_for_status()
         job = reply.json()
+        if job["status"] not in TERMINAL:  # a server whose CDP_MAX_WAIT_SECONDS is below poll_s
+            time.sleep(max(0.0, poll_s - (time.monotonic() - asked)))
         if bar is not None:
             bar.n = round(100 * job["progress"]["fraction"], 1)
             bar.set_description(job["progress"]["message"] or job["status"])

@@ -130,19 +130,29 @@ def _img(id_: str, png: bytes | None, alt: str, missing: str) -> str:
     return f'<img id="{_e(id_)}" class="figure" src="{data_uri(png)}" alt="{_e(alt)}">'
 
 
+def _failed_arms(failed: dict) -> str:
+    """The arms left out because their generation failed (``#failed-arms``), or nothing."""
+    if not failed:
+        return ""
+    items = "".join(f"<li><b>{_e(arm)}</b>: {_e(str(why))}</li>" for arm, why in failed.items())
+    return (f'<div id="failed-arms"><p>Left out of the table, their synthetic set could not be made:</p>'
+            f"<ul>{items}</ul></div>")
+
+
 def render_html(report: dict) -> str:
     """One self-contained HTML page of an experiment.
 
     ``report`` is ``{"title": str, "summary": summarize(...), "runs": [...], "previews": {arm: bytes | None},
-    "specs": {"experiment": dict, "children": {...}}}`` and optionally ``"samples": {arm: {"job": id,
-    "metrics": {...}, "warnings": [...]}}`` (the generation metrics of each arm's synthetic set); a run may
-    carry ``steps`` (its per-step curve) beside ``history``. The page has the results table (``#results``,
-    one row per arm: mean ± std and 95 % interval per metric, paired difference to the reference), the
-    robust accuracy plot (``#robust-plot``) with the note on its intervals (``#interval-note``) and the
-    per-arm table (``#arms``: robust accuracy beside its synthetic set's sample metrics and warnings), the
-    training curves (``#training-curves``), the per-seed numbers (``#per-seed``), the preview grids
-    (``#previews``, one ``<figure>`` per arm with a preview) and the specs as pretty JSON (``#specs``).
-    Every image is a data URI; the page loads nothing and runs no script.
+    "specs": {"experiment": dict, "children": {...}}, "failed_arms": {arm: why}}`` and optionally
+    ``"samples": {arm: {"job": id, "metrics": {...}, "warnings": [...]}}`` (the generation metrics of each
+    arm's synthetic set); a run may carry ``steps`` (its per-step curve) beside ``history``. The page lists
+    the arms whose generation failed (``#failed-arms``, when there are), then has the results table
+    (``#results``, one row per arm: mean ± std and 95 % interval per metric, paired difference to the
+    reference), the robust accuracy plot (``#robust-plot``) with the note on its intervals
+    (``#interval-note``) and the per-arm table (``#arms``: robust accuracy beside its synthetic set's sample
+    metrics and warnings), the training curves (``#training-curves``), the per-seed numbers (``#per-seed``),
+    the preview grids (``#previews``, one ``<figure>`` per arm with a preview) and the specs as pretty JSON
+    (``#specs``). Every image is a data URI; the page loads nothing and runs no script.
     """
     summary = report["summary"]
     runs = list(report.get("runs") or [])
@@ -181,6 +191,7 @@ def render_html(report: dict) -> str:
         "of the mean over seeds; differences are paired over the seeds both arms have, in percentage points "
         "(pp); Δ vs ref. is arm minus the reference arm. Accuracies in %.</p>",
         '<h2>Results</h2>',
+        _failed_arms(report.get("failed_arms") or {}),
         _results_table(summary),
         '<p class="meta">Green: the paired interval lies above 0; red: below 0.</p>',
         "<h2>Robust accuracy</h2>",

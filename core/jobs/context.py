@@ -146,7 +146,7 @@ def _run_unit_once(ctx: WorkerContext, job_id: str, unit: str, message_id: str,
         except JobNotFound:  # e.g. a stale message from another store; nothing to do
             log.warning("task for unknown job %s ignored", job_id)
             return "skipped"
-        if job.terminal:
+        if job.terminal or job.status == "waiting":  # a waiting job's units are sent when it is released
             return "skipped"
         if job.cancel_requested or ctx.repo.cancel_requested(job_id):
             ctx.repo.finish(job_id, "canceled")

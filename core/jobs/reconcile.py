@@ -12,7 +12,11 @@ For every job with an ``active/<id>`` marker in the store it reads the stored re
     (its worker is gone, or it stopped between units);
 (d) fails, with the cause, a job that cannot run: a spec that no longer validates against the limits frozen
     at submission, a ``job:<id>`` input that is missing or not succeeded, a named model missing from the
-    model directory (checked only where that directory exists on the reconciler's host).
+    model directory (checked only where that directory exists on the reconciler's host);
+(e) settles a ``waiting`` job (:mod:`core.jobs.waiting`): queued and enqueued once its inputs have all
+    succeeded, failed with the cause once one failed, canceled if that was asked; and re-adds it to its
+    inputs' Redis sets of dependants. So a Redis flush or a worker killed between an input's end and the
+    release of its dependants never strands one.
 
 One pass at a time (a Redis lock); a second instance is harmless but idle. Unit done-ness comes from the
 store alone: a shard is done when its object exists, ``finalize`` and ``train`` when the job is terminal.
@@ -43,13 +47,15 @@ class ReconcileReport:
     requeued: list[tuple[str, str]] = field(default_factory=list)  # (job id, unit)
     rebuilt: list[str] = field(default_factory=list)  # job ids whose Redis mirror was missing
     canceled: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)  # waiting jobs whose inputs had all succeeded
     failed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     skipped: bool = False  # another pass held the lock
 
     def summary(self) -> dict[str, object]:
         return {"scanned": self.scanned, "requeued": [f"{j}/{u}" for j, u in self.requeued],
-                "rebuilt": self.rebuilt, "canceled": self.canceled, "failed": self.failed,
+                "rebuilt": self.rebuilt, "canceled": self.canceled, "released": self.released,
+                "failed": self.failed,
                 "errors": self.errors, "skipped": self.skipped}
 
 
@@ -98,6 +104,9 @@ def why_it_cannot_run(repo: JobRepository, record: JobRecord, model_dir: Path | 
     else:
         refs = [(f"arms[{a}].synthetic[{i}]", ref) for a, arm in enumerate(spec.arms)
                 for i, ref in enumerate(arm.synthetic)]
+        models = ("model", "classifier", "judge", "feature_extractor")
+        refs += [(f"arms[{a}].generate.{name}", getattr(arm.generate, name))
+                 for a, arm in enumerate(spec.arms) if arm.generate is not None for name in models]
     for name, ref in refs:
         if ref is None:
             continue
@@ -140,7 +149,7 @@ def reconcile(repo: JobRepository, enqueuer: Enqueuer, *, max_attempts: int, def
             lock.release()
         except Exception:  # expired, or Redis went away: the lock times out by itself
             pass
-    if report.requeued or report.rebuilt or report.canceled or report.failed:
+    if report.requeued or report.rebuilt or report.canceled or report.failed or report.released:
         log.info("reconcile: %s in %.2f s", report.summary(), time.monotonic() - started)
     return report
 
@@ -157,6 +166,9 @@ def _reconcile_job(repo: JobRepository, enqueuer: Enqueuer, job_id: str, report:
         return
     if repo.restore_mirror(record):
         report.rebuilt.append(job_id)
+    if record.status == "waiting":  # (e): settle it from its inputs' stored records
+        _reconcile_waiting(repo, enqueuer, record, report, default_shard_size=default_shard_size)
+        return
     units = unfinished_units(repo, record, default_shard_size)
     states = repo.leases.states(job_id, units)
     busy = any(state.leased for state in states.values())
@@ -187,3 +199,19 @@ def _reconcile_job(repo: JobRepository, enqueuer: Enqueuer, job_id: str, report:
                 return
         enqueuer.unit(job_id, unit, priority=job_priority(record))  # to its kind's queue
         report.requeued.append((job_id, unit))
+
+
+def _reconcile_waiting(repo: JobRepository, enqueuer: Enqueuer, record: JobRecord, report: ReconcileReport,
+                       *, default_shard_size: int) -> None:
+    from core.jobs import waiting
+
+    if record.cancel_requested or repo.cancel_requested(record.id):
+        repo.finish(record.id, "canceled")
+        report.canceled.append(record.id)
+        return
+    waiting.restore(repo, record)
+    outcome = waiting.settle(repo, enqueuer, record.id, default_shard_size)
+    if outcome == "released":
+        report.released.append(record.id)
+    elif outcome == "failed":
+        report.failed.append(record.id)

@@ -8,12 +8,12 @@ Redis lives in the store: the record (with its frozen plan and per-unit attempt 
 ``active/<id>`` of every non-terminal job, and the Idempotency-Key bindings. Reads fall back to the store
 when Redis is unreachable. No torch here: the API uses it.
 
-This module is the Redis layer's front: every Redis key of a job is read and written here or in the modules
-it composes (:mod:`core.jobs.leases` as ``repo.leases``, :mod:`core.jobs.idempotency` as
-``repo.idempotency``, :mod:`core.jobs.quotas`); the rest of the service goes through :class:`JobRepository`
-(tests/service/test_redis_layer.py checks it). At about 370 lines it stays one module: the record's life
-cycle (create, read, list, update under the lock, finish, cancel, progress, attempts) is one concern, and the
-lock protocol it shares would be scattered by a further split.
+This module is the Redis layer's front: every Redis key of a job is read and written here or in the modules it
+composes (:mod:`core.jobs.leases` as ``repo.leases``, :mod:`core.jobs.idempotency` as ``repo.idempotency``,
+:mod:`core.jobs.dependants` as ``repo.dependants``, :mod:`core.jobs.quotas`); the rest of the service goes
+through :class:`JobRepository` (tests/service/test_redis_layer.py checks it). At about 370 lines it stays one
+module: the record's life cycle (create, read, list, update under the lock, finish, cancel, progress,
+attempts) is one concern, and the lock protocol it shares would be scattered by a further split.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 import redis as redis_lib
 
 from core.jobs import keys, quotas
+from core.jobs.dependants import Dependants
 from core.jobs.dependencies import REDIS_ERRORS, DependencyUnavailable
 from core.jobs.idempotency import IdempotencyKeys
 from core.jobs.keys import RECORD_TTL_S
@@ -96,13 +97,20 @@ class JobRepository:
         self.leases = UnitLeases(redis, ttl_s=lease_ttl_s)
         self.idempotency = IdempotencyKeys(store, redis, job_visible=self._is_visible,
                                            job_stored=self._is_stored)
+        self.dependants = Dependants(store, redis)  # who waits for whom (core.jobs.waiting)
+        # called with a record that just became terminal (core.jobs.waiting.attach: settle its dependants)
+        self.on_terminal: Callable[[JobRecord], None] | None = None
 
     # --- create / read ---
     def create(self, *, kind: JobKind, owner: str, input: dict[str, Any], job_id: str | None = None,
-               plan: JobPlan | None = None, parent: str | None = None) -> JobRecord:
+               plan: JobPlan | None = None, parent: str | None = None,
+               waiting_for: Sequence[str] = ()) -> JobRecord:
         job_id = job_id or new_job_id()
         record = JobRecord(id=job_id, kind=kind, owner=owner, input=input, created_at=utcnow(),
-                           links=links_for(job_id), plan=plan or JobPlan(), parent=parent)
+                           links=links_for(job_id), plan=plan or JobPlan(), parent=parent,
+                           status="waiting" if waiting_for else "queued", waiting_for=list(waiting_for))
+        if waiting_for:
+            record.progress.stage = Stage.WAITING
         # The record, then its markers, each durable before it becomes visible and visible after the one
         # before it; put_many lets the store flush all three in one round.
         self.store.put_many([
@@ -240,6 +248,11 @@ class JobRepository:
                     quotas.job_finished(self.redis, record.owner, job_id)
                 except REDIS_ERRORS:
                     pass
+                if self.on_terminal is not None:
+                    try:
+                        self.on_terminal(record)
+                    except Exception as exc:  # the reconciler settles the dependants at its next pass
+                        log.warning("job %s: its terminal hook failed: %s", job_id, exc)
         return record
 
     def mark_running(self, job_id: str) -> JobRecord:
@@ -286,7 +299,7 @@ class JobRepository:
             if record.terminal:
                 return
             record.cancel_requested = True
-            if record.status == "queued":
+            if record.status in ("queued", "waiting"):
                 record.status = "canceled"
                 record.completed_at = utcnow()
                 record.progress.stage = Stage.CANCELED

@@ -1,10 +1,12 @@
 """Submitting, listing and cancelling jobs: what the API calls. No torch, no worker imports.
 
-A submission checks that every ``job:<id>`` reference names a finished job of the right kind owned by the
-same caller (and that a model name exists in the model directory), honours the ``Idempotency-Key``, writes
-the record with its frozen plan (shard count and size, the limits in force), then enqueues its units by
-name. It either creates a job that will run or raises, leaving nothing behind: Redis is pinged first, and a
-record whose units could not be enqueued is removed again and its Idempotency-Key released.
+A submission checks that every ``job:<id>`` reference names a job of the right kind owned by the same
+caller that has not failed (and that a model name exists in the model directory), honours the
+``Idempotency-Key``, writes the record with its frozen plan (shard count and size, the limits in force),
+then enqueues its units by name; a job with unfinished inputs is recorded as ``waiting`` instead and
+enqueued when they have succeeded (:mod:`core.jobs.waiting`). It either creates a job that will run or
+raises, leaving nothing behind: Redis is pinged first, and a record whose units could not be enqueued is
+removed again and its Idempotency-Key released.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import logs
+from core.jobs import waiting as waiting_jobs
 from core.jobs.idempotency import IdempotencyMismatch, body_digest
 from core.jobs.queue import Enqueuer, job_priority
 from core.jobs.quotas import QuotaExceeded, Quotas
@@ -82,47 +85,59 @@ class JobService:
     quotas: Quotas | None = None  # None: no quotas
 
     # --- submission ---
-    def submit_generate(self, spec: GenerateSpec, *, owner: str, idempotency_key: str | None = None
-                        ) -> tuple[JobRecord, bool]:
+    def submit_generate(self, spec: GenerateSpec, *, owner: str, idempotency_key: str | None = None,
+                        job_id: str | None = None) -> tuple[JobRecord, bool]:
         """Returns (job, created). ``created`` is False when an idempotent replay returned an older job."""
         self._check_dataset(spec.dataset)
-        for field in ("model", "classifier"):
-            self._check_model_ref((field,), getattr(spec, field), owner=owner,
-                                  kinds=_ACCEPTED_TRAIN_KINDS[field])
-        for field in ("judge", "feature_extractor"):
-            if getattr(spec, field) is not None:
-                self._check_model_ref((field,), getattr(spec, field), owner=owner,
-                                      kinds=_ACCEPTED_TRAIN_KINDS["classifier"])
+        waiting = self._check_generate_refs((), spec, owner=owner)
         shards = math.ceil(spec.count / self.shard_size)
         plan = JobPlan(shards=shards, shard_size=self.shard_size, limits=server_limits())
         return self._submit("generate", spec.model_dump(mode="json"), owner, idempotency_key, plan,
-                            [f"shard-{k}" for k in range(shards)], images=spec.count)
+                            [f"shard-{k}" for k in range(shards)], images=spec.count, waiting_for=waiting,
+                            job_id=job_id)
 
-    def submit_train(self, spec: TrainSpec, *, owner: str, idempotency_key: str | None = None
-                     ) -> tuple[JobRecord, bool]:
+    def _check_generate_refs(self, loc: tuple[str | int, ...], spec: object, *, owner: str) -> list[str]:
+        waiting: list[str | None] = []
+        for field in ("model", "classifier", "judge", "feature_extractor"):
+            ref = getattr(spec, field)
+            if ref is not None:
+                kinds = _ACCEPTED_TRAIN_KINDS["model" if field == "model" else "classifier"]
+                waiting.append(self._check_model_ref((*loc, field), ref, owner=owner, kinds=kinds))
+        return [w for w in waiting if w]
+
+    def submit_train(self, spec: TrainSpec, *, owner: str, idempotency_key: str | None = None,
+                     job_id: str | None = None) -> tuple[JobRecord, bool]:
         self._check_dataset(spec.dataset)
-        for i, ref in enumerate(spec.synthetic):
-            self._check_job_ref(("synthetic", i), ref, owner=owner, kind="generate", train_kinds=None)
+        waiting = [self._check_job_ref(("synthetic", i), ref, owner=owner, kind="generate", train_kinds=None)
+                   for i, ref in enumerate(spec.synthetic)]
         return self._submit("train", spec.record_input(), owner, idempotency_key,
-                            JobPlan(limits=server_limits()), ["train"], epochs=spec.epochs)
+                            JobPlan(limits=server_limits()), ["train"], epochs=spec.epochs,
+                            waiting_for=[w for w in waiting if w], job_id=job_id)
 
-    def submit_evaluate(self, spec: EvaluateSpec, *, owner: str, idempotency_key: str | None = None
-                        ) -> tuple[JobRecord, bool]:
+    def submit_evaluate(self, spec: EvaluateSpec, *, owner: str, idempotency_key: str | None = None,
+                        job_id: str | None = None) -> tuple[JobRecord, bool]:
         self._check_dataset(spec.dataset)
-        self._check_model_ref(("model",), spec.model, owner=owner, kinds=_ACCEPTED_TRAIN_KINDS["classifier"])
+        waiting = self._check_model_ref(("model",), spec.model, owner=owner,
+                                        kinds=_ACCEPTED_TRAIN_KINDS["classifier"])
         return self._submit("evaluate", spec.model_dump(mode="json"), owner, idempotency_key,
-                            JobPlan(limits=server_limits()), ["evaluate"])
+                            JobPlan(limits=server_limits()), ["evaluate"], waiting_for=[waiting] if waiting
+                            else [], job_id=job_id)
 
-    def submit_experiment(self, spec: ExperimentSpec, *, owner: str, idempotency_key: str | None = None
-                          ) -> tuple[JobRecord, bool]:
+    def submit_experiment(self, spec: ExperimentSpec, *, owner: str, idempotency_key: str | None = None,
+                          job_id: str | None = None) -> tuple[JobRecord, bool]:
         self._check_dataset(spec.dataset)
+        waiting: list[str | None] = []
         for a, arm in enumerate(spec.arms):
             for i, ref in enumerate(arm.synthetic):
-                self._check_job_ref(("arms", a, "synthetic", i), ref, owner=owner, kind="generate",
-                                    train_kinds=None)
+                waiting.append(self._check_job_ref(("arms", a, "synthetic", i), ref, owner=owner,
+                                                   kind="generate", train_kinds=None))
+            if arm.generate is not None:
+                waiting += self._check_generate_refs(("arms", a, "generate"), arm.generate, owner=owner)
         epochs = spec.trades.epochs * len(spec.arms) * len(spec.seeds)
         return self._submit("experiment", spec.model_dump(mode="json"), owner, idempotency_key,
-                            JobPlan(limits=server_limits()), ["experiment"], epochs=epochs)
+                            JobPlan(limits=server_limits()), ["experiment"], epochs=epochs,
+                            images=spec.generated_images(), waiting_for=[w for w in waiting if w],
+                            job_id=job_id)
 
     def cancel(self, job_id: str, *, owner: str) -> JobRecord:
         """Request cancellation of a job and, for an experiment, of every child job it started."""
@@ -130,7 +145,7 @@ class JobService:
         if job.terminal:
             return job
         self.repo.request_cancel(job_id)
-        if job.kind == "experiment":
+        if job.kind == "experiment":  # its children (generation, TRADES, evaluation jobs)
             children, _ = self.repo.list(owner=owner, parent=job_id, page_size=200)
             for child in children:
                 if not child.terminal:
@@ -138,10 +153,12 @@ class JobService:
         return self.repo.get(job_id, owner=owner)
 
     def _submit(self, kind: JobKind, body: dict, owner: str, key: str | None,
-                plan: JobPlan, units: list[str], *, images: int = 0, epochs: int = 0
+                plan: JobPlan, units: list[str], *, images: int = 0, epochs: int = 0,
+                waiting_for: list[str] | None = None, job_id: str | None = None
                 ) -> tuple[JobRecord, bool]:
         self.repo.ping()
-        job_id = new_job_id()
+        job_id = job_id or new_job_id()
+        waiting_for = sorted(set(waiting_for or []))
         if key is not None:
             try:
                 claim = self.repo.idempotency.claim(owner, key, body_digest(kind, body), job_id)
@@ -154,8 +171,12 @@ class JobService:
             if self.quotas is not None:
                 reservation = self.quotas.reserve(owner, job_id, images=images, epochs=epochs,
                                                   is_live=self._is_live)
-            record = self.repo.create(kind=kind, owner=owner, input=body, job_id=job_id, plan=plan)
-            self.enqueuer.units(job_id, units, priority=job_priority(record))
+            record = self.repo.create(kind=kind, owner=owner, input=body, job_id=job_id, plan=plan,
+                                      waiting_for=waiting_for)
+            if waiting_for:
+                waiting_jobs.register(self.repo, record)
+            else:
+                self.enqueuer.units(job_id, units, priority=job_priority(record))
         except Exception as exc:
             if not isinstance(exc, QuotaExceeded):
                 self.repo.discard(job_id, owner)
@@ -165,7 +186,14 @@ class JobService:
                 self.repo.idempotency.release(owner, key, job_id)
             raise
         with logs.bind(job_id=job_id, owner=owner):
-            log.info("accepted a %s job (%d units)", kind, len(units))
+            log.info("accepted a %s job (%d units%s)", kind, len(units),
+                     f", waiting for {len(waiting_for)} inputs" if waiting_for else "")
+        if waiting_for:  # an input that finished before the registration above: settled here, not lost
+            try:
+                waiting_jobs.settle(self.repo, self.enqueuer, job_id, self.shard_size)
+                record = self.repo.get(job_id, owner=owner)
+            except Exception as exc:  # the job stands; the reconciler settles it
+                log.warning("job %s: could not settle it after submission: %s", job_id, exc)
         return record, True
 
     def _is_live(self, job_id: str) -> bool:
@@ -181,15 +209,19 @@ class JobService:
 
     # --- references ---
     def _check_model_ref(self, loc: tuple[str | int, ...], ref: str, *, owner: str,
-                         kinds: tuple[str, ...]) -> None:
+                         kinds: tuple[str, ...]) -> str | None:
+        """None, or the id of the unfinished job ``ref`` names (the new job then waits for it)."""
         if job_id_of(ref) is not None:
-            self._check_job_ref(loc, ref, owner=owner, kind="train", train_kinds=kinds)
-            return
+            return self._check_job_ref(loc, ref, owner=owner, kind="train", train_kinds=kinds)
         if not (self.model_dir / ref).is_dir():
-            raise InvalidReference(loc, f"{loc[0]}: no model named {ref!r} in the server's model directory")
+            field = ".".join(str(p) for p in loc)
+            raise InvalidReference(loc, f"{field}: no model named {ref!r} in the server's model directory")
+        return None
 
     def _check_job_ref(self, loc: tuple[str | int, ...], ref: str, *, owner: str, kind: str,
-                       train_kinds: tuple[str, ...] | None) -> None:
+                       train_kinds: tuple[str, ...] | None) -> str | None:
+        """None for a succeeded job of the right kind, its id for one still waiting, queued or running (the
+        new job waits for it); InvalidReference otherwise."""
         job_id = job_id_of(ref)
         what = (f"a finished {'/'.join(train_kinds)} training job" if train_kinds
                 else "a finished generation job")
@@ -201,5 +233,7 @@ class JobService:
         actual = job.kind if job.kind == "generate" else f"{job.input.get('kind')} training"
         if job.kind != kind or (train_kinds is not None and job.input.get("kind") not in train_kinds):
             raise InvalidReference(loc, f"{field}: {ref} is a {actual} job; it must be {what}")
-        if job.status != "succeeded":
-            raise InvalidReference(loc, f"{field}: {ref} is {job.status}, not succeeded; it must be {what}")
+        if job.status in ("failed", "canceled"):
+            raise InvalidReference(loc, f"{field}: {ref} is {job.status}; it must be {what} (or one that "
+                                   "has not finished yet)")
+        return None if job.status == "succeeded" else job.id

@@ -33,6 +33,7 @@ from core.specs.record import (
 from core.specs.train import (
     ARCH_OPTIONS,
     ArchOption,
+    ArmGeneration,
     EvaluateSpec,
     EvaluationSettings,
     ExperimentArm,
@@ -47,6 +48,7 @@ __all__ = [
     "SERVER_LIMITS",
     "TERMINAL_STATUSES",
     "ArchOption",
+    "ArmGeneration",
     "EvaluateSpec",
     "EvaluationSettings",
     "ExperimentArm",

@@ -56,7 +56,8 @@ ModelRef = Annotated[
     str,
     Field(max_length=64, pattern=_MODEL_REF_PATTERN),
     AfterValidator(_check_model_ref),
-    Field(description="`job:<id>` of a finished training job, or a model name from the server's model "
+    Field(description="`job:<id>` of a training job (one not finished yet makes this job wait for it), or a "
+          "model name from the server's model "
           "directory", examples=["job:0190a1b2c3d4e5f6a7b8c9d0", "digits-unet"]),
 ]
 JobRef = Annotated[str, Field(max_length=28, pattern=rf"^job:{JOB_ID_PATTERN}$"),

@@ -12,7 +12,7 @@ from core.specs.generate import GenerateSpec
 from core.specs.train import EvaluateSpec, ExperimentSpec, TrainSpec
 
 JobKind = Literal["generate", "train", "evaluate", "experiment"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+JobStatus = Literal["waiting", "queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 
 
@@ -81,6 +81,8 @@ class JobRecord(BaseModel):
     cancel_requested: bool = False
     plan: JobPlan = Field(default_factory=JobPlan)
     parent: str | None = Field(default=None, description="the experiment job this job is a step of")
+    waiting_for: list[str] = Field(default_factory=list, description="status waiting: the ids of the "
+                                   "unfinished input jobs it starts after (core.jobs.waiting)")
     links: JobLinks
 
     @property

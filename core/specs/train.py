@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core import options
 from core.options import Arch, AttackName, DatasetName, Mixing, TrainKind, UnetPreset
 from core.specs.common import PRIORITY_DOC, JobPriority, JobRef, ModelRef, short, within_server_limit
+from core.specs.generate import GenerateSpec
 
 ArchOption = Literal["width", "feature_dim", "depth", "widen_factor"]
 
@@ -76,7 +77,8 @@ class TrainSpec(BaseModel):
                                     "embeddings); its generation jobs draw labels balanced over the job")
     # TRADES (Zhang et al. 2019) and the real/synthetic mixing of paper eq. (3).
     synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
-                                    description="finished generation jobs mixed into TRADES training")
+                                    description="generation jobs mixed into TRADES training (this job "
+                                    "waits for unfinished ones)")
     synthetic_fraction: float = Field(default=options.SYNTHETIC_FRACTION, ge=0, lt=1,
                                       description="share of each batch drawn from the synthetic set")
     beta: float = Field(default=options.TRADES_BETA, ge=0, le=100, description="TRADES KL weight")
@@ -177,16 +179,45 @@ class EvaluateSpec(EvaluationSettings):
 _ARM_NAME = r"^[A-Za-z0-9+][A-Za-z0-9 _.+()-]{0,63}$"
 
 
+class ArmGeneration(GenerateSpec):
+    """A generation spec inside an experiment arm: ``dataset`` is the experiment's, ``count`` may come from
+    the arm, ``seed`` (default 0) is shared by arms that differ only in guidance, so they start from the
+    same x_T."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, json_schema_extra={
+        "examples": [{"model": "job:0190a1b2c3d4e5f6a7b8c9d0", "classifier": "job:0190a1b2c3d4e5f6a7b8c9d1",
+                      "loss": "none", "steps": 50, "schedule": "uniform"}]})
+    dataset: DatasetName | None = Field(default=None, description="default (and only allowed value): the "
+                                        "experiment's dataset")
+    count: int | None = Field(default=None, ge=1, description="default: the arm's count")
+
+
 class ExperimentArm(BaseModel):
     """One arm: TRADES on the real data plus these synthetic sets (none: the real-only reference)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(pattern=_ARM_NAME, examples=["real only", "+ Contrastive-DP"])
     synthetic: list[JobRef] = Field(default_factory=list, max_length=16,
-                                    description="finished generation jobs; [] = real data only")
+                                    description="generation jobs (unfinished ones: the experiment waits "
+                                    "for them); [] = real data only")
     synthetic_fraction: float = Field(default=0.5, ge=0, lt=1)
     mixing: Mixing = options.MIXING
     oracle: bool = Field(default=False, description="mnist5k: also train on the oracle pool of real images")
+    generate: ArmGeneration | None = Field(
+        default=None, description="a generation job the experiment runs for this arm (a child job) and mixes "
+        "in besides `synthetic`; arms with identical generation specs share one job")
+    count: int | None = Field(default=None, ge=1, description="with `generate`: the images it makes "
+                              "(overrides generate.count), so arms can sweep the synthetic set's size")
+
+    _limits = field_validator("count")(within_server_limit)
+
+    @model_validator(mode="after")
+    def _generation_count(self) -> ExperimentArm:
+        if self.generate is None and self.count is not None:
+            raise ValueError("count: only an arm with `generate` takes a count")
+        if self.generate is not None and self.count is None and self.generate.count is None:
+            raise ValueError("generate: needs a count (arm `count` or generate.count)")
+        return self
 
 
 class ExperimentTrades(BaseModel):
@@ -244,14 +275,33 @@ class ExperimentSpec(BaseModel):
             raise ValueError(f"arms: names must be unique, got {names}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: each seed once, got {self.seeds}")
+        for arm in self.arms:
+            if arm.generate is not None and arm.generate.dataset not in (None, self.dataset):
+                raise ValueError(f"arms: {arm.name!r} generates on dataset {arm.generate.dataset!r}, not the "
+                                 f"experiment's {self.dataset!r}")
         if self.reference is None:
             self.reference = names[0]
         elif self.reference not in names:
             raise ValueError(f"reference={short(self.reference)} is not one of the arms {names}")
         return self
 
-    def child_train_spec(self, arm: ExperimentArm, seed: int) -> TrainSpec:
-        return TrainSpec(kind="trades", dataset=self.dataset, seed=seed, synthetic=list(arm.synthetic),
+    def child_generate_spec(self, arm: ExperimentArm) -> GenerateSpec | None:
+        """The generation child of an arm with ``generate`` (None without)."""
+        if arm.generate is None:
+            return None
+        body = {**arm.generate.model_dump(), "dataset": self.dataset, "priority": self.priority,
+                "count": arm.count if arm.count is not None else arm.generate.count}
+        return GenerateSpec.model_validate(body)
+
+    def generated_images(self) -> int:
+        """Images the experiment's own generation children make (identical specs count once)."""
+        specs = {g.model_dump_json(): g.count for g in map(self.child_generate_spec, self.arms) if g}
+        return sum(specs.values())
+
+    def child_train_spec(self, arm: ExperimentArm, seed: int, synthetic: list[str] | None = None
+                         ) -> TrainSpec:
+        synthetic = list(arm.synthetic) if synthetic is None else synthetic
+        return TrainSpec(kind="trades", dataset=self.dataset, seed=seed, synthetic=synthetic,
                          synthetic_fraction=arm.synthetic_fraction, mixing=arm.mixing, oracle=arm.oracle,
                          real_subset=self.real_subset, final_eval=False, **self.trades.model_dump())
 

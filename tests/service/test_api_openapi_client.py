@@ -104,11 +104,11 @@ def test_openapi_python_client_generated_package_submits_a_job_and_reads_its_met
     assert isinstance(created.parsed, models.JobRecord)
     job_id = created.parsed.id
 
-    job = stack.wait(job_id, until={"succeeded", "failed", "canceled"}, timeout=120)
-    assert job["status"] == "succeeded", job["error"]
-    record = get_job.sync(client=client, job_id=job_id)
+    record = get_job.sync(client=client, job_id=job_id, wait=60)  # README's wait_for: long-polls, no sleeps
+    while record.status not in ("succeeded", "failed", "canceled"):
+        record = get_job.sync(client=client, job_id=job_id, wait=60)
     assert isinstance(record, models.JobRecord)
-    assert record.status == models.JobRecordStatus.SUCCEEDED
+    assert record.status == models.JobRecordStatus.SUCCEEDED, record.error
 
     metrics = get_job_metrics.sync(client=client, job_id=job_id)
     assert isinstance(metrics, models.JobMetrics), metrics

@@ -27,6 +27,7 @@ def keyed_server(service_env, monkeypatch, tmp_path, store, redis_client) -> Ite
     _, key = create_key(keys, team="team-a")
     monkeypatch.setenv("CDP_API_KEYS_FILE", str(keys))
     monkeypatch.setenv("CDP_QUOTA_CONCURRENT_JOBS", "20")
+    monkeypatch.setenv("CDP_MAX_WAIT_SECONDS", "0.2")  # no worker runs: every ?wait= would wait it out
     get_settings.cache_clear()
     for name in ("digits-unet", "digits-cnn"):
         (get_settings().model_dir / name).mkdir(exist_ok=True)

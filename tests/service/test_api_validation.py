@@ -144,10 +144,17 @@ def test_references_must_be_finished_jobs_of_the_right_kind(
         client.post("/jobs/generate", json=generate_body(model=f"job:{classifier_job.id}")), 422)
     assert "classifier training job" in problem["detail"] and "diffusion" in problem["detail"]
 
-    diffusion_job = repo.create(kind="train", owner="anonymous", input={"kind": "diffusion"})
+    failed_job = repo.create(kind="train", owner="anonymous", input={"kind": "diffusion"})
+    repo.finish(failed_job.id, "failed", error="boom")
     problem = assert_problem(
-        client.post("/jobs/generate", json=generate_body(model=f"job:{diffusion_job.id}")), 422)
-    assert "is queued, not succeeded" in problem["detail"]
+        client.post("/jobs/generate", json=generate_body(model=f"job:{failed_job.id}")), 422)
+    assert "is failed" in problem["detail"] and problem["errors"][0]["field"] == "body.model"
+
+    diffusion_job = repo.create(kind="train", owner="anonymous", input={"kind": "diffusion"})
+    waiting = client.post("/jobs/generate", json=generate_body(model=f"job:{diffusion_job.id}",
+                                                              classifier=f"job:{classifier_job.id}"))
+    assert waiting.status_code == 202, waiting.text  # an unfinished input: the job waits for it
+    assert (waiting.json()["status"], waiting.json()["waiting_for"]) == ("waiting", [diffusion_job.id])
 
     repo.finish(diffusion_job.id, "succeeded")
     ok = client.post("/jobs/generate", json=generate_body(model=f"job:{diffusion_job.id}",

@@ -295,3 +295,30 @@ def test_cancel_of_a_job_whose_worker_died(stack_factory, var: Path) -> None:
     assert reply.status_code == 200 and reply.json()["cancel_requested"] is True
     job = wait_terminal(http, job_id, timeout=30)  # the reconciler, once the dead worker's lease expired
     assert job["status"] == "canceled"
+
+
+def test_worker_killed_and_redis_flushed_while_jobs_wait(stack_factory, var: Path) -> None:
+    """Jobs waiting for a running training job: its worker is killed and Redis restarts empty (the
+    dependants' sets, mirrors and queues gone); the reconciler resumes the training, and its end releases
+    every waiting job from the store's markers."""
+    stack = stack_factory(persist_redis=False)
+    http = httpx.Client(base_url=stack.base_url, timeout=30)
+    train = http.post("/jobs/train", json={
+        "kind": "classifier", "dataset": "digits", "epochs": 4, "batch_size": 16,
+        "arch_options": {"width": 8, "feature_dim": 16}, "eval_samples": 16, "eval_attack_steps": 1}).json()
+    gen = http.post("/jobs/generate",
+                    json=generation(count=4, steps=4, classifier=f"job:{train['id']}")).json()
+    evaluation = http.post("/jobs/evaluate", json={"model": f"job:{train['id']}", "dataset": "digits",
+                                                   "attacks": ["pgd_ce"], "steps": 1, "limit": 16}).json()
+    after = http.post("/jobs/evaluate", json={"model": f"job:{train['id']}", "dataset": "digits",
+                                              "attacks": ["pgd_cw"], "steps": 1, "limit": 16}).json()
+    assert {gen["status"], evaluation["status"], after["status"]} == {"waiting"}
+    checkpoint = var / "store" / "jobs" / train["id"] / "checkpoints" / "checkpoint.pt"
+    wait_for("the first epoch checkpoint in the store", checkpoint.exists, 90)
+    os.kill(stack.pid("worker"), signal.SIGKILL)  # type: ignore[arg-type]
+    stack.redis.kill()  # type: ignore[union-attr]
+    wait_for("redis to be restarted", lambda: any("redis exited" in e for e in stack.events), 20)
+    for job in (train, gen, evaluation, after):
+        done = wait_terminal(http, job["id"], timeout=200)
+        assert done["status"] == "succeeded", (job["id"], done["error"])
+    assert http.get(f"/jobs/{train['id']}").json()["attempts"] == {"train": 2}

@@ -1,14 +1,14 @@
 """Every Redis key and client call of the service lives in the Redis layer.
 
-The rule: in core/jobs, api and worker, only the Redis layer touches Redis: ``core/jobs/records.py`` (the
-job repository, the front everyone else uses), the modules it composes (``leases.py`` as ``repo.leases``,
-``idempotency.py`` as ``repo.idempotency``, ``quotas.py``), and ``dependencies.py`` (the client factory and
-the errors). Elsewhere no module imports ``redis``, reads an attribute named ``redis`` (``repo.redis``,
-``app.state.redis``), calls a method on a variable named ``redis``, or names a Redis key of
-:mod:`core.jobs.keys` (``keys.r_*``, ``keys.R_*``). The composition roots (api/app.py, worker/tasks.py) may
-build a client with ``dependencies.redis_client`` and hand it to the layer's constructors. One exception:
-``core/jobs/embedded.py`` starts a redis-server for the embedded stack and pings it until it answers; it
-holds no keys.
+The rule: in core/jobs, api and worker, only the Redis layer touches Redis: ``core/jobs/records.py`` (the job
+repository, the front everyone else uses), the modules it composes (``leases.py`` as ``repo.leases``,
+``idempotency.py`` as ``repo.idempotency``, ``dependants.py`` as ``repo.dependants``, ``quotas.py``), and
+``dependencies.py`` (the client factory and the errors). Elsewhere no module imports ``redis``, reads an
+attribute named ``redis`` (``repo.redis``, ``app.state.redis``), calls a method on a variable named ``redis``,
+or names a Redis key of :mod:`core.jobs.keys` (``keys.r_*``, ``keys.R_*``). The composition roots (api/app.py,
+worker/tasks.py) may build a client with ``dependencies.redis_client`` and hand it to the layer's
+constructors. One exception: ``core/jobs/embedded.py`` starts a redis-server for the embedded stack and pings
+it until it answers; it holds no keys.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_LAYER = {"core/jobs/records.py", "core/jobs/leases.py", "core/jobs/idempotency.py",
-               "core/jobs/quotas.py", "core/jobs/dependencies.py"}
+               "core/jobs/quotas.py", "core/jobs/dependencies.py", "core/jobs/dependants.py"}
 SERVER_LAUNCHER = "core/jobs/embedded.py"
 LAUNCHER_USES = {"import redis", "redis.Redis"}  # a client that pings the server it started
 KEY_PREFIXES = ("r_", "R_")
