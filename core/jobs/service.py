@@ -19,6 +19,7 @@ from core.jobs.idempotency import IdempotencyMismatch, body_digest
 from core.jobs.queue import Enqueuer, job_priority
 from core.jobs.quotas import QuotaExceeded, Quotas
 from core.jobs.records import JobNotFound, JobRepository, new_job_id
+from core.options import DATASET_NAMES
 from core.specs import (
     EvaluateSpec,
     ExperimentSpec,
@@ -33,7 +34,8 @@ from core.specs import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IdempotencyConflict", "InvalidReference", "JobService", "QuotaExceeded", "dataset_available"]
+__all__ = ["IdempotencyConflict", "InvalidReference", "JobService", "QuotaExceeded", "available_datasets",
+           "dataset_available"]
 
 # Which finished jobs may stand in for which input.
 _ACCEPTED_TRAIN_KINDS: dict[str, tuple[str, ...]] = {
@@ -43,12 +45,19 @@ _ACCEPTED_TRAIN_KINDS: dict[str, tuple[str, ...]] = {
 
 
 class InvalidReference(ValueError):
-    """A ``job:<id>`` or model-name reference that cannot be used; ``loc`` is the field path."""
+    """A ``job:<id>`` or model-name reference that cannot be used; ``loc`` is the field path. ``status``: 404
+    for something absent (no such job of the caller's, no such model), 409 for a job that exists but is not
+    a finished job of the right kind, 422 for a data set the server lacks (not in the document's enum)."""
 
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+    def __init__(self, loc: tuple[str | int, ...], message: str, *, status: int = 422) -> None:
         super().__init__(message)
         self.loc = loc
         self.message = message
+        self.status = status
+
+    @property
+    def slug(self) -> str:
+        return {404: "reference-not-found", 409: "reference-not-usable"}.get(self.status, "invalid-reference")
 
 
 class IdempotencyConflict(ValueError):
@@ -70,6 +79,11 @@ _DATASET_FILES: dict[str, tuple[str, ...]] = {
 def dataset_available(name: str, data_root: Path) -> bool:
     """Whether the server has the files of dataset ``name`` (without reading them: no torch, no numpy)."""
     return all((data_root / part).exists() for part in _DATASET_FILES.get(name, ()))
+
+
+def available_datasets(data_root: Path) -> list[str]:
+    """The built-in data sets this server can load now (what the OpenAPI document's enum lists)."""
+    return [name for name in DATASET_NAMES if dataset_available(name, data_root)]
 
 
 @dataclass
@@ -186,7 +200,8 @@ class JobService:
             self._check_job_ref(loc, ref, owner=owner, kind="train", train_kinds=kinds)
             return
         if not (self.model_dir / ref).is_dir():
-            raise InvalidReference(loc, f"{loc[0]}: no model named {ref!r} in the server's model directory")
+            raise InvalidReference(loc, f"{loc[0]}: no model named {ref!r} in the server's model directory",
+                                   status=404)
 
     def _check_job_ref(self, loc: tuple[str | int, ...], ref: str, *, owner: str, kind: str,
                        train_kinds: tuple[str, ...] | None) -> None:
@@ -197,9 +212,11 @@ class JobService:
         try:
             job = self.repo.get(job_id or "", owner=owner)
         except JobNotFound:
-            raise InvalidReference(loc, f"{field}: {ref} does not exist; it must be {what}") from None
+            raise InvalidReference(loc, f"{field}: {ref} does not exist; it must be {what}",
+                                   status=404) from None
         actual = job.kind if job.kind == "generate" else f"{job.input.get('kind')} training"
         if job.kind != kind or (train_kinds is not None and job.input.get("kind") not in train_kinds):
-            raise InvalidReference(loc, f"{field}: {ref} is a {actual} job; it must be {what}")
+            raise InvalidReference(loc, f"{field}: {ref} is a {actual} job; it must be {what}", status=409)
         if job.status != "succeeded":
-            raise InvalidReference(loc, f"{field}: {ref} is {job.status}, not succeeded; it must be {what}")
+            raise InvalidReference(loc, f"{field}: {ref} is {job.status}, not succeeded; it must be {what}",
+                                   status=409)
