@@ -65,12 +65,14 @@ def run_experiment(ctx: WorkerContext, job_id: str, message_id: str = "direct") 
         total = 2 * len(spec.arms) * len(spec.seeds)
         done = 0
         failures: list[str] = []
+        failed_children: list[JobRecord] = []
         pairs: list[tuple[str, int, JobRecord, JobRecord]] = []
         for arm in spec.arms:
             for seed in spec.seeds:
                 train = ensure_child(ctx, job, f"{arm.name}/{seed}/train", "train",
                                      spec.child_train_spec(arm, seed))
                 if train.status in ("failed", "canceled"):
+                    failed_children.append(train)
                     failures.append(f"{arm.name} seed {seed}: training job {train.id} {train.status}"
                                     + (f" ({train.error})" if train.error else ""))
                     continue
@@ -80,6 +82,7 @@ def run_experiment(ctx: WorkerContext, job_id: str, message_id: str = "direct") 
                 evaluation = ensure_child(ctx, job, f"{arm.name}/{seed}/evaluate", "evaluate",
                                           spec.child_evaluate_spec(train.id, seed))
                 if evaluation.status in ("failed", "canceled"):
+                    failed_children.append(evaluation)
                     why = f" ({evaluation.error})" if evaluation.error else ""
                     failures.append(f"{arm.name} seed {seed}: evaluation job {evaluation.id} "
                                     f"{evaluation.status}{why}")
@@ -89,7 +92,9 @@ def run_experiment(ctx: WorkerContext, job_id: str, message_id: str = "direct") 
         if failures:
             cancel_children(ctx, job_id)
             lease.check()
-            ctx.repo.finish(job_id, "failed", error="; ".join(failures)[:2000])
+            # children failed through no fault of the caller: the experiment's quota charges go back
+            ctx.repo.finish(job_id, "failed", error="; ".join(failures)[:2000],
+                            refund=all(child.refunded for child in failed_children))
             return "failed"
         ctx.repo.set_progress(job_id, Progress(fraction=min(0.99, done / total), current=done, total=total,
                                                stage=Stage.CHILDREN, message=f"{done} of {total} child jobs"))

@@ -236,8 +236,10 @@ class JobRepository:
             except StorageError as exc:  # the reconciler removes it later
                 log.warning("job %s: could not remove its active marker: %s", job_id, exc)
             if not was_terminal:
-                try:  # its team's concurrent-jobs slot (core.jobs.quotas); a lost removal heals itself
+                try:  # its team's concurrent-jobs slots (core.jobs.quotas); a lost removal heals itself
                     quotas.job_finished(self.redis, record.owner, job_id)
+                    if record.refunded:
+                        quotas.refund(self.redis, record)
                 except REDIS_ERRORS:
                     pass
         return record
@@ -250,8 +252,10 @@ class JobRepository:
 
         return self.update(job_id, change)
 
-    def finish(self, job_id: str, status: JobStatus, *, error: str | None = None) -> JobRecord:
-        """Move to a terminal state (once: a terminal record is never changed again)."""
+    def finish(self, job_id: str, status: JobStatus, *, error: str | None = None,
+               refund: bool = False) -> JobRecord:
+        """Move to a terminal state (once: a terminal record is never changed again). ``refund``: a failure
+        that is not the caller's fault gives the job's daily quota charges back."""
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"status={status!r} is not terminal")
 
@@ -261,6 +265,7 @@ class JobRepository:
             record.status = status
             record.error = public_error(error)
             record.completed_at = utcnow()
+            record.refunded = refund and status == "failed"
             live = self.redis.get(keys.r_progress(job_id))
             if live is not None:
                 record.progress = Progress.model_validate_json(live)

@@ -17,7 +17,7 @@ from pathlib import Path
 from core import logs
 from core.jobs.idempotency import IdempotencyMismatch, body_digest
 from core.jobs.queue import Enqueuer, job_priority
-from core.jobs.quotas import QuotaExceeded, Quotas
+from core.jobs.quotas import QuotaExceeded, Quotas, charges_of
 from core.jobs.records import JobNotFound, JobRepository, new_job_id
 from core.options import DATASET_NAMES
 from core.specs import (
@@ -110,7 +110,7 @@ class JobService:
         shards = math.ceil(spec.count / self.shard_size)
         plan = JobPlan(shards=shards, shard_size=self.shard_size, limits=server_limits())
         return self._submit("generate", spec.model_dump(mode="json"), owner, idempotency_key, plan,
-                            [f"shard-{k}" for k in range(shards)], images=spec.count)
+                            [f"shard-{k}" for k in range(shards)])
 
     def submit_train(self, spec: TrainSpec, *, owner: str, idempotency_key: str | None = None
                      ) -> tuple[JobRecord, bool]:
@@ -118,7 +118,7 @@ class JobService:
         for i, ref in enumerate(spec.synthetic):
             self._check_job_ref(("synthetic", i), ref, owner=owner, kind="generate", train_kinds=None)
         return self._submit("train", spec.model_dump(mode="json"), owner, idempotency_key,
-                            JobPlan(limits=server_limits()), ["train"], epochs=spec.epochs)
+                            JobPlan(limits=server_limits()), ["train"])
 
     def submit_evaluate(self, spec: EvaluateSpec, *, owner: str, idempotency_key: str | None = None
                         ) -> tuple[JobRecord, bool]:
@@ -134,9 +134,8 @@ class JobService:
             for i, ref in enumerate(arm.synthetic):
                 self._check_job_ref(("arms", a, "synthetic", i), ref, owner=owner, kind="generate",
                                     train_kinds=None)
-        epochs = spec.trades.epochs * len(spec.arms) * len(spec.seeds)
         return self._submit("experiment", spec.model_dump(mode="json"), owner, idempotency_key,
-                            JobPlan(limits=server_limits()), ["experiment"], epochs=epochs)
+                            JobPlan(limits=server_limits()), ["experiment"])
 
     def cancel(self, job_id: str, *, owner: str) -> JobRecord:
         """Request cancellation of a job and, for an experiment, of every child job it started."""
@@ -152,8 +151,7 @@ class JobService:
         return self.repo.get(job_id, owner=owner)
 
     def _submit(self, kind: JobKind, body: dict, owner: str, key: str | None,
-                plan: JobPlan, units: list[str], *, images: int = 0, epochs: int = 0
-                ) -> tuple[JobRecord, bool]:
+                plan: JobPlan, units: list[str]) -> tuple[JobRecord, bool]:
         self.repo.ping()
         job_id = new_job_id()
         if key is not None:
@@ -166,7 +164,9 @@ class JobService:
         reservation = None
         try:
             if self.quotas is not None:
-                reservation = self.quotas.reserve(owner, job_id, images=images, epochs=epochs,
+                charges = charges_of(kind, body)  # an experiment: by its planned children
+                reservation = self.quotas.reserve(owner, job_id, images=charges.images,
+                                                  epochs=charges.epochs, slots=charges.slots,
                                                   is_live=self._is_live)
             record = self.repo.create(kind=kind, owner=owner, input=body, job_id=job_id, plan=plan)
             self.enqueuer.units(job_id, units, priority=job_priority(record))

@@ -79,6 +79,9 @@ class JobRecord(BaseModel):
     cancel_requested: bool = False
     plan: JobPlan = Field(default_factory=JobPlan)
     parent: str | None = Field(default=None, description="the experiment job this job is a step of")
+    refunded: bool = Field(default=False, description="failed through no fault of the caller (a dependency "
+                           "outage, a worker lost on every attempt): its images and epochs were given back "
+                           "to the team's daily quotas")
     links: JobLinks
 
     @property
