@@ -13,7 +13,7 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from api import auth, document, metrics, problems
+from api import access, auth, document, metrics, problems
 from api.routes import health, jobs
 from core.jobs.apikeys import KeyRing
 from core.jobs.dependencies import redis_client as redis_client_for
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     repo = JobRepository(store, client, lease_ttl_s=settings.lease_ttl_s)
 
     configure_logging(settings.log_format)
+    access.use_log_format_on_uvicorn(settings.log_format)  # uvicorn set up its handlers before calling us
     app = FastAPI(title="Contrastive-DP service", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
     app.state.store = store
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     app.add_middleware(auth.Gate, keys=keys)
     problems.install(app)
     metrics.install(app, job_counts=metrics.JobCounts(repo, queues=(*WORK_QUEUES, CONTROL_QUEUE)))
+    app.add_middleware(access.RequestId)  # outermost: every reply and log line of a request has its id
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.openapi = partial(document.openapi_document, app)  # type: ignore[method-assign]
