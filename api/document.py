@@ -11,9 +11,11 @@ FastAPI's document describes the spec models as written; this module makes it de
   and the fields that name something which must exist say so;
 - the artifact download lists every media type it serves (:data:`ARTIFACT_MEDIA_TYPES`).
 
-Rules between fields that JSON Schema cannot state (arm names unique, ``reference`` one of them, a
-guidance window's order, which fields a kind of training takes) are written in the descriptions and
-answered with a 422 whose ``errors[].type`` is ``cross_field``.
+Rules between fields that JSON Schema can state are in the document as ``if`` / ``then`` (which fields a
+kind of training takes, the arch_options of each architecture); those it cannot (arm names unique and
+``reference`` one of them, a guidance window's order, devices at most batch_size) are written in the
+descriptions. The server answers a request that breaks either kind with a 422 whose ``errors[].type`` is
+``cross_field``.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         _document_server_limits(schemas, settings)
         _document_datasets(schemas, available_datasets(settings.data_root))
         _document_examples(schemas)
+        _document_rules(schemas, available_datasets(settings.data_root))
         text = json.dumps(document["paths"])
         for unused in ("HTTPValidationError", "ValidationError"):
             if f"#/components/schemas/{unused}" not in text:
@@ -120,6 +123,40 @@ def _document_datasets(schemas: dict[str, Any], available: Sequence[str]) -> Non
         properties = schema.get("properties", {})
         if "dataset" in properties and "enum" in properties["dataset"]:
             properties["dataset"] = dataset_schema(available)
+
+
+def arch_rule() -> dict[str, Any]:
+    """Which arch_options each architecture takes (core.specs.train.ARCH_OPTIONS) as JSON Schema."""
+    depths = list(range(10, 4097, 6))  # a WRN depth is 6n + 4, n >= 1, within arch_options' bound
+    return {"if": {"required": ["arch"], "properties": {"arch": {"const": "wrn"}}},
+            "then": {"properties": {"arch_options": {
+                "propertyNames": {"enum": sorted(specs.ARCH_OPTIONS["wrn"])},
+                "properties": {"depth": {"enum": depths}, "widen_factor": {"maximum": 32}}}}},
+            "else": {"properties": {"arch_options": {
+                "propertyNames": {"enum": sorted(specs.ARCH_OPTIONS["small_cnn"])}}}}}
+
+
+def train_rules(available: Sequence[str]) -> list[dict[str, Any]]:
+    """TrainSpec's rules between fields that JSON Schema can state (``if`` / ``then``)."""
+    oracle_sets = [name for name in ("mnist5k", "mnist5k16") if name in available]
+    oracle: dict[str, Any] = ({"if": {"required": ["oracle"], "properties": {"oracle": {"const": True}}},
+                               "then": {"properties": {"dataset": {"enum": oracle_sets}}}}
+                              if oracle_sets else {"properties": {"oracle": {"const": False}}})
+    # devices <= batch_size stays a cross_field rule: an if / then per devices value is more than
+    # schemathesis' generator takes
+    return [
+        {"if": {"properties": {"kind": {"const": "trades"}}},
+         "else": {"properties": {"synthetic": {"maxItems": 0}, "oracle": {"const": False}}}},
+        {"if": {"properties": {"kind": {"const": "diffusion"}}},
+         "else": {"properties": {"class_conditional": {"const": False}}}},
+        oracle, arch_rule()]
+
+
+def _document_rules(schemas: dict[str, Any], available: Sequence[str]) -> None:
+    if "TrainSpec" in schemas:
+        schemas["TrainSpec"]["allOf"] = train_rules(available)
+    if "ExperimentTrades" in schemas:
+        schemas["ExperimentTrades"]["allOf"] = [arch_rule()]
 
 
 def _document_examples(schemas: dict[str, Any]) -> None:
