@@ -103,3 +103,25 @@ def test_a_refund_never_takes_a_counter_below_zero(store: LocalStore, redis_clie
         redis_client.set(key, 1)  # e.g. a Redis that lost its data and counted afresh
     repo.finish(job["id"], "failed", error="lost", refund=True)
     assert [int(redis_client.get(k)) for k in redis_client.scan_iter("cdp:quota:*:epochs:*")] == [0]
+
+
+def test_an_experiment_whose_children_were_lost_is_refunded_and_one_whose_child_failed_is_not(
+        store: LocalStore, redis_client: redis.Redis, settings: Settings) -> None:
+    from core.jobs.experiment import child_id, run_experiment
+    from tests.service.test_jobs_execute import make_ctx
+
+    client = make_client(store, redis_client, quota_epochs_per_day=2)
+    ctx = make_ctx(settings, store, redis_client)
+    outcomes = {}
+    for refund in (True, False):
+        job = client.post("/jobs/experiment", json=experiment(1, 2)).json()  # 1 epoch x 2 runs: 2 epochs
+        assert client.post("/jobs/experiment", json=experiment(1, 1)).status_code == 429
+        assert run_experiment(ctx, job["id"]) == "waiting"  # it created its TRADES children
+        child = child_id(job["id"], "arm 0/0/train")
+        ctx.repo.finish(child, "failed", error="lost" if refund else "ValueError: diverged", refund=refund)
+        assert run_experiment(ctx, job["id"]) == "failed"
+        outcomes[refund] = client.get(f"/jobs/{job['id']}").json()["refunded"]
+        if refund:  # its 2 epochs are back: the next experiment fits
+            assert client.get(f"/jobs/{child}").json()["refunded"] is True
+    assert outcomes == {True: True, False: False}
+    assert client.post("/jobs/experiment", json=experiment(1, 1)).status_code == 429
