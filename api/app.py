@@ -80,4 +80,5 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.openapi = partial(document.openapi_document, app)  # type: ignore[method-assign]
+    app.openapi()  # built now, from the settings and the data sets present at start (api/document.py)
     return app
