@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Every other package at the version CI passed with (pip freeze of a green run; `make lock` refreshes it).
 CONSTRAINTS := constraints.txt
 
-.PHONY: install test lint demo demo-gaussian demo-service up clean lock
+.PHONY: install test lint demo demo-gaussian demo-service up clean lock schemathesis
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Schemathesis in full (every check and phase, 20 examples per operation) against a fresh embedded stack with
+# API keys (tests/service/schemathesis_run.py); the suite runs a reduced form.
+schemathesis: $(STAMP)
+	$(BIN)/python -m tests.service.schemathesis_run --examples 20 --seed 7
 
 # The service end to end on digits over HTTP (cdp demo: embedded Redis + worker + API), then the Gaussian study.
 demo: demo-service demo-gaussian

@@ -8,17 +8,14 @@ neither torch nor ``worker`` is imported here.
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import partial
-from typing import Any
 
 from fastapi import FastAPI
 
-from api import auth, console, docs, metrics, problems
+from api import access, auth, console, docs, document, metrics, problems
 from api.routes import health, jobs, pipelines
 from api.session import Sessions
-from core import specs
 from core.jobs import waiting
 from core.jobs.apikeys import KeyRing
 from core.jobs.dependencies import redis_client as redis_client_for
@@ -37,6 +34,12 @@ Contrastive-guided diffusion (Contrastive-DP) as a service: submit generation an
 their progress, read their metrics and download their artifacts. Jobs run on Celery workers; their outputs
 land in object storage. Errors are RFC 9457 `application/problem+json`.
 
+Input is strict: an `integer` field takes a JSON integer written without a fraction (`2`, not `2.0`), a
+`number` field a JSON number, a string a string. Rules between fields that JSON Schema cannot state are given
+in each spec's description and answered with a 422 whose `errors[].type` is `cross_field`. A well-formed
+reference to a model or job that does not exist is a 404, to one that is not finished or of the wrong kind a
+409.
+
 Authenticate with an API key (`Authorization: Bearer <key>`, from `cdp keys create`) when the server has
 keys; a server without keys treats every caller as the one local team `anonymous`.
 """
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     repo = JobRepository(store, client, lease_ttl_s=settings.lease_ttl_s)
 
     configure_logging(settings.log_format)
+    access.use_log_format_on_uvicorn(settings.log_format)  # uvicorn set up its handlers before calling us
     app = FastAPI(title="Contrastive-DP service", version="0.1.0", description=DESCRIPTION,
                   docs_url=None, redoc_url=None)  # served offline by api.docs
     app.state.settings = settings
@@ -79,45 +83,12 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     app.add_middleware(auth.Gate, keys=keys, sessions=sessions)
     problems.install(app)
     metrics.install(app, job_counts=metrics.JobCounts(repo, queues=(*WORK_QUEUES, CONTROL_QUEUE)))
+    app.add_middleware(access.RequestId)  # outermost: every reply and log line of a request has its id
     app.include_router(jobs.router)
     app.include_router(pipelines.router)
     app.include_router(health.router)
     docs.install(app)
     console.install(app, sessions)
-    app.openapi = partial(openapi_document, app)  # type: ignore[method-assign]
+    app.openapi = partial(document.openapi_document, app)  # type: ignore[method-assign]
+    app.openapi()  # built now, from the settings and the data sets present at start (api/document.py)
     return app
-
-
-def openapi_document(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document with each error response in ``application/problem+json`` only (as served)."""
-    if app.openapi_schema is None:
-        document = FastAPI.openapi(app)
-        for item in document["paths"].values():
-            for operation in item.values():
-                responses = operation.get("responses", {})
-                for status, response in list(responses.items()):
-                    content = response.get("content", {})
-                    if status[0] in "45" and problems.PROBLEM_JSON in content:
-                        content.pop("application/json", None)
-                    elif status == "422":  # FastAPI's default for a route that cannot answer 422
-                        del responses[status]
-        schemas = document.get("components", {}).get("schemas", {})
-        _document_server_limits(schemas, app.state.settings)
-        text = json.dumps(document["paths"])
-        for unused in ("HTTPValidationError", "ValidationError"):
-            if f"#/components/schemas/{unused}" not in text:
-                schemas.pop(unused, None)
-        app.openapi_schema = document
-    return app.openapi_schema
-
-
-def _document_server_limits(schemas: dict[str, Any], settings: Settings) -> None:
-    """The CDP_MAX_* bounds of this server as ``maximum`` of the fields they bound (count, steps, ...)."""
-    for schema in schemas.values():
-        for name, prop in schema.get("properties", {}).items():
-            setting = specs.SERVER_LIMITS.get(name)
-            if setting is None:
-                continue
-            for branch in prop.get("anyOf", [prop]):
-                if branch.get("type") in ("integer", "number"):
-                    branch["maximum"] = getattr(settings, setting)

@@ -1,8 +1,10 @@
 """Structured logs of the API and the workers: one JSON object per line (``CDP_LOG_FORMAT=json``).
 
 Each line has ``ts``, ``level``, ``logger``, ``message`` and, where known, the fields bound with
-:func:`bind` for the code running now (``job_id``, ``unit``, ``owner``, ``attempt``, ``task_id``): the worker
-binds them around each task, the API around each submission. A context variable carries them, so they
+:func:`bind` for the code running now (``request_id``, ``job_id``, ``unit``, ``owner``, ``attempt``,
+``task_id``): the worker binds them around each task, the API the request id around each request
+(api/access.py) and the job around each submission. uvicorn's access lines use the same format, with
+``client``, ``method``, ``path``, ``http_version`` and ``status``. A context variable carries them, so they
 follow the code into threads started with ``contextvars.copy_context`` (anyio's ``to_thread`` does that).
 
 The formatter is the standard library's ``logging.Formatter`` with ``json.dumps``; a library (python-json-
@@ -20,7 +22,9 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-CONTEXT_FIELDS = ("job_id", "unit", "owner", "attempt", "task_id")
+CONTEXT_FIELDS = ("request_id", "job_id", "unit", "owner", "attempt", "task_id")
+# uvicorn's access line: logger "uvicorn.access", args (client, method, path, http version, status)
+ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
 _context: ContextVar[dict[str, Any] | None] = ContextVar("cdp_log_context", default=None)
 _HANDLER_NAME = "cdp-json"
 
@@ -63,6 +67,8 @@ class JsonFormatter(logging.Formatter):
                 value = current().get(name)
             if value is not None:
                 line[name] = value
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            line.update(zip(ACCESS_FIELDS, record.args, strict=True))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)

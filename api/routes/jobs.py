@@ -17,6 +17,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from api import metrics as prom
 from api.deps import CallerDep, RepoDep, ServiceDep, SettingsDep, StoreDep
+from api.document import artifact_content, artifact_media_type
 from api.problems import FieldError, ProblemError, responses
 from api.waiting import ChildEvents, job_view, long_poll
 from core.jobs import keys
@@ -67,8 +68,13 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"description": "Accepted: the job is queued",
           "headers": {"Location": {"description": "the job's URL, `/jobs/<id>`",
                                    "schema": {"type": "string"}}}},
-    **responses(400, 401, 409, 413, 422, 429, 503),
+    **responses(400, 401, 404, 409, 413, 422, 429, 503),
 }
+SUBMIT_RESPONSES[404]["description"] = ("A referenced model or job does not exist (or is not yours): "
+                                        "`errors[].field` names the field")
+SUBMIT_RESPONSES[409]["description"] = ("A referenced job is not finished or not of the right kind "
+                                        "(`errors[].field` names the field), or a request with the same "
+                                        "Idempotency-Key is still being processed")
 
 
 class JobPage(BaseModel):
@@ -230,12 +236,14 @@ def _submit_errors(exc: Exception) -> ProblemError:
     if isinstance(exc, IdempotencyBusy):
         return ProblemError(409, "Request in progress", str(exc), slug="idempotency-in-progress",
                             headers={"Retry-After": "1"})
-    if isinstance(exc, InvalidReference):
+    if isinstance(exc, InvalidReference):  # 404: absent; 409: not usable now; 422: a data set it lacks
         field = "body." + ".".join(str(p) for p in exc.loc)
-        return ProblemError(422, "Invalid reference", exc.message, slug="invalid-reference",
+        title = {404: "Reference not found", 409: "Reference not usable"}.get(exc.status, "Invalid reference")
+        return ProblemError(exc.status, title, exc.message, slug=exc.slug,
                             errors=[FieldError(field=field, message=exc.message, type="invalid_reference")])
     return ProblemError(422, "Idempotency key reused", str(exc), slug="idempotency-conflict",
-                        errors=[FieldError(field="header.Idempotency-Key", message=str(exc))])
+                        errors=[FieldError(field="header.Idempotency-Key", message=str(exc),
+                                                type="idempotency_conflict")])
 
 
 @router.post("/generate", status_code=202, response_model=JobRecord, operation_id="createGenerateJob",
@@ -362,8 +370,9 @@ def list_job_artifacts(job_id: JobId, request: Request, repo: RepoDep, store: St
 
 
 @router.get("/{job_id:jobid}/artifacts/{name:path}", operation_id="downloadJobArtifact",
-            summary="Download one artifact (streamed)", responses={
-                200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+            summary="Download one artifact (streamed): JSON, PNG and HTML files as such, anything else as "
+                    "application/octet-stream", responses={
+                200: {"content": artifact_content(), "description": "the file"},
                 **responses(401, 404, 503)})
 def download_job_artifact(job_id: JobId, name: str, repo: RepoDep, store: StoreDep,
                           caller: CallerDep) -> StreamingResponse:
@@ -376,7 +385,7 @@ def download_job_artifact(job_id: JobId, name: str, repo: RepoDep, store: StoreD
         raise ProblemError(404, "Not found", f"job {job_id} has no artifact {name!r}",
                            slug="artifact-not-found") from None
     filename = name.rsplit("/", 1)[-1]
-    return StreamingResponse(chunks, media_type=info.content_type or "application/octet-stream",
+    return StreamingResponse(chunks, media_type=artifact_media_type(name),
                              headers={"Content-Length": str(info.size),
                                       "Content-Disposition": f'attachment; filename="{filename}"'})
 

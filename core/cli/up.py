@@ -147,7 +147,7 @@ class EmbeddedStack:
         self._add("control", [*celery, "-Q", CONTROL_QUEUE, "-n", "control@%h", "-B",
                               "--schedule", str(self.var / "beat" / "schedule")])
         self._add("api", [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
-                          "--host", self.host, "--port", str(self.port), "--log-level", "warning"])
+                          "--host", self.host, "--port", str(self.port), "--log-level", "info"])
         self._wait_ready(timeout)
         if self.restart:
             self._supervisor = threading.Thread(target=self._supervise, name="cdp-up-supervisor", daemon=True)

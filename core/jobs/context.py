@@ -163,7 +163,7 @@ def _run_unit_once(ctx: WorkerContext, job_id: str, unit: str, message_id: str,
             last = ctx.repo.unit_error(job_id, unit)
             ctx.repo.finish(job_id, "failed", error=f"{unit} was started {attempt} times (limit "
                             f"{ctx.max_attempts}); " + (f"last error: {last}" if last else
-                                                          "its worker was lost each time"))
+                                                          "its worker was lost each time"), refund=True)
             return "failed"
         log.info("job %s: %s started (attempt %d, lease %d, %s)", job_id, unit, attempt, lease.token,
                  ctx.holder)

@@ -83,6 +83,7 @@ def run_experiment(ctx: WorkerContext, job_id: str, message_id: str = "direct") 
         ctx.repo.mark_running(job_id)
         failures: list[str] = []
         failed_arms: dict[str, str] = {}  # arms whose generation failed: left out of the table
+        failed_children: list[JobRecord] = []
         pairs: list[tuple[str, int, JobRecord, JobRecord]] = []
         ready_arms: list[tuple[ExperimentArm, list[str]]] = []
         for arm in spec.arms:
@@ -94,6 +95,7 @@ def run_experiment(ctx: WorkerContext, job_id: str, message_id: str = "direct") 
             ended = _ended(child, "its generation job")
             if ended:
                 failed_arms[arm.name] = ended
+                failed_children.append(child)
             elif child.status == "succeeded":
                 ready_arms.append((arm, [*arm.synthetic, f"job:{child.id}"]))
         for arm, synthetic in ready_arms:
@@ -101,6 +103,8 @@ def run_experiment(ctx: WorkerContext, job_id: str, message_id: str = "direct") 
                 train = ensure_child(ctx, job, f"{arm.name}/{seed}/train", "train",
                                      spec.child_train_spec(arm, seed, synthetic))
                 ended = _ended(train, "training job")
+                if ended:
+                    failed_children.append(train)
                 if ended or train.status != "succeeded":
                     failures += [f"{arm.name} seed {seed}: {ended}"] if ended else []
                     continue
@@ -108,6 +112,7 @@ def run_experiment(ctx: WorkerContext, job_id: str, message_id: str = "direct") 
                                           spec.child_evaluate_spec(train.id, seed))
                 ended = _ended(evaluation, "evaluation job")
                 if ended:
+                    failed_children.append(evaluation)
                     failures.append(f"{arm.name} seed {seed}: {ended}")
                 elif evaluation.status == "succeeded":
                     pairs.append((arm.name, seed, train, evaluation))
@@ -116,7 +121,9 @@ def run_experiment(ctx: WorkerContext, job_id: str, message_id: str = "direct") 
         if failures:
             cancel_children(ctx, job_id)
             lease.check()
-            ctx.repo.finish(job_id, "failed", error="; ".join(failures)[:2000])
+            # children failed through no fault of the caller: the experiment's quota charges go back
+            ctx.repo.finish(job_id, "failed", error="; ".join(failures)[:2000],
+                            refund=bool(failed_children) and all(c.refunded for c in failed_children))
             return "failed"
         progress = experiment_progress(ctx.repo, job, ctx.shard_size)
         expected = len(spec.seeds) * (len(spec.arms) - len(failed_arms))

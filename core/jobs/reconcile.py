@@ -190,11 +190,11 @@ def _reconcile_job(repo: JobRepository, enqueuer: Enqueuer, job_id: str, report:
             continue
         if state.taken:  # started, and its lease is gone: the executor died or gave up
             attempts = record.attempts.get(unit, 0)
-            if attempts >= max_attempts:
+            if attempts >= max_attempts:  # never the caller's fault: its quota charges are refunded
                 last = repo.unit_error(job_id, unit)
                 cause = f"; last error: {last}" if last else "; its worker was lost each time (lease expired)"
                 repo.finish(job_id, "failed", error=f"{unit} was started {attempts} times (limit "
-                                                    f"{max_attempts}){cause}")
+                                                    f"{max_attempts}){cause}", refund=True)
                 report.failed.append(job_id)
                 return
         enqueuer.unit(job_id, unit, priority=job_priority(record))  # to its kind's queue

@@ -244,8 +244,10 @@ class JobRepository:
             except StorageError as exc:  # the reconciler removes it later
                 log.warning("job %s: could not remove its active marker: %s", job_id, exc)
             if not was_terminal:
-                try:  # its team's concurrent-jobs slot (core.jobs.quotas); a lost removal heals itself
+                try:  # its team's concurrent-jobs slots (core.jobs.quotas); a lost removal heals itself
                     quotas.job_finished(self.redis, record.owner, job_id)
+                    if record.refunded:
+                        quotas.refund(self.redis, record)
                 except REDIS_ERRORS:
                     pass
                 if self.on_terminal is not None:
@@ -264,9 +266,10 @@ class JobRepository:
         return self.update(job_id, change)
 
     def finish(self, job_id: str, status: JobStatus, *, error: str | None = None,
-               warnings: list[str] | None = None) -> JobRecord:
+               warnings: list[str] | None = None, refund: bool = False) -> JobRecord:
         """Move to a terminal state (once: a terminal record is never changed again), with the result's
-        ``warnings`` (e.g. a generated set's sample-quality warnings) shown on the record."""
+        ``warnings`` (e.g. a generated set's sample-quality warnings) shown on the record. ``refund``: a
+        failure that is not the caller's fault gives the job's daily quota charges back."""
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"status={status!r} is not terminal")
 
@@ -278,6 +281,7 @@ class JobRepository:
             record.completed_at = utcnow()
             if warnings:
                 record.warnings = list(warnings)
+            record.refunded = refund and status == "failed"
             live = self.redis.get(keys.r_progress(job_id))
             if live is not None:
                 record.progress = Progress.model_validate_json(live)

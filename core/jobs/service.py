@@ -20,8 +20,9 @@ from core import logs
 from core.jobs import waiting as waiting_jobs
 from core.jobs.idempotency import IdempotencyMismatch, body_digest
 from core.jobs.queue import Enqueuer, job_priority
-from core.jobs.quotas import QuotaExceeded, Quotas
+from core.jobs.quotas import QuotaExceeded, Quotas, charges_of
 from core.jobs.records import JobNotFound, JobRepository, new_job_id
+from core.options import DATASET_NAMES
 from core.specs import (
     EvaluateSpec,
     ExperimentSpec,
@@ -36,7 +37,8 @@ from core.specs import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IdempotencyConflict", "InvalidReference", "JobService", "QuotaExceeded", "dataset_available"]
+__all__ = ["IdempotencyConflict", "InvalidReference", "JobService", "QuotaExceeded", "available_datasets",
+           "dataset_available"]
 
 # Which finished jobs may stand in for which input.
 _ACCEPTED_TRAIN_KINDS: dict[str, tuple[str, ...]] = {
@@ -46,12 +48,19 @@ _ACCEPTED_TRAIN_KINDS: dict[str, tuple[str, ...]] = {
 
 
 class InvalidReference(ValueError):
-    """A ``job:<id>`` or model-name reference that cannot be used; ``loc`` is the field path."""
+    """A ``job:<id>`` or model-name reference that cannot be used; ``loc`` is the field path. ``status``: 404
+    for something absent (no such job of the caller's, no such model), 409 for a job that exists but is not
+    a finished job of the right kind, 422 for a data set the server lacks (not in the document's enum)."""
 
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+    def __init__(self, loc: tuple[str | int, ...], message: str, *, status: int = 422) -> None:
         super().__init__(message)
         self.loc = loc
         self.message = message
+        self.status = status
+
+    @property
+    def slug(self) -> str:
+        return {404: "reference-not-found", 409: "reference-not-usable"}.get(self.status, "invalid-reference")
 
 
 class IdempotencyConflict(ValueError):
@@ -75,6 +84,11 @@ def dataset_available(name: str, data_root: Path) -> bool:
     return all((data_root / part).exists() for part in _DATASET_FILES.get(name, ()))
 
 
+def available_datasets(data_root: Path) -> list[str]:
+    """The built-in data sets this server can load now (what the OpenAPI document's enum lists)."""
+    return [name for name in DATASET_NAMES if dataset_available(name, data_root)]
+
+
 @dataclass
 class JobService:
     repo: JobRepository
@@ -93,7 +107,7 @@ class JobService:
         shards = math.ceil(spec.count / self.shard_size)
         plan = JobPlan(shards=shards, shard_size=self.shard_size, limits=server_limits())
         return self._submit("generate", spec.model_dump(mode="json"), owner, idempotency_key, plan,
-                            [f"shard-{k}" for k in range(shards)], images=spec.count, waiting_for=waiting,
+                            [f"shard-{k}" for k in range(shards)], waiting_for=waiting,
                             job_id=job_id)
 
     def _check_generate_refs(self, loc: tuple[str | int, ...], spec: object, *, owner: str) -> list[str]:
@@ -111,7 +125,7 @@ class JobService:
         waiting = [self._check_job_ref(("synthetic", i), ref, owner=owner, kind="generate", train_kinds=None)
                    for i, ref in enumerate(spec.synthetic)]
         return self._submit("train", spec.record_input(), owner, idempotency_key,
-                            JobPlan(limits=server_limits()), ["train"], epochs=spec.epochs,
+                            JobPlan(limits=server_limits()), ["train"],
                             waiting_for=[w for w in waiting if w], job_id=job_id)
 
     def submit_evaluate(self, spec: EvaluateSpec, *, owner: str, idempotency_key: str | None = None,
@@ -133,10 +147,9 @@ class JobService:
                                                    kind="generate", train_kinds=None))
             if arm.generate is not None:
                 waiting += self._check_generate_refs(("arms", a, "generate"), arm.generate, owner=owner)
-        epochs = spec.trades.epochs * len(spec.arms) * len(spec.seeds)
         return self._submit("experiment", spec.model_dump(mode="json"), owner, idempotency_key,
-                            JobPlan(limits=server_limits()), ["experiment"], epochs=epochs,
-                            images=spec.generated_images(), waiting_for=[w for w in waiting if w],
+                            JobPlan(limits=server_limits()), ["experiment"],
+                            extra_images=spec.generated_images(), waiting_for=[w for w in waiting if w],
                             job_id=job_id)
 
     def cancel(self, job_id: str, *, owner: str) -> JobRecord:
@@ -153,7 +166,7 @@ class JobService:
         return self.repo.get(job_id, owner=owner)
 
     def _submit(self, kind: JobKind, body: dict, owner: str, key: str | None,
-                plan: JobPlan, units: list[str], *, images: int = 0, epochs: int = 0,
+                plan: JobPlan, units: list[str], *, extra_images: int = 0,
                 waiting_for: list[str] | None = None, job_id: str | None = None
                 ) -> tuple[JobRecord, bool]:
         self.repo.ping()
@@ -169,7 +182,9 @@ class JobService:
         reservation = None
         try:
             if self.quotas is not None:
-                reservation = self.quotas.reserve(owner, job_id, images=images, epochs=epochs,
+                charges = charges_of(kind, body)  # an experiment: by its planned children
+                reservation = self.quotas.reserve(owner, job_id, images=charges.images + extra_images,
+                                                  epochs=charges.epochs, slots=charges.slots,
                                                   is_live=self._is_live)
             record = self.repo.create(kind=kind, owner=owner, input=body, job_id=job_id, plan=plan,
                                       waiting_for=waiting_for)
@@ -215,7 +230,8 @@ class JobService:
             return self._check_job_ref(loc, ref, owner=owner, kind="train", train_kinds=kinds)
         if not (self.model_dir / ref).is_dir():
             field = ".".join(str(p) for p in loc)
-            raise InvalidReference(loc, f"{field}: no model named {ref!r} in the server's model directory")
+            raise InvalidReference(loc, f"{field}: no model named {ref!r} in the server's model directory",
+                                   status=404)
         return None
 
     def _check_job_ref(self, loc: tuple[str | int, ...], ref: str, *, owner: str, kind: str,
@@ -229,11 +245,12 @@ class JobService:
         try:
             job = self.repo.get(job_id or "", owner=owner)
         except JobNotFound:
-            raise InvalidReference(loc, f"{field}: {ref} does not exist; it must be {what}") from None
+            raise InvalidReference(loc, f"{field}: {ref} does not exist; it must be {what}",
+                                   status=404) from None
         actual = job.kind if job.kind == "generate" else f"{job.input.get('kind')} training"
         if job.kind != kind or (train_kinds is not None and job.input.get("kind") not in train_kinds):
-            raise InvalidReference(loc, f"{field}: {ref} is a {actual} job; it must be {what}")
+            raise InvalidReference(loc, f"{field}: {ref} is a {actual} job; it must be {what}", status=409)
         if job.status in ("failed", "canceled"):
             raise InvalidReference(loc, f"{field}: {ref} is {job.status}; it must be {what} (or one that "
-                                   "has not finished yet)")
+                                   "has not finished yet)", status=409)
         return None if job.status == "succeeded" else job.id

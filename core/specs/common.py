@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo
+from pydantic_core import PydanticCustomError
 
 from core.settings import get_settings
 
@@ -19,8 +20,15 @@ JOB_ID_PATTERN = r"[0-9a-f]{24}"
 # Both are matched against the whole string (re.fullmatch): "$" would also match before a final newline.
 _JOB_REF = re.compile(rf"job:({JOB_ID_PATTERN})")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_MODEL_REF_PATTERN = rf"^(job:{JOB_ID_PATTERN}|[A-Za-z0-9][A-Za-z0-9_.-]{{0,63}})$"
+# The same names as _MODEL_NAME without "..", written without a lookahead (JSON Schema and pydantic agree)
+_MODEL_REF_PATTERN = rf"^(job:{JOB_ID_PATTERN}|[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.?)$"
 _SHORT = 40
+
+
+def cross_field(message: str) -> PydanticCustomError:
+    """A rule between fields that JSON Schema cannot state: a 422 whose ``errors[].type`` is
+    ``cross_field`` (the OpenAPI document states these rules in words)."""
+    return PydanticCustomError("cross_field", "{rule}", {"rule": message})
 
 
 def short(value: object) -> str:
@@ -29,6 +37,9 @@ def short(value: object) -> str:
     return text if len(text) <= _SHORT else text[:_SHORT] + f"... ({len(text)} characters)"
 
 
+# Seeds up to 2**53 - 1: the largest integer every JSON client carries exactly (JavaScript's numbers, and
+# generators that pass bounds through a float); the trainers take anything below 2**63.
+MAX_SEED = 2**53 - 1
 JobPriority = Literal["low", "normal", "high"]
 PRIORITY_DOC = ("orders this job's units among the waiting ones of their queue (cdp.generate, cdp.train, "
                  "cdp.evaluate): high before normal before low")

@@ -12,7 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core import options
 from core.options import DatasetName, FeatureOn, GenLoss, HeadScope, Schedule, SelectionCriterion, Strategy
 from core.settings import get_settings
-from core.specs.common import PRIORITY_DOC, JobPriority, ModelRef, Timestep, within_server_limit
+from core.specs.common import (
+    MAX_SEED,
+    PRIORITY_DOC,
+    JobPriority,
+    ModelRef,
+    Timestep,
+    cross_field,
+    within_server_limit,
+)
 
 
 class SelectionSpec(BaseModel):
@@ -69,7 +77,7 @@ class GenerateSpec(BaseModel):
         description="guide only for lo <= t <= hi (DDPM timesteps); default: the whole schedule"
     )
     batch_size: int = Field(default=options.BATCH_SIZE, ge=1)
-    seed: int = Field(default=0, ge=0, lt=2**63)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     feature_on: FeatureOn = Field(
         default=options.FEATURE_ON_DEFAULT,
         description="features on x_t (the paper) or on the predicted x_0 (extension)")
@@ -94,7 +102,7 @@ class GenerateSpec(BaseModel):
     @classmethod
     def _window_order(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
         if value is not None and not 0 <= value[0] <= value[1]:
-            raise ValueError(f"guidance_window={list(value)} must satisfy 0 <= lo <= hi")
+            raise cross_field(f"guidance_window={list(value)} must satisfy 0 <= lo <= hi")
         return value
 
     @model_validator(mode="after")

@@ -83,6 +83,9 @@ class JobRecord(BaseModel):
     parent: str | None = Field(default=None, description="the experiment job this job is a step of")
     waiting_for: list[str] = Field(default_factory=list, description="status waiting: the ids of the "
                                    "unfinished input jobs it starts after (core.jobs.waiting)")
+    refunded: bool = Field(default=False, description="failed through no fault of the caller (a dependency "
+                           "outage, a worker lost on every attempt): its images and epochs were given back "
+                           "to the team's daily quotas")
     links: JobLinks
 
     @property

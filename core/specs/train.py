@@ -11,7 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core import options
 from core.options import Arch, AttackName, DatasetName, Mixing, TrainKind, UnetPreset
-from core.specs.common import PRIORITY_DOC, JobPriority, JobRef, ModelRef, short, within_server_limit
+from core.specs.common import (
+    MAX_SEED,
+    PRIORITY_DOC,
+    JobPriority,
+    JobRef,
+    ModelRef,
+    cross_field,
+    short,
+    within_server_limit,
+)
 from core.specs.generate import GenerateSpec
 
 ArchOption = Literal["width", "feature_dim", "depth", "widen_factor"]
@@ -25,13 +34,13 @@ def _check_arch_options(arch: str, arch_options: dict[str, int]) -> None:
     """What the worker would refuse when it builds the model, refused at submission instead."""
     unknown = sorted(set(arch_options) - ARCH_OPTIONS[arch])
     if unknown:
-        raise ValueError(f"arch_options {unknown} do not apply to arch={arch!r} (it takes "
+        raise cross_field(f"arch_options {unknown} do not apply to arch={arch!r} (it takes "
                          f"{sorted(ARCH_OPTIONS[arch])})")
     depth = arch_options.get("depth")
     if arch == "wrn" and depth is not None and (depth < 10 or (depth - 4) % 6 != 0):
-        raise ValueError(f"arch_options.depth={depth}: a WRN depth is 6n + 4 with n >= 1 (10, 16, 22, ...)")
+        raise cross_field(f"arch_options.depth={depth}: a WRN depth is 6n + 4 with n >= 1 (10, 16, 22, ...)")
     if arch == "wrn" and arch_options.get("widen_factor", 1) > 32:
-        raise ValueError(f"arch_options.widen_factor={arch_options['widen_factor']} exceeds 32")
+        raise cross_field(f"arch_options.widen_factor={arch_options['widen_factor']} exceeds 32")
 
 
 # Which TrainSpec fields apply to each kind (TrainSpec.record_input; tests/test_options.py checks that every
@@ -68,7 +77,7 @@ class TrainSpec(BaseModel):
     epochs: int = Field(ge=1)
     batch_size: int = Field(default=128, ge=1)
     lr: float | None = Field(default=None, gt=0, le=10, description="learning rate; default: the trainer's")
-    seed: int = Field(default=0, ge=0, lt=2**63)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     arch: Arch = Field(default=options.ARCH, description="classifier / trades")
     arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(
         default_factory=dict, description="small_cnn: width, feature_dim; wrn: depth, widen_factor")
@@ -119,15 +128,15 @@ class TrainSpec(BaseModel):
     @model_validator(mode="after")
     def _synthetic_only_for_trades(self) -> TrainSpec:
         if self.synthetic and self.kind != "trades":
-            raise ValueError(f"synthetic data is only used by kind='trades', not kind={self.kind!r}")
+            raise cross_field(f"synthetic data is only used by kind='trades', not kind={self.kind!r}")
         if self.class_conditional and self.kind != "diffusion":
-            raise ValueError(f"class_conditional: only kind='diffusion' is conditioned, not "
+            raise cross_field(f"class_conditional: only kind='diffusion' is conditioned, not "
                              f"kind={self.kind!r}")
         if self.oracle and (self.kind != "trades" or not self.dataset.startswith("mnist5k")):
-            raise ValueError("oracle: only TRADES on mnist5k / mnist5k16 has an oracle pool")
+            raise cross_field("oracle: only TRADES on mnist5k / mnist5k16 has an oracle pool")
         _check_arch_options(self.arch, self.arch_options)
         if self.devices > self.batch_size:
-            raise ValueError(f"devices={self.devices}: each process needs a share of the batch "
+            raise cross_field(f"devices={self.devices}: each process needs a share of the batch "
                              f"(batch_size={self.batch_size})")
         return self
 
@@ -141,7 +150,8 @@ class EvaluationSettings(BaseModel):
     eps: float = Field(default=options.EPS, ge=0, le=1, description="L_inf radius")
     attacks: list[AttackName] = Field(default_factory=lambda: ["pgd_ce", "pgd_cw"], min_length=1,
                                       max_length=3, description="pgd_ce, pgd_cw (PGD with the CE loss / "
-                                      "the CW margin), autoattack (pyautoattack)")
+                                      "the CW margin), autoattack (pyautoattack)",
+                                      json_schema_extra={"uniqueItems": True})
     steps: int = Field(default=options.EVAL_ATTACK_STEPS, ge=1, le=1000, description="PGD steps")
     restarts: int = Field(default=1, ge=1, le=20, description="PGD random restarts")
     step_size: float | None = Field(default=None, gt=0, le=1, description="PGD step; default 2.5 eps / steps")
@@ -150,7 +160,7 @@ class EvaluationSettings(BaseModel):
         "fast: APGD-CE and APGD-T only (a cheaper subset, an upper bound on standard's robust accuracy)")
     limit: int | None = Field(default=1000, ge=1, description="n images of the split, spread evenly over its "
                               "classes (a seeded stratified subset; results.npz records which); null = all")
-    seed: int = Field(default=0, ge=0, lt=2**63)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     batch_size: int = Field(default=256, ge=1)
 
     _limits = field_validator("batch_size", "limit")(within_server_limit)
@@ -259,7 +269,8 @@ class ExperimentSpec(BaseModel):
     )
     dataset: DatasetName
     arms: list[ExperimentArm] = Field(min_length=1, max_length=8)
-    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(min_length=1, max_length=10)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(min_length=1, max_length=10,
+                                                               json_schema_extra={"uniqueItems": True})
     trades: ExperimentTrades
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     real_subset: int | None = Field(default=None, ge=10, le=1_000_000,
@@ -272,17 +283,17 @@ class ExperimentSpec(BaseModel):
     def _names(self) -> ExperimentSpec:
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
-            raise ValueError(f"arms: names must be unique, got {names}")
+            raise cross_field(f"arms: names must be unique, got {names}")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds: each seed once, got {self.seeds}")
+            raise cross_field(f"seeds: each seed once, got {self.seeds}")
         for arm in self.arms:
             if arm.generate is not None and arm.generate.dataset not in (None, self.dataset):
-                raise ValueError(f"arms: {arm.name!r} generates on dataset {arm.generate.dataset!r}, not the "
-                                 f"experiment's {self.dataset!r}")
+                raise cross_field(f"arms: {arm.name!r} generates on dataset {arm.generate.dataset!r}, not "
+                                  f"the experiment's {self.dataset!r}")
         if self.reference is None:
             self.reference = names[0]
         elif self.reference not in names:
-            raise ValueError(f"reference={short(self.reference)} is not one of the arms {names}")
+            raise cross_field(f"reference={short(self.reference)} is not one of the arms {names}")
         return self
 
     def child_generate_spec(self, arm: ExperimentArm) -> GenerateSpec | None:
@@ -309,5 +320,5 @@ class ExperimentSpec(BaseModel):
         """The evaluation of run ``seed``'s model: the attacks' seed is ``evaluation.seed + seed``, so each
         run is attacked with its own random starts and the whole run is reproducible from its seed."""
         settings = self.evaluation.model_dump()
-        settings["seed"] = (self.evaluation.seed + seed) % 2**63
+        settings["seed"] = (self.evaluation.seed + seed) % (MAX_SEED + 1)
         return EvaluateSpec(model=f"job:{model_job_id}", dataset=self.dataset, **settings)

@@ -130,25 +130,29 @@ def test_infonce_defaults(client: TestClient, named_models: None) -> None:
 def test_references_must_be_finished_jobs_of_the_right_kind(
     client: TestClient, named_models: None, store: LocalStore, redis_client: redis.Redis
 ) -> None:
+    """A well-formed reference to something absent is a 404, to a job that is not a finished job of the
+    right kind a 409 (both name the field): the document cannot know what exists, so neither is a 422."""
     repo = JobRepository(store, redis_client)
     missing = "job:" + "f" * 24
-    problem = assert_problem(client.post("/jobs/generate", json=generate_body(model=missing)), 422)
+    problem = assert_problem(client.post("/jobs/generate", json=generate_body(model=missing)), 404)
     assert problem["errors"][0]["field"] == "body.model" and "does not exist" in problem["detail"]
+    assert problem["type"] == "/problems/reference-not-found"
 
-    problem = assert_problem(client.post("/jobs/generate", json=generate_body(model="no-such-model")), 422)
+    problem = assert_problem(client.post("/jobs/generate", json=generate_body(model="no-such-model")), 404)
     assert "no model named 'no-such-model'" in problem["detail"]
 
     classifier_job = repo.create(kind="train", owner="anonymous", input={"kind": "classifier"})
     repo.finish(classifier_job.id, "succeeded")
     problem = assert_problem(
-        client.post("/jobs/generate", json=generate_body(model=f"job:{classifier_job.id}")), 422)
+        client.post("/jobs/generate", json=generate_body(model=f"job:{classifier_job.id}")), 409)
     assert "classifier training job" in problem["detail"] and "diffusion" in problem["detail"]
 
     failed_job = repo.create(kind="train", owner="anonymous", input={"kind": "diffusion"})
     repo.finish(failed_job.id, "failed", error="boom")
     problem = assert_problem(
-        client.post("/jobs/generate", json=generate_body(model=f"job:{failed_job.id}")), 422)
+        client.post("/jobs/generate", json=generate_body(model=f"job:{failed_job.id}")), 409)
     assert "is failed" in problem["detail"] and problem["errors"][0]["field"] == "body.model"
+    assert problem["type"] == "/problems/reference-not-usable"
 
     diffusion_job = repo.create(kind="train", owner="anonymous", input={"kind": "diffusion"})
     waiting = client.post("/jobs/generate", json=generate_body(model=f"job:{diffusion_job.id}",
@@ -162,7 +166,7 @@ def test_references_must_be_finished_jobs_of_the_right_kind(
     assert ok.status_code == 202, ok.text
 
     problem = assert_problem(client.post("/jobs/train", json={
-        "kind": "trades", "dataset": "digits", "epochs": 1, "synthetic": [f"job:{classifier_job.id}"]}), 422)
+        "kind": "trades", "dataset": "digits", "epochs": 1, "synthetic": [f"job:{classifier_job.id}"]}), 409)
     assert problem["errors"][0]["field"] == "body.synthetic.0" and "generation job" in problem["detail"]
 
 

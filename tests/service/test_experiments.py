@@ -61,7 +61,7 @@ def test_an_evaluation_spec_out_of_bounds_names_its_field(stack) -> None:
     assert reply.status_code == 422 and "attacks" in reply.text
     reply = stack.client.post("/jobs/evaluate", json={"model": "job:0190a1b2c3d4e5f6a7b8c9d0",
                                                       "dataset": "digits"})
-    assert reply.status_code == 422 and reply.json()["errors"][0]["field"] == "body.model"
+    assert reply.status_code == 404 and reply.json()["errors"][0]["field"] == "body.model"
 
 
 def run_experiment(stack, seeds: list[int]) -> tuple[dict, dict]:
