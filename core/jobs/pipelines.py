@@ -72,8 +72,9 @@ def submit_pipeline(service: JobService, spec: PipelineSpec, *, owner: str,
             typed.append((i, step.kind, job_id, SPEC_MODELS[step.kind].model_validate(body)))
         except StepReferenceError as exc:
             errors.append({"loc": exc.loc, "msg": exc.message, "type": "step_reference"})
-        except ValidationError as exc:
-            errors += [{"loc": (*loc, *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        except ValidationError as exc:  # the spec's schema depends on the step's kind: a rule between fields
+            errors += [{"loc": (*loc, *e["loc"]), "msg": e["msg"], "type": "cross_field"}
+                       for e in exc.errors()]
         job_ids[step.name] = job_id
     if errors:
         raise PipelineInvalid(errors)

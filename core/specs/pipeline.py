@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.specs.common import short
+from core.specs.common import cross_field, short
 
 StepKind = Literal["train", "generate", "evaluate", "experiment"]
 _STEP_NAME = r"^[a-z][a-z0-9_-]{0,39}$"
@@ -23,11 +23,14 @@ class PipelineStep(BaseModel):
     name: str = Field(pattern=_STEP_NAME, description="lower-case letters, digits, '_', '-'",
                       examples=["diffusion"])
     kind: StepKind = Field(description="which job: the body of POST /jobs/<kind>")
-    spec: dict[str, Any] = Field(description="the job's spec; `step:<name>` names an earlier step's job")
+    spec: dict[str, Any] = Field(description="the job's spec, validated as the body of POST /jobs/<kind> "
+                                 "(its errors name body.steps.<i>.spec.<field>); `step:<name>` names an "
+                                 "earlier step's job")
 
 
 class PipelineSpec(BaseModel):
-    """Steps in order; a step may name only steps before it (so a pipeline has no cycles)."""
+    """Steps in order, each with a unique name; a step may name only steps before it (so a pipeline has no
+    cycles)."""
 
     model_config = ConfigDict(
         extra="forbid", strict=True,
@@ -48,7 +51,8 @@ class PipelineSpec(BaseModel):
     def _unique_names(self) -> PipelineSpec:
         names = [s.name for s in self.steps]
         if len(set(names)) != len(names):
-            raise ValueError(f"steps: names must be unique, got {names}")
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise cross_field(f"steps: names must be unique; {short(twice)} appear more than once")
         return self
 
 

@@ -215,8 +215,9 @@ class ExperimentArm(BaseModel):
     oracle: bool = Field(default=False, description="mnist5k: also train on the oracle pool of real images")
     generate: ArmGeneration | None = Field(
         default=None, description="a generation job the experiment runs for this arm (a child job) and mixes "
-        "in besides `synthetic`; arms with identical generation specs share one job")
-    count: int | None = Field(default=None, ge=1, description="with `generate`: the images it makes "
+        "in besides `synthetic`; arms with identical generation specs share one job. It needs a count: the "
+        "arm's `count` or generate.count")
+    count: int | None = Field(default=None, ge=1, description="only with `generate`: the images it makes "
                               "(overrides generate.count), so arms can sweep the synthetic set's size")
 
     _limits = field_validator("count")(within_server_limit)
@@ -224,9 +225,9 @@ class ExperimentArm(BaseModel):
     @model_validator(mode="after")
     def _generation_count(self) -> ExperimentArm:
         if self.generate is None and self.count is not None:
-            raise ValueError("count: only an arm with `generate` takes a count")
+            raise cross_field("count: only an arm with `generate` takes a count")
         if self.generate is not None and self.count is None and self.generate.count is None:
-            raise ValueError("generate: needs a count (arm `count` or generate.count)")
+            raise cross_field("generate: needs a count (arm `count` or generate.count)")
         return self
 
 

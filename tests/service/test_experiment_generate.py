@@ -124,7 +124,7 @@ def test_arm_generation_specs_are_checked_at_submission(client) -> None:
     assert bad.status_code == 422 and "count" in bad.text
     bad = client.post("/jobs/experiment", json=experiment(
         [{"name": "a", "generate": {**VANILLA, "model": "no-such-model"}, "count": 8}], seeds=[0]))
-    assert bad.status_code == 422
+    assert bad.status_code == 404  # a well-formed reference to a model that does not exist
     assert bad.json()["errors"][0]["field"] == "body.arms.0.generate.model"
     bad = client.post("/jobs/experiment", json=experiment([{"name": "a", "count": 8}], seeds=[0]))
     assert bad.status_code == 422 and "count" in bad.text
