@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
@@ -132,3 +132,85 @@ class Hosts:
                 stop_process(process, timeout=10)
         for name in (self.server, *self.workers):  # deleting a namespace deletes its veth ends
             _ip("netns", "del", name, check=False)
+
+
+ACCESS, SECRET, BUCKET = "netns-test", "netns-test-secret-key", "cdp"
+
+
+def start_service(hosts: Hosts, var: Path, *, models: Path, settings: dict[str, str],
+                  clock_offsets: dict[int, int] | None = None) -> list[subprocess.Popen[bytes]]:
+    """Redis (:6379), moto's S3 server (:9000, bucket ``cdp`` with versioning on), the API (127.0.0.1:8000)
+    and the control worker on the server namespace, one solo-pool worker of ``cdp.generate`` per worker
+    namespace (``worker-<k>``, logs under ``var/logs``); ``clock_offsets`` maps a worker index to a clock
+    offset in seconds. Call inside ``hosts.inside()``; returns the worker processes once all are ready."""
+    import httpx
+    from minio import Minio
+    from minio.versioningconfig import ENABLED, VersioningConfig
+
+    from core.jobs.embedded import find_redis_server, redis_answers
+
+    logs = var / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDP_")}
+    env.update({"CDP_STORE_BACKEND": "minio", "CDP_MINIO_ACCESS_KEY": ACCESS, "CDP_MINIO_SECRET_KEY": SECRET,
+                "CDP_MINIO_BUCKET": BUCKET, "CDP_MODEL_DIR": str(models), "CDP_DATA_ROOT": str(var / "data"),
+                "CDP_LOG_FORMAT": "json", "CDP_DEVICE": "cpu", "OMP_NUM_THREADS": "1",
+                "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **settings})
+    on_server = {**env, "CDP_REDIS_URL": "redis://127.0.0.1:6379/0", "CDP_MINIO_ENDPOINT": "127.0.0.1:9000",
+                 "CDP_WORK_DIR": str(var / "server-work")}
+    celery = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
+              "--loglevel", "INFO"]
+    hosts.start(hosts.server, [find_redis_server(), "--bind", "0.0.0.0", "--port", "6379", "--save", "",
+                               "--appendonly", "no", "--protected-mode", "no"], env=on_server,
+                log=logs / "redis.log")
+    hosts.start(hosts.server, [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", "9000"],
+                env=on_server, log=logs / "moto.log")
+    _wait("redis", lambda: redis_answers("redis://127.0.0.1:6379/0"), 30)
+    minio = Minio("127.0.0.1:9000", access_key=ACCESS, secret_key=SECRET, secure=False)
+
+    def bucket_made() -> bool:
+        try:
+            minio.make_bucket(BUCKET)
+            minio.set_bucket_versioning(BUCKET, VersioningConfig(ENABLED))
+            return True
+        except Exception:
+            return False
+
+    _wait("moto's S3 server", bucket_made, 60)
+    hosts.start(hosts.server, [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--host",
+                               "127.0.0.1", "--port", "8000", "--log-level", "warning"],
+                env=on_server, log=logs / "api.log")
+    hosts.start(hosts.server, [*celery, "-Q", "cdp.control", "-n", "control@server", "-B", "--schedule",
+                               str(var / "beat-schedule")], env=on_server, log=logs / "control.log")
+    workers = []
+    for k, namespace in enumerate(hosts.workers):
+        server = hosts.server_address(k)
+        name = f"worker-{k + 1}"
+        worker_env = {**env, "CDP_REDIS_URL": f"redis://{server}:6379/0",
+                      "CDP_MINIO_ENDPOINT": f"{server}:9000", "CDP_WORK_DIR": str(var / f"{name}-work")}
+        args = [*celery, "-Q", "cdp.generate", "-n", f"{name}@host{k + 1}", "--prefetch-multiplier", "1"]
+        workers.append(hosts.start(namespace, args, env=worker_env, log=logs / f"worker-{k + 1}.log",
+                                   clock_offset_s=(clock_offsets or {}).get(k, 0)))
+
+    def api_ready() -> bool:
+        try:
+            return httpx.get("http://127.0.0.1:8000/readyz", timeout=5).status_code == 200
+        except Exception:
+            return False
+
+    _wait("the API", api_ready, 60)
+    for name in [f"worker-{k + 1}" for k in range(len(workers))] + ["control"]:
+        log = logs / f"{name}.log"
+        _wait(f"{name} to be ready",
+              lambda log=log: log.exists() and " ready." in log.read_text(errors="replace"), 120)
+    return workers
+
+
+def _wait(what: str, predicate: Callable[[], object], timeout: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)

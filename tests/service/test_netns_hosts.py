@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -21,12 +20,11 @@ from pathlib import Path
 import pytest
 
 from core.jobs import keys
-from tests.netns_hosts import Hosts, faketime, why_not
+from tests.netns_hosts import ACCESS, BUCKET, SECRET, Hosts, faketime, start_service, why_not
 
 REASON = why_not()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=f"no network namespaces: {REASON}"),
               pytest.mark.timeout(300)]
-ACCESS, SECRET, BUCKET = "netns-test", "netns-test-secret-key", "cdp"
 CLOCK_AHEAD_S = 30
 
 
@@ -100,72 +98,18 @@ def assert_each_shard_written_once(cluster: Cluster, job_id: str, n_shards: int)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Cluster]:
-    from minio.versioningconfig import ENABLED, VersioningConfig
-
-    from core.jobs.embedded import find_redis_server, redis_answers
-
     var = tmp_path_factory.mktemp("netns")
-    (var / "logs").mkdir()
     hosts = Hosts(workers=2).create()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDP_")}
-    env.update({"CDP_STORE_BACKEND": "minio", "CDP_MINIO_ACCESS_KEY": ACCESS, "CDP_MINIO_SECRET_KEY": SECRET,
-                "CDP_MINIO_BUCKET": BUCKET, "CDP_MODEL_DIR": str(tiny_models),
-                "CDP_DATA_ROOT": str(var / "data"),
-                "CDP_SHARD_SIZE": "2", "CDP_LEASE_TTL_S": "2", "CDP_LEASE_RENEW_S": "0.5",
-                "CDP_RECONCILE_INTERVAL_S": "1", "CDP_LOG_FORMAT": "json", "CDP_DEVICE": "cpu",
-                "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
-    on_server = {**env, "CDP_REDIS_URL": "redis://127.0.0.1:6379/0", "CDP_MINIO_ENDPOINT": "127.0.0.1:9000",
-                 "CDP_WORK_DIR": str(var / "server-work")}
-    celery = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
-              "--loglevel", "INFO"]
+    settings = {"CDP_SHARD_SIZE": "2", "CDP_LEASE_TTL_S": "2", "CDP_LEASE_RENEW_S": "0.5",
+                "CDP_RECONCILE_INTERVAL_S": "1"}
     try:
         with hosts.inside():
-            hosts.start(hosts.server, [find_redis_server(), "--bind", "0.0.0.0", "--port", "6379",
-                                       "--save", "", "--appendonly", "no", "--protected-mode", "no"],
-                        env=on_server, log=var / "logs" / "redis.log")
-            hosts.start(hosts.server, [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", "9000"],
-                        env=on_server, log=var / "logs" / "moto.log")
+            # host 2's clock runs 30 s ahead (libfaketime), when the machine has it
+            workers = start_service(hosts, var, models=tiny_models, settings=settings,
+                                    clock_offsets={1: CLOCK_AHEAD_S} if faketime() else None)
             cluster = Cluster(hosts, var)
-            wait_for("redis", lambda: redis_answers("redis://127.0.0.1:6379/0"), 20)
-
-            def bucket_made() -> bool:
-                try:
-                    cluster.minio.make_bucket(BUCKET)
-                    cluster.minio.set_bucket_versioning(BUCKET, VersioningConfig(ENABLED))
-                    return True
-                except Exception:
-                    return False
-
-            wait_for("moto's S3 server", bucket_made, 60)
-            hosts.start(hosts.server, [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
-                                       "--host", "127.0.0.1", "--port", "8000", "--log-level", "warning"],
-                        env=on_server, log=var / "logs" / "api.log")
-            hosts.start(hosts.server, [*celery, "-Q", "cdp.control", "-n", "control@server", "-B",
-                                       "--schedule", str(var / "beat-schedule")],
-                        env=on_server, log=var / "logs" / "control.log")
-            for k, namespace in enumerate(hosts.workers):
-                name = f"worker-{k + 1}"
-                server = hosts.server_address(k)
-                worker_env = {**env, "CDP_REDIS_URL": f"redis://{server}:6379/0",
-                              "CDP_MINIO_ENDPOINT": f"{server}:9000",
-                              "CDP_WORK_DIR": str(var / f"{name}-work")}
-                # host 2's clock runs 30 s ahead (libfaketime), when the machine has it
-                offset = CLOCK_AHEAD_S if k == 1 and faketime() else 0
-                process = hosts.start(namespace, [*celery, "-Q", "cdp.generate", "-n", f"{name}@host{k + 1}",
-                                                  "--prefetch-multiplier", "1"],
-                                      env=worker_env, log=var / "logs" / f"{name}.log", clock_offset_s=offset)
-                cluster.worker_pids.append(process.pid)
-                cluster.worker_names.append(name)
-
-            def api_ready() -> bool:
-                try:
-                    return cluster.http.get("/readyz").status_code == 200
-                except Exception:
-                    return False
-
-            wait_for("the API", api_ready, 60)
-            for name in (*cluster.worker_names, "control"):
-                wait_for(f"{name} to be ready", lambda n=name: " ready." in cluster.log(n), 120)
+            cluster.worker_pids = [process.pid for process in workers]
+            cluster.worker_names = [f"worker-{k + 1}" for k in range(len(workers))]
             yield cluster
     finally:
         hosts.destroy()
