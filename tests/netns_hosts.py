@@ -77,6 +77,10 @@ class Hosts:
     def worker_address(self, worker: int) -> str:
         return f"{SUBNET}.{worker + 1}.2"
 
+    def link(self, worker: int, *, server_side: bool) -> str:
+        """The name of worker link ``worker``'s veth end on the server (or on the worker host)."""
+        return self._links[worker][0 if server_side else 1]
+
     def create(self) -> Hosts:
         for name in (self.server, *self.workers):
             _ip("netns", "add", name)
