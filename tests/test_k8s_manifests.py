@@ -105,6 +105,11 @@ def test_the_api_probes_autoscales_and_keeps_a_disruption_budget(overlay) -> Non
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     service = by_kind(docs, "Service")["cdp-api"]
     assert service["spec"]["selector"].items() <= labels.items()
+    # the hashed API keys come from the Secret cdp-api-keys, mounted where CDP_API_KEYS_FILE points
+    keys_file = settings_map(docs)["CDP_API_KEYS_FILE"]
+    volumes = {v["name"]: v for v in api["spec"]["template"]["spec"]["volumes"]}
+    (mount,) = [m for m in container["volumeMounts"] if keys_file.startswith(m["mountPath"] + "/")]
+    assert volumes[mount["name"]]["secret"]["secretName"] == "cdp-api-keys" and mount["readOnly"] is True
 
 
 def test_one_worker_per_queue_scaled_by_keda_on_that_queues_redis_lists(overlay) -> None:
