@@ -134,7 +134,7 @@ def test_api_submit_benchmark_compares_the_route_with_its_floor(tmp_path: Path) 
 def test_fanout_benchmark_runs_one_job_on_one_then_two_workers(tmp_path: Path) -> None:
     out = tmp_path / "fanout.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fanout.py"), "--count", "4", "--shard-size", "2",
+        [sys.executable, str(ROOT / "benchmarks" / "fanout.py"), "--count", "8", "--shard-size", "2",
          "--steps", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
         env={k: v for k, v in os.environ.items() if k != "CDP_REDIS_URL"},
@@ -143,6 +143,10 @@ def test_fanout_benchmark_runs_one_job_on_one_then_two_workers(tmp_path: Path) -
     result = json.loads(out.read_text())
     assert [run["workers"] for run in result["runs"]] == [1, 2]
     for run in result["runs"]:  # every shard of the job ran (a shard may run twice only after a loss)
-        assert sum(run["shard_starts_per_worker"].values()) >= 2
-        assert len(run["shard_starts_per_worker"]) == run["workers"]
+        assert sum(w["shards"] for w in run["per_worker"].values()) >= 4
+        assert len(run["per_worker"]) == run["workers"]
+        assert {"submit_s", "to_first_shard_s", "shards_s", "to_finalize_s", "finalize_s"} <= run.keys()
+    # the model cache: one worker ran 4 shards and loaded the diffusion model and the classifier once each
+    (alone,) = result["runs"][0]["model_loads"].values()
+    assert alone["count"] == 2
     assert result["speedup_2_workers"] > 0 and "ratio" in done.stdout

@@ -63,6 +63,22 @@ def context(app: Celery) -> WorkerContext:
     return ctx
 
 
+def warm_up(app: Celery) -> None:
+    """Build the context and import the sampling and training code before the first message, so a fresh
+    worker (a pod KEDA just started) pays its cold start before it takes a unit, not inside one. Best effort:
+    a dependency down now is met again, and handled, by the first task."""
+    began = time.perf_counter()
+    try:
+        context(app)
+        import core.generation  # noqa: F401  (torch, the DDIM loop, guidance)
+        import core.models  # noqa: F401
+    except Exception as exc:
+        log.warning("worker warm-up failed (%s: %s); the first task builds its context",
+                    type(exc).__name__, exc)
+        return
+    log.info("worker warmed up in %.2f s", time.perf_counter() - began)
+
+
 def _control(app: Celery) -> tuple[JobRepository, Enqueuer, Settings]:
     """What the reconciler needs: no model cache, no torch (the control worker stays small)."""
     found = getattr(app, "_cdp_control", None)

@@ -98,6 +98,7 @@ class ModelCache:
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
+        began = time.perf_counter()
         path = self.local_path(ref)
         if kind == "diffusion":
             from core.diffusion import load_diffusion_model
@@ -108,6 +109,8 @@ class ModelCache:
 
             model = load_classifier(path, device=self.ctx.device)
         self._items[key] = model
+        # once per model and worker process while the cache holds it (benchmarks/fanout.py counts these)
+        log.info("loaded %s model %s in %.3f s", kind, ref, time.perf_counter() - began)
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
         return model

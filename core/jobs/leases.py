@@ -8,7 +8,9 @@ acquisition of that unit. While the unit runs, a heartbeat thread renews the lea
 executor that was paused past its TTL (and replaced) learns that it lost the lease, and stops at its next
 progress callback (:class:`LeaseLost`). The final writes of a unit check the token first
 (:meth:`Lease.check`). When the worker dies the renewals stop, the key expires, and the reconciler
-(:mod:`core.jobs.reconcile`) re-enqueues the unit.
+(:mod:`core.jobs.reconcile`) re-enqueues the unit. Expiry is decided by Redis alone (the key's time to live
+runs on the Redis server); an executor measures only durations, on its monotonic clock, so a host whose wall
+clock is off neither loses nor steals a lease (tests/service/test_netns_hosts.py runs one 30 s ahead).
 
 Each unit also has a state in the hash ``cdp:job:<id>:units``: ``pending:<message id>`` once a message for it
 was sent, ``taken:<message id>`` once an executor acquired its lease. The reconciler reads lease and state
