@@ -17,7 +17,7 @@ from tests.k8s_render import OVERLAYS, Peer, allowed, by_kind, env_of, kubectl, 
 pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (its built-in kustomize) is not installed")
 
 GPU_OVERLAYS = ("gpu", "gpu-s3")
-# credentials come from the Secrets cdp-store-credentials and cdp-session; CDP_API_TOKENS is deprecated (CDP_API_KEYS_FILE)
+# credentials come from the Secrets cdp-store-credentials and cdp-session; CDP_API_TOKENS is deprecated
 FROM_SECRET = {"CDP_MINIO_ACCESS_KEY", "CDP_MINIO_SECRET_KEY", "CDP_SESSION_SECRET"}
 NOT_DEPLOYED = {"CDP_API_TOKENS"}
 
