@@ -4,7 +4,8 @@
   shard already in the store is complete (objects appear atomically) and is not redone. When the last shard
   lands, the finalize unit is enqueued (unless it already has a message; a duplicate would find the job
   finished).
-- ``run_finalize``: metrics, preview grid, then the manifest, written LAST, then the job succeeds.
+- ``run_finalize``: metrics, preview grid, the one-file export ``dataset.npz`` (:mod:`core.jobs.exports`),
+  then the manifest, written LAST, then the job succeeds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from core.data.images import grid_png
 from core.jobs import keys
 from core.jobs.artifacts import jsonable, npy_bytes, npz_bytes, write_manifest
 from core.jobs.context import JobProgress, WorkerContext, run_unit, unit_seed
+from core.jobs.exports import write_export
 from core.jobs.leases import Lease
 from core.jobs.queue import job_priority
 from core.jobs.reconcile import shard_count
@@ -170,6 +172,7 @@ def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") ->
         )
         ctx.store.put_json(keys.metrics_key(job_id), jsonable(metrics))
         ctx.store.put_bytes(keys.preview_key(job_id), grid_png(images), content_type="image/png")
+        write_export(ctx.store, job_id, shard_count(job, ctx.shard_size), work_dir=ctx.work_dir)
         lease.check()
         write_manifest(ctx.store, job_id)
         ctx.repo.finish(job_id, "succeeded")
