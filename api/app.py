@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import auth, metrics, problems
-from api.routes import health, jobs
+from api.routes import datasets, health, jobs, models, uploads
 from core import specs
 from core.jobs.apikeys import KeyRing
 from core.jobs.dependencies import redis_client as redis_client_for
@@ -68,11 +68,14 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     # Innermost first: bodies over CDP_MAX_BODY_BYTES are refused (413), but only after the key was checked
     # (Gate: 401 before any body is read); CatchAll answers what escapes; Observe counts every request.
     app.state.max_body_bytes = settings.max_body_bytes
-    app.add_middleware(auth.BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(auth.BodyLimit, max_bytes=settings.max_body_bytes, upload_paths=uploads.UPLOAD_PATHS,
+                       max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(auth.Gate, keys=keys)
     problems.install(app)
     metrics.install(app, job_counts=metrics.JobCounts(repo, queues=(*WORK_QUEUES, CONTROL_QUEUE)))
     app.include_router(jobs.router)
+    app.include_router(datasets.router)
+    app.include_router(models.router)
     app.include_router(health.router)
     app.openapi = partial(openapi_document, app)  # type: ignore[method-assign]
     return app

@@ -110,7 +110,7 @@ def install(app: FastAPI) -> None:
                   405: "Method not allowed", 413: "Request body too large"}
         title = titles.get(exc.status_code, "Error")
         detail = str(exc.detail or "")
-        if exc.status_code == 413:
+        if exc.status_code == 413 and "CDP_MAX_UPLOAD_BYTES" not in detail:
             detail = f"the request body exceeds {getattr(app.state, 'max_body_bytes', '?')} bytes"
         return problem_response(request, exc.status_code, title, clip(detail),
                                 slug=title.lower().replace(" ", "-"), headers=getattr(exc, "headers", None))
@@ -178,7 +178,10 @@ _TEXT = {
     404: "No such job (or not yours)",
     409: "Not available in the job's current state (or a request with the same Idempotency-Key is still "
          "being processed)",
-    413: "The request body is larger than the server's limit (CDP_MAX_BODY_BYTES)",
+    405: "Not allowed on this resource (e.g. a built-in data set is read-only)",
+    413: "The request body is larger than the server's limit (CDP_MAX_BODY_BYTES; uploads: "
+         "CDP_MAX_UPLOAD_BYTES)",
+    415: "The body must be multipart/form-data (an upload) or application/json",
     422: "Invalid request (see `errors`, one entry per bad field)",
     429: "A quota of the caller's team is used up; retry after `Retry-After` seconds",
     503: "A dependency (Redis or storage) is unavailable; retry after `Retry-After` seconds",

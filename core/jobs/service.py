@@ -19,6 +19,7 @@ from core.jobs.idempotency import IdempotencyMismatch, body_digest
 from core.jobs.queue import Enqueuer, job_priority
 from core.jobs.quotas import QuotaExceeded, Quotas
 from core.jobs.records import JobNotFound, JobRepository, new_job_id
+from core.jobs.registry import DATASET_REF, MODEL_REF, EntryNotFound, Registry, ref_id
 from core.specs import (
     EvaluateSpec,
     ExperimentSpec,
@@ -49,6 +50,21 @@ class InvalidReference(ValueError):
         super().__init__(message)
         self.loc = loc
         self.message = message
+
+
+def check_model_ref(registry: Registry, loc: tuple[str | int, ...], ref: str, *, owner: str,
+                    kinds: tuple[str, ...]) -> None:
+    """A ``model:<id>`` must be the caller's registered model of a kind that fits the field."""
+    field = ".".join(str(p) for p in loc)
+    want = "diffusion" if kinds == ("diffusion",) else "classifier"
+    try:
+        record = registry.get("models", ref_id(ref, MODEL_REF) or "", scope=owner)
+    except EntryNotFound:
+        raise InvalidReference(loc, f"{field}: {ref} does not exist; it must be a {want} model your team "
+                               "registered (GET /models)") from None
+    if record.get("kind") != want:
+        raise InvalidReference(loc, f"{field}: {ref} is a {record.get('kind')} model; it must be a {want} "
+                               "model")
 
 
 class IdempotencyConflict(ValueError):
@@ -85,7 +101,7 @@ class JobService:
     def submit_generate(self, spec: GenerateSpec, *, owner: str, idempotency_key: str | None = None
                         ) -> tuple[JobRecord, bool]:
         """Returns (job, created). ``created`` is False when an idempotent replay returned an older job."""
-        self._check_dataset(spec.dataset)
+        self._check_dataset(spec.dataset, owner)
         for field in ("model", "classifier"):
             self._check_model_ref((field,), getattr(spec, field), owner=owner,
                                   kinds=_ACCEPTED_TRAIN_KINDS[field])
@@ -100,7 +116,7 @@ class JobService:
 
     def submit_train(self, spec: TrainSpec, *, owner: str, idempotency_key: str | None = None
                      ) -> tuple[JobRecord, bool]:
-        self._check_dataset(spec.dataset)
+        self._check_dataset(spec.dataset, owner)
         for i, ref in enumerate(spec.synthetic):
             self._check_job_ref(("synthetic", i), ref, owner=owner, kind="generate", train_kinds=None)
         return self._submit("train", spec.model_dump(mode="json"), owner, idempotency_key,
@@ -108,14 +124,14 @@ class JobService:
 
     def submit_evaluate(self, spec: EvaluateSpec, *, owner: str, idempotency_key: str | None = None
                         ) -> tuple[JobRecord, bool]:
-        self._check_dataset(spec.dataset)
+        self._check_dataset(spec.dataset, owner)
         self._check_model_ref(("model",), spec.model, owner=owner, kinds=_ACCEPTED_TRAIN_KINDS["classifier"])
         return self._submit("evaluate", spec.model_dump(mode="json"), owner, idempotency_key,
                             JobPlan(limits=server_limits()), ["evaluate"])
 
     def submit_experiment(self, spec: ExperimentSpec, *, owner: str, idempotency_key: str | None = None
                           ) -> tuple[JobRecord, bool]:
-        self._check_dataset(spec.dataset)
+        self._check_dataset(spec.dataset, owner)
         for a, arm in enumerate(spec.arms):
             for i, ref in enumerate(arm.synthetic):
                 self._check_job_ref(("arms", a, "synthetic", i), ref, owner=owner, kind="generate",
@@ -174,7 +190,15 @@ class JobService:
         except JobNotFound:
             return False
 
-    def _check_dataset(self, name: str) -> None:
+    def _check_dataset(self, name: str, owner: str) -> None:
+        upload = ref_id(name, DATASET_REF)
+        if upload is not None:
+            try:
+                Registry(self.repo.store).get("datasets", upload, scope=owner)
+            except EntryNotFound:
+                raise InvalidReference(("dataset",), f"dataset: {name} does not exist; it must be a data set "
+                                       "your team uploaded (GET /datasets)") from None
+            return
         if self.data_root is not None and not dataset_available(name, self.data_root):
             raise InvalidReference(("dataset",), f"dataset: the server has no {name!r} data set (its files "
                                    "are not in the server's data directory)")
@@ -184,6 +208,10 @@ class JobService:
                          kinds: tuple[str, ...]) -> None:
         if job_id_of(ref) is not None:
             self._check_job_ref(loc, ref, owner=owner, kind="train", train_kinds=kinds)
+            return
+        registered = ref_id(ref, MODEL_REF)
+        if registered is not None:
+            check_model_ref(Registry(self.repo.store), loc, ref, owner=owner, kinds=kinds)
             return
         if not (self.model_dir / ref).is_dir():
             raise InvalidReference(loc, f"{loc[0]}: no model named {ref!r} in the server's model directory")

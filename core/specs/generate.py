@@ -10,9 +10,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core import options
-from core.options import DatasetName, FeatureOn, GenLoss, HeadScope, Schedule, SelectionCriterion, Strategy
+from core.options import FeatureOn, GenLoss, HeadScope, Schedule, SelectionCriterion, Strategy
 from core.settings import get_settings
-from core.specs.common import PRIORITY_DOC, JobPriority, ModelRef, Timestep, within_server_limit
+from core.specs.common import PRIORITY_DOC, DatasetRef, JobPriority, ModelRef, Timestep, within_server_limit
 
 
 class SelectionSpec(BaseModel):
@@ -40,7 +40,7 @@ class GenerateSpec(BaseModel):
         },
     )
 
-    dataset: DatasetName
+    dataset: DatasetRef
     model: ModelRef
     classifier: ModelRef
     count: int = Field(ge=1, description="number of images to generate")

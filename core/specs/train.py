@@ -10,8 +10,16 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core import options
-from core.options import Arch, AttackName, DatasetName, Mixing, TrainKind, UnetPreset
-from core.specs.common import PRIORITY_DOC, JobPriority, JobRef, ModelRef, short, within_server_limit
+from core.options import Arch, AttackName, Mixing, TrainKind, UnetPreset
+from core.specs.common import (
+    PRIORITY_DOC,
+    DatasetRef,
+    JobPriority,
+    JobRef,
+    ModelRef,
+    short,
+    within_server_limit,
+)
 
 ArchOption = Literal["width", "feature_dim", "depth", "widen_factor"]
 
@@ -50,7 +58,7 @@ class TrainSpec(BaseModel):
     )
 
     kind: TrainKind
-    dataset: DatasetName
+    dataset: DatasetRef
     epochs: int = Field(ge=1)
     batch_size: int = Field(default=128, ge=1)
     lr: float | None = Field(default=None, gt=0, le=10, description="learning rate; default: the trainer's")
@@ -151,7 +159,7 @@ class EvaluateSpec(EvaluationSettings):
                                          "attacks": ["pgd_ce", "pgd_cw"], "limit": 500}]},
     )
     model: ModelRef
-    dataset: DatasetName
+    dataset: DatasetRef
     priority: JobPriority = Field(default="normal", description=PRIORITY_DOC)
 
 
@@ -207,7 +215,7 @@ class ExperimentSpec(BaseModel):
                       "synthetic_fraction": 0.5}],
             "trades": {"epochs": 5}, "evaluation": {"attacks": ["pgd_ce", "pgd_cw"], "limit": 500}}]},
     )
-    dataset: DatasetName
+    dataset: DatasetRef
     arms: list[ExperimentArm] = Field(min_length=1, max_length=8)
     seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(min_length=1, max_length=10)
     trades: ExperimentTrades
