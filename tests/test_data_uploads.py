@@ -1,4 +1,4 @@
-"""core.data.uploads: what an uploaded data set may be, checked without the service (fast)."""
+"""core.formats.uploads: what an uploaded data set may be, checked without the service (fast)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.data.uploads import UploadError, load_uploaded, validate_upload
+from core.data.uploaded import load_uploaded
+from core.formats.uploads import UploadError, validate_upload
 from tests.upload_files import bad_files, folder_zip, good_arrays, npz
 
 LIMIT = 4 << 20

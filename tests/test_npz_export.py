@@ -1,4 +1,4 @@
-"""The streaming npz writer and the one-file export of a generation job (core.data.npzstream,
+"""The streaming npz writer and the one-file export of a generation job (core.formats.npzstream,
 core.jobs.exports) on an in-memory store."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from core.data.npzstream import NpzWriter, read_npy_header
+from core.formats.npzstream import NpzWriter, read_npy_header
 from core.jobs import keys
 from core.jobs.artifacts import npy_bytes, npz_bytes
 from core.jobs.exports import export_key, write_export

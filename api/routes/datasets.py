@@ -22,7 +22,7 @@ from starlette.formparsers import MultiPartException
 from api.deps import CallerDep, RepoDep, ServiceDep, SettingsDep, StoreDep
 from api.problems import ProblemError, responses
 from api.routes import uploads
-from core.data.uploads import UploadError
+from core.formats.uploads import UploadError
 from core.jobs.datasets import BUILTIN_DATASETS, builtin_entry, register_upload
 from core.jobs.exports import export_key
 from core.jobs.records import JobNotFound

@@ -78,7 +78,7 @@ def form_file(form: Any, name: str = "file", *, required: bool = True) -> Upload
 
 def content_kind(request: Request) -> str:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: no file part
         return "multipart"
     if ctype == "application/json":
         return "json"

@@ -38,9 +38,9 @@ def register_upload(registry: Registry, owner: str, name: str, upload: BinaryIO,
                     scratch: Path | None = None) -> tuple[dict[str, Any], bool]:
     """Validate ``upload`` (a seekable file), store it and record it; ``(record, created)``. ``created`` is
     False when this team already has the same file (the existing entry is returned, nothing is stored).
-    Raises :class:`core.data.uploads.UploadError` for a bad file and
+    Raises :class:`core.formats.uploads.UploadError` for a bad file and
     :class:`core.jobs.registry.StorageQuotaExceeded` beyond the team's storage quota."""
-    from core.data.uploads import validate_upload
+    from core.formats.uploads import validate_upload
 
     sha256, size = sha256_stream(upload)
     new_id = entry_id(owner, "datasets", sha256)
@@ -92,7 +92,7 @@ def load_split(name: str, split: str, *, root: Path | str | None) -> Any:
         from core.data import load_dataset
 
         return load_dataset(name, split, root=root)  # type: ignore[arg-type]
-    from core.data.uploads import load_uploaded
+    from core.data.uploaded import load_uploaded
 
     assert root is not None
     meta_path = Path(root) / f"{upload}.json"

@@ -2,7 +2,7 @@
 it (``image`` uint8 N x H x W x C, ``label`` int64; ``np.load(..., allow_pickle=False)``).
 
 Written shard by shard: the labels of every shard first (small), then each shard's images are copied into
-the one ``image`` member in turn (:class:`core.data.npzstream.NpzWriter`), so at most one shard's images
+the one ``image`` member in turn (:class:`core.formats.npzstream.NpzWriter`), so at most one shard's images
 are in memory, and the file goes to the store from local disk (multipart on S3). With a selection
 (``selected.npz``) the export holds the selected images, the set a training job uses. No torch here.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.npzstream import NpzWriter
+from core.formats.npzstream import NpzWriter
 from core.jobs import keys
 from core.storage import ObjectNotFound, ObjectStore
 

@@ -2,7 +2,7 @@
 few and read by id). No torch here; model validation runs in a subprocess (:mod:`core.jobs.model_check`).
 
 Layout: ``registry/<kind>/<id>/record.json`` (the record, written last: its presence means registered),
-``registry/datasets/<id>/data.npz`` (the canonical npz, :func:`core.data.uploads.validate_upload`),
+``registry/datasets/<id>/data.npz`` (the canonical npz, :func:`core.formats.uploads.validate_upload`),
 ``registry/models/<id>/model/...`` (the model directory), and an empty marker
 ``registry/owners/<owner digest>/<kind>/<id>`` per entry, so a team's list reads only its own records.
 

@@ -1,11 +1,12 @@
 """Uploaded data sets: validation of an ``.npz`` or a zip of an image folder, written to one canonical npz,
-and the splits of such a set. No storage, no settings: the registry (:mod:`core.jobs.registry`) calls it.
+written to one canonical npz. Neither torch nor storage here: the API runs it (:mod:`core.jobs.datasets`);
+the splits of such a set are read by :func:`core.data.uploaded.load_uploaded`.
 
 Accepted uploads:
 
 - an ``.npz`` with ``image`` (uint8, N x H x W x C with C in {1, 3}, or N x H x W) and ``label`` (integers
   0..K-1, N of them), or ``arr_0`` / ``arr_1``; optionally ``split`` (N entries, ``"train"`` / ``"test"`` or
-  0 / 1). Read member by member (headers with :func:`core.data.npzstream.read_npy_header`, never
+  0 / 1). Read member by member (headers with :func:`core.formats.npzstream.read_npy_header`, never
   ``allow_pickle``): object arrays, pickles and anything that is not a plain ``.npy`` are refused;
 - a zip of an image folder: ``<class>/<image>`` (png, jpg, jpeg, bmp, ppm), or ``train/<class>/<image>`` and
   ``test/<class>/<image>``, optionally under one top folder. Labels are the class folders in sorted order;
@@ -15,9 +16,8 @@ Every problem raises :class:`UploadError` with the field it concerns (``file``, 
 ``file.label``, ``file.split``, ``num_classes``). Zip members with absolute paths or ``..`` are refused, and
 the uncompressed size is bounded twice: the sizes the archive declares, and the bytes actually inflated.
 
-Splits (:func:`load_uploaded`): with ``split``, ``test`` is the rows marked test; otherwise a fixed seeded
-stratified split takes 20 % of each class as ``test``. ``val`` is a seeded 10 % of the rest (over all
-classes) and ``train`` the remainder (seed 0).
+The splits of such a set: :mod:`core.data.uploaded` (the upload's own train/test marks, or a fixed seeded
+stratified split).
 """
 
 from __future__ import annotations
@@ -30,14 +30,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from core.data.dataset import DatasetInfo, ImageDataset, seeded_split
-from core.data.npzstream import NpzWriter, read_npy_header
+from core.formats.npzstream import NpzWriter, read_npy_header
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm"})
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_CLASSES = 100_000
-SPLIT_SEED = 0
-TEST_FRACTION, VAL_FRACTION = 0.2, 0.1
 _SPLIT_NAMES = ("train", "test")
 _PIECE = 1 << 20
 
@@ -295,28 +292,3 @@ def _image_folder(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], targ
         if split is not None:
             out.write("split", split)
     return _summary(labels, list(shape[1:]), classes, split)
-
-
-def load_uploaded(path: Path | str, split: str, *, name: str, class_names: list[str] | None = None,
-                  num_classes: int | None = None) -> ImageDataset:
-    """Split ``split`` (train, val, test) of a canonical npz written by :func:`validate_upload`."""
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"an uploaded data set has the splits train, val and test, not {split!r}")
-    with np.load(path, allow_pickle=False) as npz:
-        images, labels = npz["image"], npz["label"]
-        marks = npz["split"] if "split" in npz.files else None
-    if marks is not None:
-        test, rest = np.flatnonzero(marks == 1), np.flatnonzero(marks == 0)
-    else:
-        test, rest = seeded_split(labels, fractions=(TEST_FRACTION,), seed=SPLIT_SEED)
-    # val: a seeded 10 % of the rest (not per class: small classes would round to none)
-    val_pos, train_pos = seeded_split(labels[rest], fractions=(VAL_FRACTION,), seed=SPLIT_SEED,
-                                      stratify=False)
-    parts = {"test": test, "val": rest[val_pos], "train": rest[train_pos]}
-    index = parts[split]
-    if len(index) == 0:
-        raise ValueError(f"{name}: its {split} split is empty (too few images per class)")
-    k = num_classes or (len(class_names) if class_names else int(labels.max()) + 1)
-    info = DatasetInfo(name, num_classes=k, image_size=images.shape[1], channels=images.shape[3],
-                       class_names=tuple(class_names) if class_names else ())
-    return ImageDataset(np.ascontiguousarray(images[index]), labels[index].astype(np.int64), info)
