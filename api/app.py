@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import auth, metrics, problems
-from api.routes import datasets, health, jobs, models, uploads
+from api.routes import dataset_uploads, datasets, health, jobs, models, uploads
 from core import specs
 from core.jobs.apikeys import KeyRing
 from core.jobs.dependencies import redis_client as redis_client_for
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     problems.install(app)
     metrics.install(app, job_counts=metrics.JobCounts(repo, queues=(*WORK_QUEUES, CONTROL_QUEUE)))
     app.include_router(jobs.router)
+    app.include_router(dataset_uploads.router)  # before /datasets/{id}
     app.include_router(datasets.router)
     app.include_router(models.router)
     app.include_router(health.router)

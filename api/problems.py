@@ -184,6 +184,7 @@ _TEXT = {
     415: "The body must be multipart/form-data (an upload) or application/json",
     422: "Invalid request (see `errors`, one entry per bad field)",
     429: "A quota of the caller's team is used up; retry after `Retry-After` seconds",
+    501: "Not available with this server's object store",
     503: "A dependency (Redis or storage) is unavailable; retry after `Retry-After` seconds",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
