@@ -59,10 +59,13 @@ class ModelFromJob(BaseModel):
     name: str = Field(pattern=uploads.NAME_PATTERN)
 
 
+# One documented content type, as for POST /datasets; JSON {"from_job", "name"} is accepted too.
 UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
-        "type": "object", "required": ["file", "name"], "title": "ModelUpload",
+        "type": "object", "required": ["name"], "title": "ModelUpload",
         "properties": {
+            "from_job": {"type": "string", "pattern": rf"^job:{JOB_ID_PATTERN}$", "description": "instead "
+                         "of `file`: promote the model of a succeeded training job of your team"},
             "file": {"type": "string", "format": "binary", "description": "a zip or tar of a diffusers "
                      "save_pretrained directory (or the hub's flat layout) or of a classifier directory; "
                      "or a "
@@ -73,8 +76,11 @@ UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
             "kind": {"type": "string", "enum": ["diffusion", "classifier"],
                      "description": "refuse the upload unless it is this kind"},
         }}},
-    "application/json": {"schema": ModelFromJob.model_json_schema()},
 }}}
+DESCRIPTION = ("Multipart: `file` (an archive, or a classifier's model.safetensors with `config`) "
+               "or `from_job`, with `name` and optionally `kind`; or `from_job` and `name` as a JSON object. "
+               "The model is loaded and run once on its declared shape before it is stored. 201 with the "
+               "model; 200 with the existing one when your team already registered the same file.")
 
 
 def _model(record: dict[str, Any]) -> RegisteredModel:
@@ -83,7 +89,8 @@ def _model(record: dict[str, Any]) -> RegisteredModel:
 
 @router.post("", status_code=201, response_model=RegisteredModel, operation_id="createModel",
              summary="Register a diffusion model or classifier (upload, or a finished training job)",
-             openapi_extra=UPLOAD_BODY, responses={200: {"description": "this team already has this model",
+             description=DESCRIPTION, openapi_extra=UPLOAD_BODY,
+             responses={200: {"description": "this team already has this model",
                                                          "model": RegisteredModel},
                                                     **responses(400, 401, 413, 415, 422, 429, 503)})
 async def create_model(request: Request, response: Response, caller: CallerDep, store: StoreDep,
@@ -99,6 +106,14 @@ async def create_model(request: Request, response: Response, caller: CallerDep, 
                                                                      caller.team, body))
         else:
             async with request.form(max_files=2, max_fields=uploads.MULTIPART_FIELDS) as form:
+                if isinstance(form.get("from_job"), str) and form.get("file") is None:
+                    body = uploads.validated(ModelFromJob, {"from_job": form["from_job"],
+                                                            "name": form.get("name")})
+                    assert isinstance(body, ModelFromJob)
+                    record, created = await anyio.to_thread.run_sync(partial(
+                        _from_job, repo, store, register, caller.team, body))
+                    response.status_code = 201 if created else 200
+                    return _model(record)
                 file = uploads.form_file(form)
                 config = uploads.form_file(form, "config", required=False)
                 name = uploads.check_name(form.get("name"))

@@ -57,6 +57,11 @@ async def read_json(request: Request, model: type[BaseModel]) -> BaseModel:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ProblemError(400, "Bad request", "the body is not valid JSON", slug="bad-request") from None
+    return validated(model, data)
+
+
+def validated(model: type[BaseModel], data: object) -> BaseModel:
+    """``model`` from ``data``, or a 422 naming each bad field (``body.<field>``)."""
     try:
         return model.model_validate(data, strict=True)
     except ValidationError as exc:

@@ -69,6 +69,9 @@ def test_upload_train_generate_download_round_trip(stack, tmp_path) -> None:
                                          "num_classes": 10})
     assert reg.status_code == 201, reg.text
     assert reg.json()["source"] == f"job:{done['id']}" and reg.json()["num_images"] == 10
+    as_form = client.post("/datasets", data={"from_job": f"job:{done['id']}", "name": "again",
+                                             "num_classes": "10"})  # the documented multipart fields
+    assert as_form.status_code == 200 and as_form.json()["id"] == reg.json()["id"]
     evaluate = client.post("/jobs/evaluate", json={"model": "cnn-t", "dataset": reg.json()["ref"],
                                                    "attacks": ["pgd_ce"], "steps": 1, "limit": 4})
     assert evaluate.status_code == 202, evaluate.text
