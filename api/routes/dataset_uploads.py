@@ -69,12 +69,12 @@ def _discard(store: Any, owner: str, upload_id: str) -> None:
 
 @router.post("", status_code=201, response_model=PresignedUpload, operation_id="createDatasetUpload",
              summary="Start a presigned upload of a large data set (MinIO / S3 stores)",
-             responses=responses(401, 422, 501, 503))
+             responses=responses(400, 401, 409, 422, 503))
 def create_upload(body: UploadRequest, caller: CallerDep, store: StoreDep, settings: SettingsDep
                   ) -> PresignedUpload:
     presign = getattr(store, "presigned_put_url", None)
     if presign is None:
-        raise ProblemError(501, "Not available", "presigned uploads need the MinIO store; upload with POST "
+        raise ProblemError(409, "Not available", "presigned uploads need the MinIO store; upload with POST "
                            "/datasets (multipart) instead", slug="presigned-uploads-unavailable")
     _sweep(store, caller.team)
     upload_id = secrets.token_hex(12)
@@ -89,7 +89,7 @@ def create_upload(body: UploadRequest, caller: CallerDep, store: StoreDep, setti
                            complete=f"/datasets/uploads/{upload_id}/complete")
 
 
-@router.post("/{upload_id}/complete", status_code=201, response_model=Dataset,
+@router.post("/{upload_id:modelid}/complete", status_code=201, response_model=Dataset,
              operation_id="completeDatasetUpload", summary="Validate a presigned upload and register it",
              responses={200: {"description": "this team already has this file", "model": Dataset},
                         **responses(401, 404, 409, 413, 422, 429, 503)})

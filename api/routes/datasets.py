@@ -17,6 +17,7 @@ import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.formparsers import MultiPartException
 
 from api.deps import CallerDep, RepoDep, ServiceDep, SettingsDep, StoreDep
@@ -32,8 +33,24 @@ from core.specs import JOB_ID_PATTERN
 from core.storage import ObjectNotFound
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+DATASET_ID_REGEX = rf"[0-9a-f]{{24}}|{'|'.join(BUILTIN_DATASETS)}"
 
-DatasetId = Annotated[str, PathParam(pattern=rf"^([0-9a-f]{{24}}|{'|'.join(BUILTIN_DATASETS)})$",
+
+class _Segment(Convertor[str]):
+    """A path segment matching ``regex``; other segments match no route (404 / 405, never a 422)."""
+
+    def __init__(self, regex: str) -> None:
+        self.regex = regex
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+register_url_convertor("datasetid", _Segment(DATASET_ID_REGEX))
+register_url_convertor("modelid", _Segment(r"[0-9a-f]{24}"))
+
+DatasetId = Annotated[str, PathParam(pattern=rf"^({DATASET_ID_REGEX})$",
                                      description="a data set id (24 hex digits) or a built-in name",
                                      examples=["0190a1b2c3d4e5f6a7b8c9d0", "digits"])]
 
@@ -78,7 +95,7 @@ class DatasetFromJob(BaseModel):
 # two. The same fields also come as JSON ({"from_job": ..., "name": ...}), as the description says.
 UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
-        "type": "object", "required": ["name"], "title": "DatasetUpload",
+        "type": "object", "required": ["name"], "title": "DatasetUpload", "additionalProperties": False,
         "properties": {
             "file": {"type": "string", "format": "binary", "description": "an .npz (image uint8 N x H x W x "
                      "C, label 0..K-1, optional split train/test) or a zip of <class>/<image> folders"},
@@ -192,7 +209,8 @@ def list_datasets(caller: CallerDep, store: StoreDep, service: ServiceDep) -> Da
     return DatasetList(items=[_dataset(r) for r in [*builtins, *uploaded]])
 
 
-@router.get("/{dataset_id}", response_model=Dataset, operation_id="getDataset", summary="One data set",
+@router.get("/{dataset_id:datasetid}", response_model=Dataset, operation_id="getDataset",
+            summary="One data set",
             responses=responses(401, 404, 503))
 def get_dataset(dataset_id: DatasetId, caller: CallerDep, store: StoreDep, service: ServiceDep) -> Dataset:
     if dataset_id in BUILTIN_DATASETS:
@@ -205,13 +223,13 @@ def get_dataset(dataset_id: DatasetId, caller: CallerDep, store: StoreDep, servi
         raise ProblemError(404, "Not found", f"no data set {dataset_id}", slug="dataset-not-found") from None
 
 
-@router.delete("/{dataset_id}", status_code=204, operation_id="deleteDataset",
-               summary="Delete an uploaded data set (409 while an unfinished job uses it)",
-               responses={204: {"description": "deleted"}, **responses(401, 404, 405, 409, 503)})
+@router.delete("/{dataset_id:datasetid}", status_code=204, operation_id="deleteDataset",
+               summary="Delete an uploaded data set (409 while an unfinished job uses it, or a built-in)",
+               responses={204: {"description": "deleted"}, **responses(401, 404, 409, 503)})
 def delete_dataset(dataset_id: DatasetId, caller: CallerDep, store: StoreDep) -> Response:
     if dataset_id in BUILTIN_DATASETS:
-        raise ProblemError(405, "Method not allowed", f"{dataset_id} is a built-in data set (read-only)",
-                           slug="builtin-read-only", headers={"Allow": "GET"})
+        raise ProblemError(409, "Read-only", f"{dataset_id} is a built-in data set (read-only)",
+                           slug="builtin-read-only")
     try:
         Registry(store).delete("datasets", dataset_id, scope=caller.scope,
                                users=lambda ref: jobs_using(store, ref))

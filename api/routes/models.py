@@ -62,7 +62,7 @@ class ModelFromJob(BaseModel):
 # One documented content type, as for POST /datasets; JSON {"from_job", "name"} is accepted too.
 UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
-        "type": "object", "required": ["name"], "title": "ModelUpload",
+        "type": "object", "required": ["name"], "title": "ModelUpload", "additionalProperties": False,
         "properties": {
             "from_job": {"type": "string", "pattern": rf"^job:{JOB_ID_PATTERN}$", "description": "instead "
                          "of `file`: promote the model of a succeeded training job of your team"},
@@ -163,7 +163,8 @@ def list_models(caller: CallerDep, store: StoreDep) -> ModelList:
     return ModelList(items=[_model(r) for r in Registry(store).list("models", scope=caller.scope)])
 
 
-@router.get("/{model_id}", response_model=RegisteredModel, operation_id="getModel", summary="One model",
+@router.get("/{model_id:modelid}", response_model=RegisteredModel, operation_id="getModel",
+            summary="One model",
             responses=responses(401, 404, 503))
 def get_model(model_id: ModelId, caller: CallerDep, store: StoreDep) -> RegisteredModel:
     try:
@@ -172,7 +173,7 @@ def get_model(model_id: ModelId, caller: CallerDep, store: StoreDep) -> Register
         raise ProblemError(404, "Not found", f"no model {model_id}", slug="model-not-found") from None
 
 
-@router.delete("/{model_id}", status_code=204, operation_id="deleteModel",
+@router.delete("/{model_id:modelid}", status_code=204, operation_id="deleteModel",
                summary="Delete a registered model (409 while an unfinished job uses it)",
                responses={204: {"description": "deleted"}, **responses(401, 404, 409, 503)})
 def delete_model(model_id: ModelId, caller: CallerDep, store: StoreDep) -> Response:

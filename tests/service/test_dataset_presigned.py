@@ -75,4 +75,4 @@ def test_a_bad_presigned_file_is_refused_and_removed(minio_client) -> None:
 
 def test_the_local_store_has_no_presigned_uploads(client) -> None:
     reply = client.post("/datasets/uploads", json={"name": "x"})
-    assert reply.status_code == 501 and "POST /datasets" in reply.json()["detail"]
+    assert reply.status_code == 409 and "POST /datasets" in reply.json()["detail"]
