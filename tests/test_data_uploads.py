@@ -67,3 +67,23 @@ def test_every_bad_file_is_refused_naming_the_field(tmp_path, case: str) -> None
         _validate(data, tmp_path)
     assert f"body.{err.value.field}" == field, err.value.message
     assert len(err.value.message) < 300
+
+
+def test_a_registration_that_fails_midway_leaves_nothing(tmp_path) -> None:
+    """The store fails on the record (the last write): the data object and the marker are removed again."""
+    from core.jobs.datasets import register_upload
+    from core.jobs.registry import Registry
+    from core.storage import MemoryStore, StorageError
+
+    class FailingRecords(MemoryStore):
+        def put_json(self, key, value, *, allow_nan=False):
+            if key.endswith("record.json"):
+                raise StorageError("store went away")
+            return super().put_json(key, value, allow_nan=allow_nan)
+
+    store = FailingRecords()
+    images, labels = good_arrays(n=20)
+    with pytest.raises(StorageError):
+        register_upload(Registry(store), "team", "x", io.BytesIO(npz(image=images, label=labels)),
+                        max_uncompressed=LIMIT, quota_bytes=None, scratch=tmp_path)
+    assert list(store.list("")) == [] and list(tmp_path.iterdir()) == []
