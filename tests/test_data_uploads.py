@@ -87,3 +87,13 @@ def test_a_registration_that_fails_midway_leaves_nothing(tmp_path) -> None:
         register_upload(Registry(store), "team", "x", io.BytesIO(npz(image=images, label=labels)),
                         max_uncompressed=LIMIT, quota_bytes=None, scratch=tmp_path)
     assert list(store.list("")) == [] and list(tmp_path.iterdir()) == []
+
+
+def test_compressed_npz_and_a_column_of_labels_are_accepted(tmp_path) -> None:
+    images, labels = good_arrays(n=20)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, image=images, label=labels.reshape(-1, 1).astype(np.uint8))
+    summary = _validate(buffer.getvalue(), tmp_path)
+    assert summary.num_images == 20 and summary.class_counts == [2] * 10
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as out:
+        assert np.array_equal(out["image"], images) and out["label"].tolist() == labels.tolist()

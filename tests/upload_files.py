@@ -69,6 +69,16 @@ def _lying_size() -> bytes:
     return raw.replace(real, (100).to_bytes(4, "little"))
 
 
+def _short_image_member() -> bytes:
+    """An image.npy whose header declares 60 images but whose data holds 30."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (60, 16, 16, 1)})
+    label = io.BytesIO()
+    np.save(label, np.arange(60) % 10)
+    return zip_of({"image.npy": header.getvalue() + b"\0" * (30 * 256), "label.npy": label.getvalue()})
+
+
 def bad_files() -> dict[str, tuple[bytes, str]]:
     """name -> (file bytes, the errors[].field the API must name)."""
     images, labels = good_arrays()
@@ -85,6 +95,11 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
                        "body.file.image"),
         "2-d images": (npz(image=np.zeros((4, 64), np.uint8), label=np.zeros(4, np.int64)),
                        "body.file.image"),
+        "channels first": (npz(image=np.zeros((4, 3, 8, 8), np.uint8), label=np.zeros(4, np.int64)),
+                           "body.file.image"),
+        "image data shorter than its header": (_short_image_member(), "body.file.image"),
+        "object array beside the images": (npz(image=images, label=labels, meta=np.array([{}], dtype=object)),
+                                           "body.file.meta"),
         "float labels": (npz(image=images, label=labels.astype(np.float64)), "body.file.label"),
         "bool labels": (npz(image=images, label=labels > 3), "body.file.label"),
         "negative label": (npz(image=images, label=labels - 1), "body.file.label"),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -153,7 +154,9 @@ def _npz(archive: zipfile.ZipFile, target: Path, budget: _Budget) -> UploadSumma
     if len(shape) == 3:
         shape = (*shape, 1)
     if len(shape) != 4 or shape[3] not in (1, 3):
-        raise UploadError("file.image", f"image must be N x H x W x C with C in {{1, 3}}, got shape {shape}")
+        hint = " (channels first? store N x H x W x C)" if len(shape) == 4 and shape[1] in (1, 3) else ""
+        raise UploadError("file.image", f"image must be N x H x W x C with C in {{1, 3}}, got shape "
+                          f"{shape}{hint}")
     if min(shape) == 0:
         raise UploadError("file.image", f"image is empty (shape {shape})")
     if shape[1] * shape[2] > MAX_IMAGE_PIXELS:
@@ -165,6 +168,8 @@ def _npz(archive: zipfile.ZipFile, target: Path, budget: _Budget) -> UploadSumma
     labels = _small_array(archive, members[label_key], budget, "label")
     if labels.dtype.kind not in "iu" or labels.dtype == np.bool_:
         raise UploadError("file.label", f"label must be integers, got {labels.dtype}")
+    if labels.ndim == 2 and labels.shape[1] == 1:  # N x 1 (a column of labels)
+        labels = labels[:, 0]
     if labels.ndim != 1 or len(labels) != shape[0]:
         raise UploadError("file.label", f"label must hold one integer per image ({shape[0]}), got shape "
                           f"{labels.shape}")
@@ -175,21 +180,34 @@ def _npz(archive: zipfile.ZipFile, target: Path, budget: _Budget) -> UploadSumma
     labels = labels.astype(np.int64)
     split = _split(archive, members, budget, len(labels)) if "split" in members else None
     with NpzWriter(target) as out:
-        with out.array("image", np.uint8, shape) as add, archive.open(members[image_key]) as stream:
-            read_npy_header(stream)
-            row = shape[1] * shape[2] * shape[3]
-            pending = b""
-            rows_per_piece = max(1, _PIECE // row)
-            while chunk := budget.read(stream, rows_per_piece * row, image_key):
-                pending += chunk
-                whole = len(pending) // row
-                if whole:
-                    add(np.frombuffer(pending[:whole * row], np.uint8).reshape(whole, *shape[1:]))
-                    pending = pending[whole * row:]
+        try:
+            _copy_images(archive, members[image_key], shape, out, budget, image_key)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            if isinstance(exc, UploadError):
+                raise
+            raise UploadError("file.image", f"image: its data does not fill the declared shape {shape} "
+                              f"({str(exc)[:80]})") from None
         out.write("label", labels)
         if split is not None:
             out.write("split", split)
     return _summary(labels, list(shape[1:]), None, split)
+
+
+def _copy_images(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple[int, ...], out: NpzWriter,
+                 budget: _Budget, name: str) -> None:
+    with out.array("image", np.uint8, shape) as add, archive.open(info) as stream:
+        read_npy_header(stream)
+        row = shape[1] * shape[2] * shape[3]
+        pending = b""
+        rows_per_piece = max(1, _PIECE // row)
+        while chunk := budget.read(stream, rows_per_piece * row, name):
+            pending += chunk
+            whole = len(pending) // row
+            if whole:
+                add(np.frombuffer(pending[:whole * row], np.uint8).reshape(whole, *shape[1:]))
+                pending = pending[whole * row:]
+        if pending:
+            raise ValueError(f"{len(pending)} bytes beyond the last whole image")
 
 
 def _small_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget, name: str) -> np.ndarray:
