@@ -33,8 +33,13 @@ def download(http: httpx.Client, job_id: str, out: Path, *, artifact: str = "dat
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.part-{os.getpid()}")
     digest = hashlib.sha256()
+    url = entry["url"]
+    # a presigned URL (MinIO) carries its own signature: fetched without the API key, which S3 would refuse
+    # beside it; the API's own download route (local store) with it
+    own = not url.startswith(("http://", "https://")) or httpx.URL(url).host == http.base_url.host
+    fetch = http if own else httpx.Client(timeout=300, follow_redirects=True)
     try:
-        with http.stream("GET", entry["url"]) as reply:
+        with fetch.stream("GET", url) as reply:
             if reply.status_code != 200:
                 reply.read()
                 raise ValueError(f"job {job_id}: {artifact}: {_reason(reply)}")
@@ -50,6 +55,8 @@ def download(http: httpx.Client, job_id: str, out: Path, *, artifact: str = "dat
         partial.replace(out)
     finally:
         partial.unlink(missing_ok=True)
+        if fetch is not http:
+            fetch.close()
     return out
 
 

@@ -73,6 +73,40 @@ def test_a_bad_presigned_file_is_refused_and_removed(minio_client) -> None:
     assert client.post("/datasets/uploads/" + "0" * 24 + "/complete").status_code == 404
 
 
+def test_multipart_upload_and_delete_on_the_minio_store(minio_client) -> None:
+    client, store = minio_client
+    created = client.post("/datasets", files={"file": ("a.npz", good_npz(n=30), "application/octet-stream")},
+                          data={"name": "on s3"})
+    assert created.status_code == 201, created.text
+    ds = created.json()
+    assert client.get(f"/datasets/{ds['id']}").json()["num_images"] == 30
+    assert client.delete(f"/datasets/{ds['id']}").status_code == 204
+    assert [i.key for i in store.list("registry/")] == []
+
+
 def test_the_local_store_has_no_presigned_uploads(client) -> None:
     reply = client.post("/datasets/uploads", json={"name": "x"})
     assert reply.status_code == 409 and "POST /datasets" in reply.json()["detail"]
+
+
+def test_cdp_download_follows_a_presigned_url(minio_client, redis_client, tmp_path) -> None:
+    import numpy as np
+
+    from core.cli.download import download
+    from core.jobs.artifacts import write_manifest
+    from core.jobs.records import JobRepository
+    from core.specs import GenerateSpec, JobPlan
+
+    client, store = minio_client
+    spec = GenerateSpec(dataset="digits", model="unet-t", classifier="cnn-t", count=4)
+    repo = JobRepository(store, redis_client)
+    job = repo.create(kind="generate", owner="anonymous", input=spec.model_dump(mode="json"),
+                      plan=JobPlan(shards=1))
+    data = good_npz(n=4)
+    store.put_bytes(f"jobs/{job.id}/dataset.npz", data)
+    write_manifest(store, job.id)
+    entry = next(a for a in client.get(f"/jobs/{job.id}/artifacts").json()["items"]
+                 if a["name"] == "dataset.npz")
+    assert entry["url"].startswith("http://127.0.0.1:")  # presigned, on the S3 server
+    out = download(client, job.id, tmp_path / "d.npz", quiet=True)
+    assert out.read_bytes() == data and np.load(out, allow_pickle=False)["image"].shape == (4, 16, 16, 1)

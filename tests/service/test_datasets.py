@@ -102,6 +102,10 @@ def test_bad_fields_of_the_form(client, store) -> None:
 def test_image_folder_zip_and_a_spec_with_an_unknown_ref(client) -> None:
     reply = upload(client, folder_zip(classes=2, per_class=5, size=8))
     assert reply.status_code == 201 and reply.json()["class_names"] == ["c0", "c1"]
+    experiment = client.post("/jobs/experiment", json={
+        "dataset": reply.json()["ref"], "seeds": [0], "arms": [{"name": "real only"}],
+        "trades": {"epochs": 1}, "evaluation": {"attacks": ["pgd_ce"], "steps": 1, "limit": 4}})
+    assert experiment.status_code == 202, experiment.text
     bad = client.post("/jobs/train", json={"kind": "classifier", "dataset": "ds:" + "f" * 24, "epochs": 1})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.dataset"
     bad = client.post("/jobs/train", json={"kind": "classifier", "dataset": "ds:nope", "epochs": 1})
