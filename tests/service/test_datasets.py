@@ -164,6 +164,11 @@ def test_upload_over_the_size_limit_is_a_413(service_env, monkeypatch, client, s
     with TestClient(create_app(get_settings(), store=store)) as small:
         reply = upload(small, good_npz(n=60))
         assert reply.status_code == 413 and "CDP_MAX_UPLOAD_BYTES = 4096" in reply.json()["detail"]
+        body = (b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.npz\"\r\n\r\n"
+                + good_npz(n=60) + b"\r\n--B--\r\n")
+        chunked = small.post("/datasets", content=iter([body[i:i + 1000] for i in range(0, len(body), 1000)]),
+                             headers={"content-type": "multipart/form-data; boundary=B"})
+        assert chunked.status_code == 413 and "CDP_MAX_UPLOAD_BYTES" in chunked.json()["detail"]
         assert upload(small, good_npz(n=2, size=4)).status_code == 201  # small ones still pass
     get_settings.cache_clear()
 

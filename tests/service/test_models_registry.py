@@ -64,7 +64,6 @@ def test_register_models_and_generate_with_them(stack, tiny_models, tmp_path) ->
         "dataset": "digits", "model": diffusion["ref"], "classifier": classifier["ref"], "count": 6,
         "steps": 2, "schedule": "uniform", "batch_size": 8, "loss": "hnm", "lam": 10.0})
     assert gen.status_code == 202, gen.text
-    assert client.delete(f"/models/{diffusion['id']}").status_code in (204, 409)  # 409 while it runs
     done = stack.wait(gen.json()["id"], until={"succeeded", "failed", "canceled"}, timeout=120)
     assert done["status"] == "succeeded", done["error"]
 
@@ -103,7 +102,8 @@ def test_bad_models_are_refused_and_nothing_is_stored(client, store, tiny_models
     assert [i.key for i in store.list("registry/")] == []
 
 
-def test_models_of_another_team_are_not_found(service_env, monkeypatch, tmp_path, tiny_models) -> None:
+def test_models_of_another_team_are_not_found(service_env, monkeypatch, tmp_path, tiny_models,
+                                              redis_client) -> None:
     path = tmp_path / "keys.json"
     a = {"Authorization": f"Bearer {create_key(path, team='team-a')[1]}"}
     b = {"Authorization": f"Bearer {create_key(path, team='team-b')[1]}"}
@@ -116,7 +116,8 @@ def test_models_of_another_team_are_not_found(service_env, monkeypatch, tmp_path
 
     settings = get_settings()
     shutil.copytree(tiny_models / "cnn-t", settings.model_dir / "cnn-t")
-    with TestClient(create_app(settings, store=LocalStore(settings.store_root))) as client:
+    with TestClient(create_app(settings, store=LocalStore(settings.store_root),
+                               redis_client=redis_client)) as client:
         mine = post_model(client, zipped(tiny_models / "unet-t"), headers=a).json()
         assert client.get(f"/models/{mine['id']}", headers=b).status_code == 404
         assert client.delete(f"/models/{mine['id']}", headers=b).status_code == 404
@@ -124,5 +125,12 @@ def test_models_of_another_team_are_not_found(service_env, monkeypatch, tmp_path
         spec = {"dataset": "digits", "model": mine["ref"], "classifier": "cnn-t", "count": 4}
         refused = client.post("/jobs/generate", json=spec, headers=b)
         assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "body.model"
+        queued = client.post("/jobs/generate", json=spec, headers=a)  # no worker here: it stays queued
+        assert queued.status_code == 202, queued.text
+        in_use = client.delete(f"/models/{mine['id']}", headers=a)
+        assert in_use.status_code == 409 and queued.json()["id"] in in_use.json()["detail"]
+        from core.jobs.records import JobRepository
+
+        JobRepository(LocalStore(settings.store_root), redis_client).finish(queued.json()["id"], "canceled")
         assert client.delete(f"/models/{mine['id']}", headers=a).status_code == 204
         assert client.get(f"/models/{mine['id']}", headers=a).status_code == 404
