@@ -14,7 +14,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from api import access, auth, console, docs, document, metrics, problems
-from api.routes import health, jobs, pipelines
+from api.routes import dataset_uploads, datasets, health, jobs, models, pipelines, uploads
 from api.session import Sessions
 from core.jobs import waiting
 from core.jobs.apikeys import KeyRing
@@ -77,7 +77,8 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     # Innermost first: bodies over CDP_MAX_BODY_BYTES are refused (413), but only after the key was checked
     # (Gate: 401 before any body is read); CatchAll answers what escapes; Observe counts every request.
     app.state.max_body_bytes = settings.max_body_bytes
-    app.add_middleware(auth.BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(auth.BodyLimit, max_bytes=settings.max_body_bytes, upload_paths=uploads.UPLOAD_PATHS,
+                       max_upload_bytes=settings.max_upload_bytes)
     secret = settings.session_secret.get_secret_value() if settings.session_secret else None
     sessions = Sessions(keys, secret)
     app.add_middleware(auth.Gate, keys=keys, sessions=sessions)
@@ -86,6 +87,9 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     app.add_middleware(access.RequestId)  # outermost: every reply and log line of a request has its id
     app.include_router(jobs.router)
     app.include_router(pipelines.router)
+    app.include_router(dataset_uploads.router)  # before /datasets/{id}
+    app.include_router(datasets.router)
+    app.include_router(models.router)
     app.include_router(health.router)
     docs.install(app)
     console.install(app, sessions)

@@ -104,8 +104,8 @@ def _bearer(scope: Scope) -> str:
 
 
 class BodyTooLarge(HTTPException):
-    def __init__(self) -> None:
-        super().__init__(413, "request body too large")
+    def __init__(self, detail: str = "request body too large") -> None:
+        super().__init__(413, detail)
 
 
 class BodyLimit(HttpMiddleware):
@@ -113,15 +113,20 @@ class BodyLimit(HttpMiddleware):
     read exceed it (FastAPI re-raises an HTTPException met while reading the body, so the problem handler
     answers). Starlette's own limit middleware sends a plain response of its own, hence this one."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, upload_paths: frozenset[str] = frozenset(),
+                 max_upload_bytes: int = 0) -> None:
         super().__init__(app)
         self.max_bytes = max_bytes
+        self.upload_paths, self.max_upload_bytes = upload_paths, max_upload_bytes
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        upload = scope["path"] in self.upload_paths and scope.get("method") == "POST"
+        limit = self.max_upload_bytes if upload else self.max_bytes
+        what = (f"the upload exceeds CDP_MAX_UPLOAD_BYTES = {limit} bytes" if upload
+                else f"the request body exceeds {limit} bytes")
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                response = problem_response(Request(scope), 413, "Request body too large",
-                                            f"the request body exceeds {self.max_bytes} bytes",
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                response = problem_response(Request(scope), 413, "Request body too large", what,
                                             slug="request-body-too-large")
                 await response(scope, receive, send)
                 return
@@ -132,8 +137,8 @@ class BodyLimit(HttpMiddleware):
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge
+                if received > limit:
+                    raise BodyTooLarge(what)
             return message
 
         await self.app(scope, counting_receive, send)

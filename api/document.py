@@ -49,10 +49,16 @@ def artifact_content() -> dict[str, Any]:
 
 
 def dataset_schema(available: Sequence[str]) -> dict[str, Any]:
-    """The JSON Schema of a spec's ``dataset`` field on a server that can load ``available``."""
-    return {"type": "string", "enum": list(available), "title": "Dataset",
+    """The JSON Schema of a spec's ``dataset`` field on a server that can load ``available``: one of those
+    built-ins, or ``ds:<id>`` of a data set the caller's team uploaded (an unknown or foreign one is a 404)."""
+    from core.specs.common import DATASET_REF_PATTERN
+
+    return {"anyOf": [{"type": "string", "enum": list(available)},
+                      {"type": "string", "pattern": rf"^{DATASET_REF_PATTERN}$"}],
+            "title": "Dataset",
             "description": "a data set this server has (built-ins whose files are present: "
-                           f"{', '.join(available)})"}
+                           f"{', '.join(available)}), or `ds:<id>` of one your team uploaded (POST /datasets; "
+                           "an absent one is a 404)"}
 
 
 # Request examples that a fresh server (no models, no finished jobs) accepts, by schema name.
@@ -65,9 +71,11 @@ FRESH_EXAMPLES: dict[str, list[dict[str, Any]]] = {
 # Specs that name models or jobs which must exist first: what their example needs.
 NEEDS_MODELS = ("`model` and `classifier` name finished training jobs (`job:<id>` of a diffusion and a "
                 "classifier job of yours, e.g. from `POST /jobs/train`) or models in the server's model "
-                "directory; an absent one is a 404, an unfinished one or one of the wrong kind a 409.")
-NEEDS_MODEL = ("`model` names a finished classifier or TRADES training job (`job:<id>`) or a model in the "
-               "server's model directory; an absent one is a 404, an unfinished one a 409.")
+                "directory, or `model:<id>` of a registered model; an absent one is a 404, one of the wrong "
+                "kind or a job that failed a 409, and an unfinished job makes this one wait for it.")
+NEEDS_MODEL = ("`model` names a classifier or TRADES training job (`job:<id>`), a registered model "
+               "(`model:<id>`) or a model in the server's model directory; an absent one is a 404, a failed "
+               "job a 409, and an unfinished one makes this job wait for it.")
 CROSS_FIELD = {
     "GenerateSpec": "`guidance_window` is [lo, hi] with lo <= hi.",
     "TrainSpec": "`synthetic` and `oracle` only with kind `trades` (`oracle` only on mnist5k / mnist5k16), "

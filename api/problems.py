@@ -110,10 +110,13 @@ def install(app: FastAPI) -> None:
                   405: "Method not allowed", 413: "Request body too large"}
         title = titles.get(exc.status_code, "Error")
         detail = str(exc.detail or "")
-        if exc.status_code == 413:
+        if exc.status_code == 413 and "CDP_MAX_UPLOAD_BYTES" not in detail:
             detail = f"the request body exceeds {getattr(app.state, 'max_body_bytes', '?')} bytes"
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405 and headers and "Allow" in headers:
+            headers = {**headers, "Allow": _allowed_methods(app, request, headers["Allow"])}
         return problem_response(request, exc.status_code, title, clip(detail),
-                                slug=title.lower().replace(" ", "-"), headers=getattr(exc, "headers", None))
+                                slug=title.lower().replace(" ", "-"), headers=headers)
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         if not is_dependency_error(exc):  # a missing object or a bad key that a route did not expect
@@ -170,15 +173,30 @@ class CatchAll(HttpMiddleware):
             await response(scope, receive, send)
 
 
+def _allowed_methods(app: FastAPI, request: Request, first: str) -> str:
+    """Every documented method at this path (Starlette's 405 names only the first matching route's)."""
+    methods = {m.strip() for m in first.split(",") if m.strip()}
+    route = request.scope.get("route")
+    template = getattr(route, "path_format", None)
+    item = app.openapi().get("paths", {}).get(template, {}) if template else {}
+    methods |= {m.upper() for m in item if m in ("get", "put", "post", "delete", "patch", "head", "options")}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
 # Documented error responses for the OpenAPI document.
 _TEXT = {
     400: "The request body is not valid JSON",
     401: "Missing or unknown API key (`Authorization: Bearer <key>`)",
     403: "The API key's role may not do this",
-    404: "No such job (or not yours)",
+    404: "No such job, data set or model (or not yours)",
     409: "Not available in the job's current state (or a request with the same Idempotency-Key is still "
-         "being processed)",
-    413: "The request body is larger than the server's limit (CDP_MAX_BODY_BYTES)",
+         "being processed; a data set or model still in use, or built in; presigned uploads on a store "
+         "without them)",
+    413: "The request body is larger than the server's limit (CDP_MAX_BODY_BYTES; uploads: "
+         "CDP_MAX_UPLOAD_BYTES)",
+    415: "The body must be multipart/form-data (an upload) or application/json",
     422: "Invalid request (see `errors`, one entry per bad field)",
     429: "A quota of the caller's team is used up; retry after `Retry-After` seconds",
     503: "A dependency (Redis or storage) is unavailable; retry after `Retry-After` seconds",

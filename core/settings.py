@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     max_wait_seconds: float = Field(default=60.0, ge=0, le=3600)
     # Largest request body the API reads, bytes (HTTP 413 beyond it).
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Uploads (POST /datasets, POST /models, presigned uploads): the largest file, bytes (HTTP 413), the
+    # most bytes an archive may inflate to (declared and actually read; HTTP 422), and what one team may
+    # store in the registry, bytes (HTTP 429 with the figures).
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    max_uncompressed_bytes: int = Field(default=8 * 1024**3, ge=1024)
+    quota_storage_bytes: int = Field(default=20 * 1024**3, ge=0)
     # Log format of the API and the workers: "json" (one object per line with job_id, unit, owner, attempt
     # where known) or "text".
     log_format: Literal["json", "text"] = "json"

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 # Modules under core.cli that register sub-commands, in the order `cdp --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "simulate", "config", "keys", "toy2d", "up", "demo", "experiment", "wait", "evaluate", "train",
-    "generate", "convert",
+    "generate", "convert", "download",
 )  # fmt: skip
 
 

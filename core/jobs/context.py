@@ -36,6 +36,8 @@ from core.jobs.dependencies import is_dependency_error
 from core.jobs.leases import DeadlineExceeded, Lease, LeaseLost
 from core.jobs.queue import Enqueuer
 from core.jobs.records import JobNotFound, JobRepository
+from core.jobs.registry import MODEL_REF, ref_id
+from core.jobs.registry import model_prefix as registry_model_prefix
 from core.progress import Cancelled, ProgressEvent, Stage
 from core.specs import JobKind, JobRecord, JobStatus, Progress, job_id_of
 from core.storage import ObjectStore
@@ -84,6 +86,13 @@ class ModelCache:
 
     def local_path(self, ref: str) -> Path:
         """A model directory on local disk: a model-dir entry, or a training job's output (downloaded)."""
+        registered = ref_id(ref, MODEL_REF)
+        if registered is not None:  # a model of the registry (POST /models)
+            target = self.ctx.work_dir / "registered-models" / registered
+            if not (target / ".complete").exists():
+                download_prefix(self.ctx.store, registry_model_prefix(registered), target)
+                (target / ".complete").write_text("ok")
+            return target
         job_id = job_id_of(ref)
         if job_id is None:
             return self.ctx.model_dir / ref

@@ -60,11 +60,12 @@ def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lea
                  ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     import torch
 
-    from core.data import load_dataset
+    from core.jobs.datasets import dataset_root, load_split
     from core.training.attacks import check_gradient_masking, per_sample_robustness, sanity_verdicts
 
     model = ctx.models.get("classifier", spec.model)
-    data = load_dataset(spec.dataset, spec.split, root=ctx.data_root)
+    root = dataset_root(ctx.store, spec.dataset, data_root=ctx.data_root, work_dir=ctx.work_dir)
+    data = load_split(spec.dataset, spec.split, root=root)
     index = data.limit_index(spec.limit)
     x_all, y_all = data.subset(index).to_tensors("cpu")
     n = int(y_all.shape[0])

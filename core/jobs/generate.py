@@ -4,7 +4,8 @@
   shard already in the store is complete (objects appear atomically) and is not redone. When the last shard
   lands, the finalize unit is enqueued (unless it already has a message; a duplicate would find the job
   finished).
-- ``run_finalize``: metrics, preview grid, then the manifest, written LAST, then the job succeeds.
+- ``run_finalize``: metrics, preview grid, the one-file export ``dataset.npz`` (:mod:`core.jobs.exports`),
+  then the manifest, written LAST, then the job succeeds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from core.data.images import grid_png
 from core.jobs import keys
 from core.jobs.artifacts import jsonable, npy_bytes, npz_bytes, write_manifest
 from core.jobs.context import JobProgress, WorkerContext, run_unit, unit_seed
+from core.jobs.datasets import dataset_root, load_split
+from core.jobs.exports import write_export
 from core.jobs.leases import Lease
 from core.jobs.queue import job_priority
 from core.jobs.reconcile import shard_count
@@ -74,9 +77,8 @@ def _generate_shard_arrays(ctx: WorkerContext, job: JobRecord, spec: GenerateSpe
                  else None)
     real_images = None
     if spec.strategy in options.REAL_STRATEGIES:
-        from core.data import load_dataset
-
-        real_images = load_dataset(spec.dataset, "train", root=ctx.data_root).images
+        root = dataset_root(ctx.store, spec.dataset, data_root=ctx.data_root, work_dir=ctx.work_dir)
+        real_images = load_split(spec.dataset, "train", root=root).images
     params = GenerationParams.from_spec(spec)
     done_before = ctx.repo.shards_done(job.id)
     progress = JobProgress(ctx, job.id, "generate", offset=done_before / n_shards, scale=1 / n_shards)
@@ -136,7 +138,6 @@ def load_shards(store: ObjectStore, job_id: str, n_shards: int) -> dict[str, np.
 def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> str:
     def work(job: JobRecord, lease: Lease) -> str:
         spec = job.generate_spec()
-        from core.data import load_dataset
         from core.generation import sample_metrics, sample_quality, train_on_synthetic_test_on_real
         from core.quality import sample_warnings
 
@@ -149,12 +150,13 @@ def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") ->
             ctx.store.put_bytes(keys.job_prefix(job_id) + "selected.npz",
                                 npz_bytes(image=images, label=labels))
         metrics = dict(sample_metrics(classifier, images, labels))
-        train = load_dataset(spec.dataset, "train", root=ctx.data_root)
+        root = dataset_root(ctx.store, spec.dataset, data_root=ctx.data_root, work_dir=ctx.work_dir)
+        train = load_split(spec.dataset, "train", root=root)
         judge = ctx.models.get("classifier", spec.judge) if spec.judge is not None else None
         metrics.update(sample_quality(images, labels, real_images_uint8_nhwc=train.images, judge=judge,
                                       num_classes=train.info.num_classes, device=ctx.device))
         if spec.tstr:
-            test = load_dataset(spec.dataset, "test", root=ctx.data_root)
+            test = load_split(spec.dataset, "test", root=root)
             metrics["tstr_accuracy"] = train_on_synthetic_test_on_real(
                 images, labels, test.images, test.labels, num_classes=train.info.num_classes, seed=spec.seed,
                 device=ctx.device)
@@ -174,6 +176,7 @@ def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") ->
             log.warning("job %s: %s", job_id, warning)
         ctx.store.put_json(keys.metrics_key(job_id), jsonable(metrics))
         ctx.store.put_bytes(keys.preview_key(job_id), grid_png(images), content_type="image/png")
+        write_export(ctx.store, job_id, shard_count(job, ctx.shard_size), work_dir=ctx.work_dir)
         lease.check()
         write_manifest(ctx.store, job_id)
         ctx.repo.finish(job_id, "succeeded", warnings=metrics["warnings"])

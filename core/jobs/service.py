@@ -22,6 +22,7 @@ from core.jobs.idempotency import IdempotencyMismatch, body_digest
 from core.jobs.queue import Enqueuer, job_priority
 from core.jobs.quotas import QuotaExceeded, Quotas, charges_of
 from core.jobs.records import JobNotFound, JobRepository, new_job_id
+from core.jobs.registry import DATASET_REF, MODEL_REF, EntryNotFound, Registry, ref_id
 from core.options import DATASET_NAMES
 from core.specs import (
     EvaluateSpec,
@@ -63,6 +64,21 @@ class InvalidReference(ValueError):
         return {404: "reference-not-found", 409: "reference-not-usable"}.get(self.status, "invalid-reference")
 
 
+def check_model_ref(registry: Registry, loc: tuple[str | int, ...], ref: str, *, owner: str,
+                    kinds: tuple[str, ...]) -> None:
+    """A ``model:<id>`` must be the caller's registered model of a kind that fits the field."""
+    field = ".".join(str(p) for p in loc)
+    want = "diffusion" if kinds == ("diffusion",) else "classifier"
+    try:
+        record = registry.get("models", ref_id(ref, MODEL_REF) or "", scope=owner)
+    except EntryNotFound:
+        raise InvalidReference(loc, f"{field}: {ref} does not exist; it must be a {want} model your team "
+                               "registered (GET /models)", status=404) from None
+    if record.get("kind") != want:
+        raise InvalidReference(loc, f"{field}: {ref} is a {record.get('kind')} model; it must be a {want} "
+                               "model", status=409)
+
+
 class IdempotencyConflict(ValueError):
     """The same Idempotency-Key was used with a different body."""
 
@@ -102,7 +118,7 @@ class JobService:
     def submit_generate(self, spec: GenerateSpec, *, owner: str, idempotency_key: str | None = None,
                         job_id: str | None = None) -> tuple[JobRecord, bool]:
         """Returns (job, created). ``created`` is False when an idempotent replay returned an older job."""
-        self._check_dataset(spec.dataset)
+        self._check_dataset(spec.dataset, owner)
         waiting = self._check_generate_refs((), spec, owner=owner)
         shards = math.ceil(spec.count / self.shard_size)
         plan = JobPlan(shards=shards, shard_size=self.shard_size, limits=server_limits())
@@ -121,7 +137,7 @@ class JobService:
 
     def submit_train(self, spec: TrainSpec, *, owner: str, idempotency_key: str | None = None,
                      job_id: str | None = None) -> tuple[JobRecord, bool]:
-        self._check_dataset(spec.dataset)
+        self._check_dataset(spec.dataset, owner)
         waiting = [self._check_job_ref(("synthetic", i), ref, owner=owner, kind="generate", train_kinds=None)
                    for i, ref in enumerate(spec.synthetic)]
         return self._submit("train", spec.record_input(), owner, idempotency_key,
@@ -130,7 +146,7 @@ class JobService:
 
     def submit_evaluate(self, spec: EvaluateSpec, *, owner: str, idempotency_key: str | None = None,
                         job_id: str | None = None) -> tuple[JobRecord, bool]:
-        self._check_dataset(spec.dataset)
+        self._check_dataset(spec.dataset, owner)
         waiting = self._check_model_ref(("model",), spec.model, owner=owner,
                                         kinds=_ACCEPTED_TRAIN_KINDS["classifier"])
         return self._submit("evaluate", spec.model_dump(mode="json"), owner, idempotency_key,
@@ -139,7 +155,7 @@ class JobService:
 
     def submit_experiment(self, spec: ExperimentSpec, *, owner: str, idempotency_key: str | None = None,
                           job_id: str | None = None) -> tuple[JobRecord, bool]:
-        self._check_dataset(spec.dataset)
+        self._check_dataset(spec.dataset, owner)
         waiting: list[str | None] = []
         for a, arm in enumerate(spec.arms):
             for i, ref in enumerate(arm.synthetic):
@@ -217,7 +233,15 @@ class JobService:
         except JobNotFound:
             return False
 
-    def _check_dataset(self, name: str) -> None:
+    def _check_dataset(self, name: str, owner: str) -> None:
+        upload = ref_id(name, DATASET_REF)
+        if upload is not None:
+            try:
+                Registry(self.repo.store).get("datasets", upload, scope=owner)
+            except EntryNotFound:
+                raise InvalidReference(("dataset",), f"dataset: {name} does not exist; it must be a data set "
+                                       "your team uploaded (GET /datasets)", status=404) from None
+            return
         if self.data_root is not None and not dataset_available(name, self.data_root):
             raise InvalidReference(("dataset",), f"dataset: the server has no {name!r} data set (its files "
                                    "are not in the server's data directory)")
@@ -228,6 +252,10 @@ class JobService:
         """None, or the id of the unfinished job ``ref`` names (the new job then waits for it)."""
         if job_id_of(ref) is not None:
             return self._check_job_ref(loc, ref, owner=owner, kind="train", train_kinds=kinds)
+        registered = ref_id(ref, MODEL_REF)
+        if registered is not None:
+            check_model_ref(Registry(self.repo.store), loc, ref, owner=owner, kinds=kinds)
+            return None
         if not (self.model_dir / ref).is_dir():
             field = ".".join(str(p) for p in loc)
             raise InvalidReference(loc, f"{field}: no model named {ref!r} in the server's model directory",

@@ -22,6 +22,7 @@ from typing import Any
 from core.jobs import keys
 from core.jobs.artifacts import DirectorySync, download_prefix, jsonable, write_manifest
 from core.jobs.context import JobProgress, WorkerContext, run_unit
+from core.jobs.datasets import dataset_root, load_split
 from core.jobs.leases import Lease
 from core.jobs.tracking import MODEL_CARD_FILES, TrackedProgress, Tracker, upload_tensorboard
 from core.progress import Cancelled, ProgressFn
@@ -48,7 +49,8 @@ def run_train(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> st
                           local_dir=ctx.work_dir / "tensorboard" / job_id)
         progress = TrackedProgress(JobProgress(ctx, job_id, "train", on_checkpoint=sync), tracker)
         try:
-            result = train_for_spec(spec, out_dir=out_dir, data_root=ctx.data_root, device=ctx.device,
+            data_root = dataset_root(ctx.store, spec.dataset, data_root=ctx.data_root, work_dir=ctx.work_dir)
+            result = train_for_spec(spec, out_dir=out_dir, data_root=data_root, device=ctx.device,
                                     progress=progress, synthetic_dirs=_synthetic_dirs(ctx, spec))
         except BaseException as exc:
             tracker.close("KILLED" if isinstance(exc, Cancelled) else "FAILED")
@@ -132,10 +134,9 @@ def train_for_spec(spec: TrainSpec, *, out_dir: Path, data_root: Path, device: s
 def _train_rank(*, spec: TrainSpec, out_dir: Path, data_root: Path, device: str, progress: ProgressFn | None,
                 synthetic_dirs: Sequence[Path]) -> dict[str, Any]:
     """One rank of a training job (all of it with one device); the final evaluation runs on rank 0 only."""
-    from core.data import load_dataset
     from core.training.distributed import is_main
 
-    train = load_dataset(spec.dataset, "train", root=data_root)
+    train = load_split(spec.dataset, "train", root=data_root)
     if spec.kind == "diffusion":
         from core.training.diffusion import DiffusionTrainConfig, train_diffusion
 
@@ -147,7 +148,7 @@ def _train_rank(*, spec: TrainSpec, out_dir: Path, data_root: Path, device: str,
     elif spec.kind == "classifier":
         from core.training.classifier import ClassifierTrainConfig, train_classifier
 
-        val = load_dataset(spec.dataset, "val", root=data_root)
+        val = load_split(spec.dataset, "val", root=data_root)
         config = ClassifierTrainConfig(arch=spec.arch, arch_options=dict(spec.arch_options),
                                        epochs=spec.epochs, batch_size=spec.batch_size,
                                        **({"lr": spec.lr} if spec.lr else {}))
@@ -164,11 +165,10 @@ def _train_rank(*, spec: TrainSpec, out_dir: Path, data_root: Path, device: str,
 def _evaluate(spec: TrainSpec, model_path: Path, *, data_root: Path, device: str,
               progress: ProgressFn) -> dict[str, Any]:
     """Clean and PGD (CE and CW) robust accuracy of the saved model on the test split."""
-    from core.data import load_dataset
     from core.models import load_classifier
     from core.training.attacks import evaluate_robustness
 
-    test = load_dataset(spec.dataset, "test", root=data_root)
+    test = load_split(spec.dataset, "test", root=data_root)
     x, y = test.subset(test.limit_index(spec.eval_samples)).to_tensors("cpu")
     model = load_classifier(model_path, device=device)
     return evaluate_robustness(model, x, y, eps=spec.eps, steps=spec.eval_attack_steps, device=device,
@@ -177,15 +177,15 @@ def _evaluate(spec: TrainSpec, model_path: Path, *, data_root: Path, device: str
 
 def _train_trades(spec: TrainSpec, train: Any, *, out_dir: Path, data_root: Path, device: str,
                   progress: ProgressFn | None, synthetic_dirs: Sequence[Path]) -> dict[str, Any]:
-    from core.data import load_dataset, load_synthetic
+    from core.data import load_synthetic
     from core.training.distributed import is_main
     from core.training.trades import TradesConfig, train_trades
 
-    val = load_dataset(spec.dataset, "val", root=data_root)
+    val = load_split(spec.dataset, "val", root=data_root)
     if spec.real_subset is not None:
         train = real_subset(train, spec.real_subset)
     if spec.oracle:  # R + O: the real images held out of the train split, the ceiling of more real data
-        train = train.concat(load_dataset(spec.dataset, "oracle", root=data_root))
+        train = train.concat(load_split(spec.dataset, "oracle", root=data_root))
     synthetic = (load_synthetic(list(synthetic_dirs), num_classes=train.info.num_classes)
                  if synthetic_dirs else None)
     options: dict[str, Any] = dict(arch=spec.arch, arch_options=dict(spec.arch_options), epochs=spec.epochs,

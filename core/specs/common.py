@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo
+from pydantic import AfterValidator, Field, ValidationInfo, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from core.options import DATASET_NAMES
 from core.settings import get_settings
 
 JOB_ID_PATTERN = r"[0-9a-f]{24}"
@@ -21,7 +22,11 @@ JOB_ID_PATTERN = r"[0-9a-f]{24}"
 _JOB_REF = re.compile(rf"job:({JOB_ID_PATTERN})")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # The same names as _MODEL_NAME without "..", written without a lookahead (JSON Schema and pydantic agree)
-_MODEL_REF_PATTERN = rf"^(job:{JOB_ID_PATTERN}|[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.?)$"
+_MODEL_REF_PATTERN = (rf"^(job:{JOB_ID_PATTERN}|model:[0-9a-f]{{24}}|"
+                      r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.?)$")
+_REGISTERED_MODEL = re.compile(r"model:[0-9a-f]{24}")
+DATASET_REF_PATTERN = r"ds:[0-9a-f]{24}"
+_DATASET_REF = re.compile(DATASET_REF_PATTERN)
 _SHORT = 40
 
 
@@ -47,13 +52,13 @@ Timestep = Annotated[int, Field(ge=0, le=100_000)]
 
 
 def _check_model_ref(value: str) -> str:
-    if _JOB_REF.fullmatch(value):
+    if _JOB_REF.fullmatch(value) or _REGISTERED_MODEL.fullmatch(value):
         return value
     if _MODEL_NAME.fullmatch(value) and ".." not in value:
         return value
     raise ValueError(
-        f"{short(value)} is neither 'job:<24 hex digits>' nor a model name (letters, digits, '.', '_', '-'; "
-        "no paths)"
+        f"{short(value)} is neither 'job:<24 hex digits>', 'model:<24 hex digits>' nor a model name "
+        "(letters, digits, '.', '_', '-'; no paths)"
     )
 
 
@@ -67,12 +72,29 @@ ModelRef = Annotated[
     str,
     Field(max_length=64, pattern=_MODEL_REF_PATTERN),
     AfterValidator(_check_model_ref),
-    Field(description="`job:<id>` of a training job (one not finished yet makes this job wait for it), or a "
-          "model name from the server's model "
+    Field(description="`job:<id>` of a training job (one not finished yet makes this job wait for it), "
+          "`model:<id>` of a registered model (POST /models), or a model name from the server's model "
           "directory", examples=["job:0190a1b2c3d4e5f6a7b8c9d0", "digits-unet"]),
 ]
 JobRef = Annotated[str, Field(max_length=28, pattern=rf"^job:{JOB_ID_PATTERN}$"),
                    AfterValidator(_check_job_ref), Field(examples=["job:0190a1b2c3d4e5f6a7b8c9d0"])]
+
+
+def _check_dataset_ref(value: str) -> str:
+    if value in DATASET_NAMES or _DATASET_REF.fullmatch(value):
+        return value
+    raise ValueError(f"{short(value)} is neither a built-in data set ({', '.join(DATASET_NAMES)}) nor "
+                     "'ds:<24 hex digits>' (an uploaded data set, POST /datasets)")
+
+
+DatasetRef = Annotated[
+    str, AfterValidator(_check_dataset_ref),
+    WithJsonSchema({"anyOf": [{"type": "string", "enum": list(DATASET_NAMES)},
+                              {"type": "string", "pattern": rf"^{DATASET_REF_PATTERN}$"}],
+                    "description": "a built-in data set, or `ds:<id>` of one your team uploaded "
+                                   "(POST /datasets)",
+                    "examples": ["digits", "ds:0190a1b2c3d4e5f6a7b8c9d0"]}),
+]
 
 
 def job_id_of(ref: str) -> str | None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core import options
-from core.options import DatasetName, FeatureOn, GenLoss, HeadScope, Schedule, SelectionCriterion, Strategy
+from core.options import FeatureOn, GenLoss, HeadScope, Schedule, SelectionCriterion, Strategy
 from core.settings import get_settings
 from core.specs.common import (
     MAX_SEED,
     PRIORITY_DOC,
+    DatasetRef,
     JobPriority,
     ModelRef,
     Timestep,
@@ -48,7 +49,7 @@ class GenerateSpec(BaseModel):
         },
     )
 
-    dataset: DatasetName
+    dataset: DatasetRef
     model: ModelRef
     classifier: ModelRef
     count: int = Field(ge=1, description="number of images to generate")

@@ -10,10 +10,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core import options
-from core.options import Arch, AttackName, DatasetName, Mixing, TrainKind, UnetPreset
+from core.options import Arch, AttackName, Mixing, TrainKind, UnetPreset
 from core.specs.common import (
     MAX_SEED,
     PRIORITY_DOC,
+    DatasetRef,
     JobPriority,
     JobRef,
     ModelRef,
@@ -73,7 +74,7 @@ class TrainSpec(BaseModel):
     )
 
     kind: TrainKind
-    dataset: DatasetName
+    dataset: DatasetRef
     epochs: int = Field(ge=1)
     batch_size: int = Field(default=128, ge=1)
     lr: float | None = Field(default=None, gt=0, le=10, description="learning rate; default: the trainer's")
@@ -182,7 +183,7 @@ class EvaluateSpec(EvaluationSettings):
                                          "attacks": ["pgd_ce", "pgd_cw"], "limit": 500}]},
     )
     model: ModelRef
-    dataset: DatasetName
+    dataset: DatasetRef
     priority: JobPriority = Field(default="normal", description=PRIORITY_DOC)
 
 
@@ -197,7 +198,7 @@ class ArmGeneration(GenerateSpec):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, json_schema_extra={
         "examples": [{"model": "job:0190a1b2c3d4e5f6a7b8c9d0", "classifier": "job:0190a1b2c3d4e5f6a7b8c9d1",
                       "loss": "none", "steps": 50, "schedule": "uniform"}]})
-    dataset: DatasetName | None = Field(default=None, description="default (and only allowed value): the "
+    dataset: DatasetRef | None = Field(default=None, description="default (and only allowed value): the "
                                         "experiment's dataset")
     count: int | None = Field(default=None, ge=1, description="default: the arm's count")
 
@@ -268,7 +269,7 @@ class ExperimentSpec(BaseModel):
                       "synthetic_fraction": 0.5}],
             "trades": {"epochs": 5}, "evaluation": {"attacks": ["pgd_ce", "pgd_cw"], "limit": 500}}]},
     )
-    dataset: DatasetName
+    dataset: DatasetRef
     arms: list[ExperimentArm] = Field(min_length=1, max_length=8)
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(min_length=1, max_length=10,
                                                                json_schema_extra={"uniqueItems": True})

@@ -315,6 +315,16 @@ class MinioStore(BaseStore):
         with self._errors("delete", key):
             self._client.remove_object(bucket_name=self.bucket, object_name=key)
 
+    def presigned_put_url(self, key: str, *, expires: int) -> str:
+        """A PUT URL valid for ``expires`` seconds (a client uploads one object there directly)."""
+        validate_key(key)
+        validate_expiry(expires)
+        self.ensure_bucket()
+        client = self._public_client or self._client
+        with self._errors("presign", key):
+            return client.presigned_put_object(bucket_name=self.bucket, object_name=key,
+                                               expires=timedelta(seconds=expires))
+
     def presigned_url(self, key: str, *, expires: int) -> str | None:
         """A GET URL valid for ``expires`` seconds, signed for ``public_endpoint`` when configured.
 

@@ -1,0 +1,102 @@
+"""What the upload routes (``/datasets``, ``/models``) share: the request body (multipart or JSON), names, and
+the problem documents for the registry's errors. The validation itself runs in a worker thread."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from api.problems import FieldError, ProblemError, clip
+from core.jobs.registry import EntryInUse, EntryNotFound, StorageQuotaExceeded
+
+# POST bodies of these paths may be as large as CDP_MAX_UPLOAD_BYTES (api.auth.BodyLimit)
+UPLOAD_PATHS = frozenset({"/datasets", "/models"})
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
+MAX_JSON_BYTES = 64 * 1024
+MULTIPART_FIELDS = 8
+
+
+def field_problem(status: int, title: str, field: str, message: str, *, slug: str) -> ProblemError:
+    return ProblemError(status, title, clip(message), slug=slug,
+                        errors=[FieldError(field=field, message=clip(message), type=slug)])
+
+
+def check_name(value: object, field: str = "body.name") -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise field_problem(422, "Validation error", field, "name must be 1 to 64 letters, digits, spaces, "
+                            "'.', '_' or '-', starting with a letter or digit", slug="validation-error")
+    return value
+
+
+def optional_int(value: object, field: str, *, low: int, high: int) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high or str(number) != str(value).strip():
+        raise field_problem(422, "Validation error", field, f"must be an integer in {low}..{high}",
+                            slug="validation-error")
+    return number
+
+
+async def read_json(request: Request, model: type[BaseModel]) -> BaseModel:
+    raw = await request.body()
+    if len(raw) > MAX_JSON_BYTES:
+        raise ProblemError(413, "Request body too large", f"a JSON body here is at most {MAX_JSON_BYTES} "
+                           "bytes",
+                           slug="request-body-too-large")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ProblemError(400, "Bad request", "the body is not valid JSON", slug="bad-request") from None
+    return validated(model, data)
+
+
+def validated(model: type[BaseModel], data: object) -> BaseModel:
+    """``model`` from ``data``, or a 422 naming each bad field (``body.<field>``)."""
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        errors = [FieldError(field=".".join(["body", *(str(p) for p in e["loc"])]), message=clip(e["msg"]),
+                             type=e["type"]) for e in exc.errors()]
+        raise ProblemError(422, "Validation error", "; ".join(f"{e.field}: {e.message}" for e in errors),
+                           slug="validation-error", errors=errors) from None
+
+
+def form_file(form: Any, name: str = "file", *, required: bool = True) -> UploadFile | None:
+    value = form.get(name)
+    if isinstance(value, UploadFile):
+        return value
+    if value is None and not required:
+        return None
+    raise field_problem(422, "Validation error", f"body.{name}", f"{name} must be a file part of the "
+                        "multipart body", slug="validation-error")
+
+
+def content_kind(request: Request) -> str:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: no file part
+        return "multipart"
+    if ctype == "application/json":
+        return "json"
+    raise ProblemError(415, "Unsupported media type", "send multipart/form-data (a file upload) or "
+                       "application/json ({\"from_job\": ...})", slug="unsupported-media-type")
+
+
+def registry_problem(exc: Exception) -> ProblemError:
+    if isinstance(exc, StorageQuotaExceeded):
+        return ProblemError(429, "Quota exceeded", str(exc), slug="quota-storage-bytes",
+                            headers={"Retry-After": "3600"})
+    if isinstance(exc, EntryInUse):
+        return ProblemError(409, "In use", str(exc), slug="in-use")
+    if isinstance(exc, EntryNotFound):
+        return ProblemError(404, "Not found", str(exc), slug="not-found")
+    raise exc
