@@ -50,15 +50,15 @@ def artifact_content() -> dict[str, Any]:
 
 def dataset_schema(available: Sequence[str]) -> dict[str, Any]:
     """The JSON Schema of a spec's ``dataset`` field on a server that can load ``available``: one of those
-    built-ins, or ``ds:<id>`` of a data set the caller's team uploaded (an unknown or foreign one is a 404)."""
+    built-ins, or ``ds:<id>`` of a data set the caller's team uploaded (an absent or foreign one: 404)."""
     from core.specs.common import DATASET_REF_PATTERN
 
     return {"anyOf": [{"type": "string", "enum": list(available)},
                       {"type": "string", "pattern": rf"^{DATASET_REF_PATTERN}$"}],
             "title": "Dataset",
             "description": "a data set this server has (built-ins whose files are present: "
-                           f"{', '.join(available)}), or `ds:<id>` of one your team uploaded (POST /datasets; "
-                           "an absent one is a 404)"}
+                           f"{', '.join(available)}), or `ds:<id>` of one your team uploaded "
+                           "(POST /datasets; an absent one is a 404)"}
 
 
 # Request examples that a fresh server (no models, no finished jobs) accepts, by schema name.
