@@ -26,7 +26,6 @@ from api.routes import uploads
 from core.formats.uploads import UploadError
 from core.jobs.datasets import BUILTIN_DATASETS, builtin_entry, register_upload
 from core.jobs.exports import export_key
-from core.jobs.records import JobNotFound
 from core.jobs.registry import EntryInUse, EntryNotFound, Registry, StorageQuotaExceeded, jobs_using
 from core.jobs.service import dataset_available
 from core.specs import JOB_ID_PATTERN
@@ -173,16 +172,7 @@ async def create_dataset(request: Request, response: Response, caller: CallerDep
 
 def _from_job(repo: Any, store: Any, register: Any, owner: str, body: DatasetFromJob
               ) -> tuple[dict[str, Any], bool]:
-    job_id = body.from_job.removeprefix("job:")
-    try:
-        job = repo.get(job_id, owner=owner)
-    except JobNotFound:
-        job = None
-    if job is None or job.kind != "generate" or job.status != "succeeded":
-        state = "does not exist" if job is None else f"is a {job.status} {job.kind} job"
-        raise uploads.field_problem(422, "Invalid reference", "body.from_job", f"{body.from_job} {state}; it "
-                                    "must be a succeeded generation job of your team",
-                                    slug="invalid-reference")
+    job_id = uploads.finished_job(repo, body.from_job, owner=owner, kind="generate", what="generation").id
     with tempfile.TemporaryDirectory(prefix="cdp-from-job-") as tmp:
         local = Path(tmp) / "dataset.npz"
         try:

@@ -23,7 +23,6 @@ from core.formats.uploads import UploadError
 from core.jobs import keys
 from core.jobs.artifacts import download_prefix
 from core.jobs.models_registry import register_model
-from core.jobs.records import JobNotFound
 from core.jobs.registry import EntryInUse, EntryNotFound, Registry, StorageQuotaExceeded, jobs_using
 from core.specs import JOB_ID_PATTERN
 
@@ -139,15 +138,8 @@ _PROMOTABLE = {"diffusion": "diffusion", "classifier": "classifier", "trades": "
 
 def _from_job(repo: Any, store: Any, register: Any, owner: str, body: ModelFromJob
               ) -> tuple[dict[str, Any], bool]:
-    job_id = body.from_job.removeprefix("job:")
-    try:
-        job = repo.get(job_id, owner=owner)
-    except JobNotFound:
-        job = None
-    if job is None or job.kind != "train" or job.status != "succeeded":
-        state = "does not exist" if job is None else f"is a {job.status} {job.kind} job"
-        raise uploads.field_problem(422, "Invalid reference", "body.from_job", f"{body.from_job} {state}; it "
-                                    "must be a succeeded training job of your team", slug="invalid-reference")
+    job = uploads.finished_job(repo, body.from_job, owner=owner, kind="train", what="training")
+    job_id = job.id
     with tempfile.TemporaryDirectory(prefix="cdp-promote-") as tmp:
         local = Path(tmp) / "model"
         if download_prefix(store, keys.model_prefix(job_id), local) == 0:

@@ -100,3 +100,21 @@ def registry_problem(exc: Exception) -> ProblemError:
     if isinstance(exc, EntryNotFound):
         return ProblemError(404, "Not found", str(exc), slug="not-found")
     raise exc
+
+
+def finished_job(repo: Any, ref: str, *, owner: str, kind: str, what: str) -> Any:
+    """The record of ``from_job`` ``ref``: a succeeded ``kind`` job of the caller's team. An absent (or
+    another team's) job is a 404, one of another kind or not succeeded a 409, as for job references in specs;
+    ``what`` says what it must be ("generation", "training")."""
+    from core.jobs.records import JobNotFound
+
+    try:
+        job = repo.get(ref.removeprefix("job:"), owner=owner)
+    except JobNotFound:
+        raise field_problem(404, "Reference not found", "body.from_job", f"{ref} does not exist; it must "
+                            f"be a succeeded {what} job of your team", slug="reference-not-found") from None
+    if job.kind != kind or job.status != "succeeded":
+        raise field_problem(409, "Reference not usable", "body.from_job", f"{ref} is a {job.status} "
+                            f"{job.kind} job; it must be a succeeded {what} job of your team",
+                            slug="reference-not-usable")
+    return job

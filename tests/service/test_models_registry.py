@@ -76,7 +76,7 @@ def test_register_models_and_generate_with_them(stack, tiny_models, tmp_path) ->
     assert promoted.status_code == 201, promoted.text
     assert promoted.json()["kind"] == "classifier" and promoted.json()["source"] == f"job:{trained['id']}"
     not_train = client.post("/models", json={"from_job": f"job:{done['id']}", "name": "x"})
-    assert not_train.status_code == 422 and not_train.json()["errors"][0]["field"] == "body.from_job"
+    assert not_train.status_code == 409 and not_train.json()["errors"][0]["field"] == "body.from_job"
 
 
 def test_bad_models_are_refused_and_nothing_is_stored(client, store, tiny_models, tmp_path) -> None:
