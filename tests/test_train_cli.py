@@ -79,9 +79,14 @@ def test_generate_writes_shards_preview_and_metrics(
     assert len(dataset) == 7
     assert Image.open(tmp_path / "g" / "preview.png").size[0] > 16
     assert json.loads((tmp_path / "g" / "metrics.json").read_text())["count"] == 7
-    # same seed, same images
-    run_json(capsys, [*argv[:-1], "--out", str(tmp_path / "h"), "--json"])
+    # same seed, same images; with the dataset the model learned, the set's quality and its warnings: a
+    # 1-epoch model makes noise, and cdp generate says so on stderr
+    assert main([*argv[:-1], "--out", str(tmp_path / "h"), "--quality-dataset", "digits", "--json"]) == 0
+    printed = capsys.readouterr()
+    noisy = json.loads(printed.out.strip().splitlines()[-1])
     assert np.array_equal(load_synthetic([tmp_path / "h"]).images, dataset.images)
+    assert noisy["outlier_fraction"] > 0.5 and noisy["warnings"][0].startswith("outliers:")
+    assert "warning: outliers:" in printed.err
     # an existing set is not silently replaced
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
