@@ -129,7 +129,11 @@ def _document_server_limits(schemas: dict[str, Any], settings: Settings) -> None
 def _document_datasets(schemas: dict[str, Any], available: Sequence[str]) -> None:
     for schema in schemas.values():
         properties = schema.get("properties", {})
-        if "dataset" in properties and "enum" in properties["dataset"]:
+        current = properties.get("dataset")
+        if current is None:
+            continue
+        branches = current.get("anyOf", [current])  # a built-in name, or a built-in name or ds:<id>
+        if any("enum" in branch for branch in branches):
             properties["dataset"] = dataset_schema(available)
 
 

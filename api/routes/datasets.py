@@ -95,6 +95,7 @@ class DatasetFromJob(BaseModel):
 UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["name"], "title": "DatasetUpload", "additionalProperties": False,
+        "oneOf": [{"required": ["file"]}, {"required": ["from_job"]}],  # exactly one of the two
         "properties": {
             "file": {"type": "string", "format": "binary", "description": "an .npz (image uint8 N x H x W x "
                      "C, label 0..K-1, optional split train/test) or a zip of <class>/<image> folders"},
@@ -129,7 +130,7 @@ def upload_errors(exc: Exception) -> ProblemError:
              description=DESCRIPTION, openapi_extra=UPLOAD_BODY,
              responses={200: {"description": "this team already has this file",
                                                          "model": Dataset},
-                                                    **responses(400, 401, 413, 415, 422, 429, 503)})
+                                                    **responses(400, 401, 404, 409, 413, 415, 422, 429, 503)})
 async def create_dataset(request: Request, response: Response, caller: CallerDep, store: StoreDep,
                          repo: RepoDep, settings: SettingsDep) -> Dataset:
     registry = Registry(store)

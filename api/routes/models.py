@@ -62,6 +62,8 @@ class ModelFromJob(BaseModel):
 UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["name"], "title": "ModelUpload", "additionalProperties": False,
+        "oneOf": [{"required": ["file"]}, {"required": ["from_job"]}],  # exactly one of the two
+        "dependentRequired": {"config": ["file"]},
         "properties": {
             "from_job": {"type": "string", "pattern": rf"^job:{JOB_ID_PATTERN}$", "description": "instead "
                          "of `file`: promote the model of a succeeded training job of your team"},
@@ -91,7 +93,7 @@ def _model(record: dict[str, Any]) -> RegisteredModel:
              description=DESCRIPTION, openapi_extra=UPLOAD_BODY,
              responses={200: {"description": "this team already has this model",
                                                          "model": RegisteredModel},
-                                                    **responses(400, 401, 413, 415, 422, 429, 503)})
+                                                    **responses(400, 401, 404, 409, 413, 415, 422, 429, 503)})
 async def create_model(request: Request, response: Response, caller: CallerDep, store: StoreDep,
                        repo: RepoDep, settings: SettingsDep) -> RegisteredModel:
     register = partial(register_model, Registry(store), caller.team,

@@ -3,6 +3,7 @@ the problem documents for the registry's errors. The validation itself runs in a
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from typing import Any
@@ -72,9 +73,13 @@ def validated(model: type[BaseModel], data: object) -> BaseModel:
 
 
 def form_file(form: Any, name: str = "file", *, required: bool = True) -> UploadFile | None:
+    """The multipart part ``name`` as a file. A part sent without a filename (a plain field, as some clients
+    send a binary body) is taken as the file's bytes (UTF-8, as the form parser decoded it)."""
     value = form.get(name)
     if isinstance(value, UploadFile):
         return value
+    if isinstance(value, str):
+        return UploadFile(io.BytesIO(value.encode("utf-8", "surrogateescape")), filename=name)
     if value is None and not required:
         return None
     raise field_problem(422, "Validation error", f"body.{name}", f"{name} must be a file part of the "

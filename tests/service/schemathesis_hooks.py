@@ -9,6 +9,9 @@ document announces in words:
 - ``idempotency_conflict``: an ``Idempotency-Key`` reused with a different body (the 422 the IETF
   Idempotency-Key draft prescribes): whether a key was used before is the server's state, not the shape of
   the request;
+- ``invalid-upload``: the bytes of an uploaded file (a data set's npz or zip, a model archive, a classifier's
+  JSON config) do not parse or validate: a file format, which JSON Schema describes only as binary; the
+  upload routes' descriptions list what is checked;
 - ``int_type`` on a number sent with a fraction (``2.0``): JSON Schema counts 2.0 as an integer; this API
   takes integers written as integers only (strict input, stated in the document's description).
 
@@ -23,7 +26,7 @@ from typing import Any
 
 import schemathesis
 
-STATEFUL_RULES = frozenset({"cross_field", "idempotency_conflict"})
+STATEFUL_RULES = frozenset({"cross_field", "idempotency_conflict", "invalid-upload"})
 
 
 def _at(body: Any, field: str) -> Any:

@@ -24,13 +24,15 @@ def test_the_dataset_enum_lists_what_this_server_can_load(store: LocalStore, red
                                                           settings: Settings) -> None:
     fresh = schemas(make_client(store, redis_client))
     for name in SPECS:
-        assert fresh[name]["properties"]["dataset"]["enum"] == ["digits", "mnist5k", "mnist5k16"], name
+        builtins, uploads = fresh[name]["properties"]["dataset"]["anyOf"]
+        assert builtins["enum"] == ["digits", "mnist5k", "mnist5k16"], name
+        assert uploads["pattern"] == "^ds:[0-9a-f]{24}$", name  # a team's own uploads (POST /datasets)
     cifar = settings.data_root / "cifar-10-batches-py"
     cifar.mkdir(parents=True)
     for part in ("test_batch", "data_batch_1"):
         (cifar / part).write_bytes(b"")
     with_cifar = schemas(make_client(store, redis_client))  # built at start from the data root
-    assert with_cifar["TrainSpec"]["properties"]["dataset"]["enum"] == [
+    assert with_cifar["TrainSpec"]["properties"]["dataset"]["anyOf"][0]["enum"] == [
         "digits", "mnist5k", "mnist5k16", "cifar10"]
     client = make_client(store, redis_client)
     refused = client.post("/jobs/train", json={"kind": "classifier", "dataset": "gtsrb", "epochs": 1})

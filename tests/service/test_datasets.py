@@ -107,7 +107,7 @@ def test_image_folder_zip_and_a_spec_with_an_unknown_ref(client) -> None:
         "trades": {"epochs": 1}, "evaluation": {"attacks": ["pgd_ce"], "steps": 1, "limit": 4}})
     assert experiment.status_code == 202, experiment.text
     bad = client.post("/jobs/train", json={"kind": "classifier", "dataset": "ds:" + "f" * 24, "epochs": 1})
-    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.dataset"
+    assert bad.status_code == 404 and bad.json()["errors"][0]["field"] == "body.dataset"  # well formed
     bad = client.post("/jobs/train", json={"kind": "classifier", "dataset": "ds:nope", "epochs": 1})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.dataset"
 
@@ -133,7 +133,7 @@ def test_two_teams_are_isolated_and_admins_see_all(two_teams, client, store) -> 
     assert mine["id"] not in {d["id"] for d in client.get("/datasets", headers=b).json()["items"]}
     spec = {"kind": "classifier", "dataset": mine["ref"], "epochs": 1}
     refused = client.post("/jobs/train", json=spec, headers=b)
-    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "body.dataset"
+    assert refused.status_code == 404 and refused.json()["errors"][0]["field"] == "body.dataset"
     assert client.post("/jobs/train", json=spec, headers=a).status_code == 202
     seen = {d["id"] for d in client.get("/datasets", headers=admin).json()["items"]}
     assert {mine["id"], theirs["id"]} <= seen

@@ -97,7 +97,7 @@ def test_a_failed_input_fails_its_dependants_with_the_cause(stack) -> None:
     # naming a job that already failed is refused at once, naming the field
     reply = client.post("/jobs/train", json={**TINY_CLASSIFIER, "kind": "trades",
                                              "synthetic": [f"job:{broken['id']}"]})
-    assert reply.status_code == 422 and reply.json()["errors"][0]["field"] == "body.synthetic.0"
+    assert reply.status_code == 409 and reply.json()["errors"][0]["field"] == "body.synthetic.0"
 
 
 def test_canceling_an_input_fails_the_waiting_job_and_cancel_of_a_waiting_job_is_immediate(stack) -> None:
@@ -181,7 +181,7 @@ def test_another_teams_unfinished_job_cannot_be_waited_for(service_env, monkeypa
         assert theirs["status"] == "queued"
         spec = {"model": f"job:{theirs['id']}", "dataset": "digits"}
         refused = http.post("/jobs/evaluate", json=spec, headers=auth["b"])
-        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "body.model"
+        assert refused.status_code == 404 and refused.json()["errors"][0]["field"] == "body.model"
         unknown = http.post("/jobs/evaluate", json={**spec, "model": "job:" + "0" * 24}, headers=auth["b"])
         assert refused.json()["detail"].replace(theirs["id"], "0" * 24) == unknown.json()["detail"]
         assert http.get(f"/jobs/{theirs['id']}", params={"wait": 5}, headers=auth["b"]).status_code == 404

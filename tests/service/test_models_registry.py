@@ -59,7 +59,7 @@ def test_register_models_and_generate_with_them(stack, tiny_models, tmp_path) ->
 
     wrong = client.post("/jobs/generate", json={"dataset": "digits", "model": classifier["ref"],
                                                 "classifier": classifier["ref"], "count": 4})
-    assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "body.model"
+    assert wrong.status_code == 409 and wrong.json()["errors"][0]["field"] == "body.model"
     gen = client.post("/jobs/generate", json={
         "dataset": "digits", "model": diffusion["ref"], "classifier": classifier["ref"], "count": 6,
         "steps": 2, "schedule": "uniform", "batch_size": 8, "loss": "hnm", "lam": 10.0})
@@ -124,7 +124,7 @@ def test_models_of_another_team_are_not_found(service_env, monkeypatch, tmp_path
         assert client.get("/models", headers=b).json()["items"] == []
         spec = {"dataset": "digits", "model": mine["ref"], "classifier": "cnn-t", "count": 4}
         refused = client.post("/jobs/generate", json=spec, headers=b)
-        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "body.model"
+        assert refused.status_code == 404 and refused.json()["errors"][0]["field"] == "body.model"
         queued = client.post("/jobs/generate", json=spec, headers=a)  # no worker here: it stays queued
         assert queued.status_code == 202, queued.text
         in_use = client.delete(f"/models/{mine['id']}", headers=a)
