@@ -368,6 +368,7 @@ def figure(result: dict[str, Any], out: Path) -> None:
         if xs:
             ax.errorbar(xs, means, yerr=[lo, hi], fmt="-o", capsize=3, color=f"C{k}", label=method)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(list(COUNTS), [str(n) for n in COUNTS])
     ax.set_xlabel("synthetic images N (first N of one 5000-image set per method; share 0.3 of each batch)")
     ax.set_ylabel("test worst-case accuracy (%)")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from core.jobs import keys
 from core.jobs.dependencies import is_dependency_error
 from core.jobs.queue import Enqueuer, job_priority
 from core.jobs.records import JobNotFound, JobRepository
+from core.jobs.registry import MODEL_REF, record_key
+from core.jobs.registry import ref_id as registry_id
 from core.specs import JobRecord, job_id_of
 
 log = logging.getLogger(__name__)
@@ -86,29 +89,41 @@ def unfinished_units(repo: JobRepository, record: JobRecord, default_shard_size:
     return missing or ["finalize"]
 
 
+_MODEL_FIELDS = ("model", "classifier", "judge", "feature_extractor")
+
+
+def _experiment_refs(spec: Any) -> list[tuple[str, str | None]]:
+    refs: list[tuple[str, str | None]] = []
+    for a, arm in enumerate(spec.arms):
+        refs += [(f"arms[{a}].synthetic[{i}]", ref) for i, ref in enumerate(arm.synthetic)]
+    refs += [(f"arms[{a}].generate.{name}", getattr(arm.generate, name))
+             for a, arm in enumerate(spec.arms) if arm.generate is not None for name in _MODEL_FIELDS]
+    return refs
+
+
+# The job and model references of each kind's spec (every JobKind: tests/service/test_reconcile.py checks).
+REFERENCES: dict[str, Callable[[Any], list[tuple[str, str | None]]]] = {
+    "generate": lambda spec: [(name, getattr(spec, name, None)) for name in _MODEL_FIELDS],
+    "train": lambda spec: [(f"synthetic[{i}]", ref) for i, ref in enumerate(spec.synthetic)],
+    "evaluate": lambda spec: [("model", spec.model)],
+    "experiment": _experiment_refs,
+}
+
+
 def why_it_cannot_run(repo: JobRepository, record: JobRecord, model_dir: Path | None) -> str | None:
     """The reason a job can never succeed, or None. Looks only at what is certain (see (d) above)."""
     try:
         spec: Any = record.spec()
     except ValueError as exc:
         return f"its spec is no longer valid: {str(exc)[:300]}"
-    refs: list[tuple[str, str | None]] = []
-    if record.kind == "generate":
-        refs = [("model", spec.model), ("classifier", spec.classifier),
-                ("judge", getattr(spec, "judge", None)),
-                ("feature_extractor", getattr(spec, "feature_extractor", None))]
-    elif record.kind == "train":
-        refs = [(f"synthetic[{i}]", ref) for i, ref in enumerate(spec.synthetic)]
-    elif record.kind == "evaluate":
-        refs = [("model", spec.model)]
-    else:
-        refs = [(f"arms[{a}].synthetic[{i}]", ref) for a, arm in enumerate(spec.arms)
-                for i, ref in enumerate(arm.synthetic)]
-        models = ("model", "classifier", "judge", "feature_extractor")
-        refs += [(f"arms[{a}].generate.{name}", getattr(arm.generate, name))
-                 for a, arm in enumerate(spec.arms) if arm.generate is not None for name in models]
+    refs = REFERENCES[record.kind](spec)
     for name, ref in refs:
         if ref is None:
+            continue
+        registered = registry_id(ref, MODEL_REF)
+        if registered is not None:  # a registered model: its record must still be in the store
+            if not repo.store.exists(record_key("models", registered)):
+                return f"{name}: {ref} no longer exists"
             continue
         ref_id = job_id_of(ref)
         if ref_id is None:

@@ -124,9 +124,17 @@ def test_jobs_that_cannot_run_fail_with_their_cause(repo, settings, tmp_path) ->
         synthetic=["job:0190a1b2c3d4e5f6a7b8c9d0"]).model_dump(mode="json"))
     bad_spec = submit_generate(repo, enqueuer, shards=1)
     repo.update(bad_spec, lambda r: r.input.update(count=-3))  # e.g. written by another version
+    from core.jobs.registry import record_key
+
+    kept, gone = "a" * 24, "b" * 24
+    repo.store.put_json(record_key("models", kept), {"id": kept, "kind": "diffusion"})
+    registered = submit_generate(repo, enqueuer, shards=1, model=f"model:{kept}")  # not a directory name
+    unregistered = submit_generate(repo, enqueuer, shards=1, model=f"model:{gone}")
 
     report = run(repo, enqueuer, settings, model_dir=settings.model_dir)
-    assert sorted(report.failed) == sorted([missing_model, trades.id, bad_spec])
+    assert sorted(report.failed) == sorted([missing_model, trades.id, bad_spec, unregistered])
+    assert registered not in report.failed
+    assert f"model: model:{gone} no longer exists" in repo.get(unregistered).error
     assert "no model named 'unet-gone'" in repo.get(missing_model).error
     assert "synthetic[0]: job:0190a1b2c3d4e5f6a7b8c9d0 no longer exists" in repo.get(trades.id).error
     assert "spec is no longer valid" in repo.get(bad_spec).error
@@ -153,3 +161,12 @@ def test_one_pass_at_a_time(repo, settings) -> None:
     finally:
         lock.release()
     assert not run(repo, enqueuer, settings).skipped
+
+
+def test_every_job_kind_has_its_references_listed() -> None:
+    from typing import get_args
+
+    from core.jobs.reconcile import REFERENCES
+    from core.specs.record import JobKind
+
+    assert set(REFERENCES) == set(get_args(JobKind))
