@@ -95,7 +95,7 @@ class DatasetFromJob(BaseModel):
 UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["name"], "title": "DatasetUpload", "additionalProperties": False,
-        "oneOf": [{"required": ["file"]}, {"required": ["from_job"]}],  # exactly one of the two
+        "description": "exactly one of `file` and `from_job` (a rule between fields: cross_field)",
         "properties": {
             "file": {"type": "string", "format": "binary", "description": "an .npz (image uint8 N x H x W x "
                      "C, label 0..K-1, optional split train/test) or a zip of <class>/<image> folders"},

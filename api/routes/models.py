@@ -62,8 +62,7 @@ class ModelFromJob(BaseModel):
 UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["name"], "title": "ModelUpload", "additionalProperties": False,
-        "oneOf": [{"required": ["file"]}, {"required": ["from_job"]}],  # exactly one of the two
-        "dependentRequired": {"config": ["file"]},
+        "description": "exactly one of `file` and `from_job` (a rule between fields: cross_field)",
         "properties": {
             "from_job": {"type": "string", "pattern": rf"^job:{JOB_ID_PATTERN}$", "description": "instead "
                          "of `file`: promote the model of a succeeded training job of your team"},

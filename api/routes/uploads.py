@@ -23,9 +23,10 @@ MAX_JSON_BYTES = 64 * 1024
 MULTIPART_FIELDS = 8
 
 
-def field_problem(status: int, title: str, field: str, message: str, *, slug: str) -> ProblemError:
+def field_problem(status: int, title: str, field: str, message: str, *, slug: str,
+                  error_type: str | None = None) -> ProblemError:
     return ProblemError(status, title, clip(message), slug=slug,
-                        errors=[FieldError(field=field, message=clip(message), type=slug)])
+                        errors=[FieldError(field=field, message=clip(message), type=error_type or slug)])
 
 
 def check_name(value: object, field: str = "body.name") -> str:
@@ -82,8 +83,9 @@ def form_file(form: Any, name: str = "file", *, required: bool = True) -> Upload
         return UploadFile(io.BytesIO(value.encode("utf-8", "surrogateescape")), filename=name)
     if value is None and not required:
         return None
-    raise field_problem(422, "Validation error", f"body.{name}", f"{name} must be a file part of the "
-                        "multipart body", slug="validation-error")
+    # a rule between fields (a file, or from_job instead): the document states it in the body's description
+    raise field_problem(422, "Validation error", f"body.{name}", f"{name}: send a file part named {name!r}, "
+                        "or from_job instead", slug="validation-error", error_type="cross_field")
 
 
 def content_kind(request: Request) -> str:
