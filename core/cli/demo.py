@@ -179,7 +179,11 @@ def run(args: argparse.Namespace) -> int:
         ("mean entropy", [gen_metrics[c].get("mean_entropy_all") for c in cols]),
         ("separability", [_separability(gen_metrics[c]) for c in cols]),
         ("images / s", [gen_metrics[c].get("images_per_s") for c in cols]),
+        ("outliers", [gen_metrics[c].get("outlier_fraction") for c in cols]),
     ]))
+    for c in cols:  # a set that is not usable training data says so (core.quality.sample_warnings)
+        for warning in gen_metrics[c].get("warnings") or []:
+            print(f"warning ({c} set): {warning}")
     print()
     print(f"TRADES, {args.trades_epochs} epochs, test split (eps = {args.eps:.3f}), seeds {seeds}: "
           f"experiment job {experiment['id']}")
