@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 
 from core.data import ImageDataset, load_dataset, load_npz
 from core.diffusion import load_diffusion_model
+from core.experiment_report.statistics import describe
 from core.generation import GenerationParams, generate, sample_metrics
 from core.models import load_classifier
 from core.training.attacks import evaluate_robustness
@@ -133,8 +133,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"arm": arm, "seeds": [r["seed"] for r in mine]}
         for key in ("clean_acc", "pgd_ce_acc", "pgd_cw_acc", "robust_acc"):
             values = [100 * r["test"][key] for r in mine]
-            entry[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1
-                          else 0.0, "values": values}  # fmt: skip
+            stats = describe(values)  # the product's statistics, as the experiment reports use
+            entry[key] = {"mean": stats["mean"], "std": stats["std"] if stats["std"] is not None else 0.0,
+                          "ci95": stats["ci95"], "values": values}
         table.append(entry)
     return table
 

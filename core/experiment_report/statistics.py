@@ -28,9 +28,10 @@ METRIC_LABELS = {
 _RESERVED = ("synthetic_share",)
 
 
-def _describe(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample std (ddof=1) and the two-sided 95 % Student-t interval of the mean; std and interval are
-    None with fewer than two values."""
+def describe(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample std (ddof=1) and the two-sided 95 % Student-t interval ``[lo, hi]`` of the mean; std and
+    interval are None with fewer than two values. The one place the project computes an interval over seeds:
+    the experiment reports and the scripts under experiments/ all use it."""
     arr = np.asarray(values, dtype=float)
     n = int(arr.size)
     mean = float(arr.mean())
@@ -120,7 +121,7 @@ def summarize(
             seeds = sorted(s for s, v in table[arm].items() if name in v)
             if seeds:
                 vals = [table[arm][s][name] for s in seeds]
-                entry[name] = {**_describe(vals), "values": vals, "seeds": seeds}
+                entry[name] = {**describe(vals), "values": vals, "seeds": seeds}
         entry["synthetic_share"] = float(np.mean(shares[arm])) if shares[arm] else None
         summary_arms[arm] = entry
 
@@ -134,7 +135,7 @@ def summarize(
             seeds = sorted(s for s, v in table[arm].items() if name in v and name in ref.get(s, {}))
             if seeds:
                 diffs = [table[arm][s][name] - ref[s][name] for s in seeds]
-                paired[arm][name] = {**_describe(diffs), "values": diffs, "seeds": seeds,
+                paired[arm][name] = {**describe(diffs), "values": diffs, "seeds": seeds,
                                      "method": "paired t"}  # fmt: skip
 
     return {"reference": reference, "interval": INTERVAL, "metrics": present, "arms": summary_arms,
