@@ -248,12 +248,34 @@ def collect(work: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return runs, missing
 
 
+def keep_recorded(
+    runs: list[dict[str, Any]], missing: list[str], out_json: Path
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Add the runs recorded in ``out_json`` whose cache is gone (a fresh clone, a later session's work
+    directory), marked ``"cached": false``; a cached run replaces its recorded row. Only the rows of runs the
+    plan still lists as missing are taken, so a recorded row never hides a run that finished here. Whether a
+    recorded run still reproduces is checked by running it again (its cached row then stands)."""
+    if not out_json.exists():
+        return runs, missing
+    have = {(r["arm"], r["seed"]) for r in runs}
+    kept = list(runs)
+    for row in json.loads(out_json.read_text()).get("runs", []):
+        name = f"{row['arm']} seed {row['seed']}"
+        if (row["arm"], row["seed"]) not in have and name in missing:
+            kept.append({**row, "cached": False})
+            missing = [m for m in missing if m != name]
+    order = {name: i for i, name in enumerate(["real only"] + [_arm(m, n) for m in METHODS for n in COUNTS])}
+    kept.sort(key=lambda r: (order.get(r["arm"], len(order)), r["seed"]))
+    return kept, missing
+
+
 def report(work: Path, out_json: Path, img: Path) -> dict[str, Any]:
     """docs/data/mnist5k-counts.json (runs, per-arm intervals, the paired comparisons that decide) and the
     count-curve figure, from whatever runs are finished (the rest are listed as missing)."""
     from core.experiment_report.statistics import summarize
 
     runs, missing = collect(work)
+    runs, missing = keep_recorded(runs, missing, out_json)
     arms = ["real only"] + [_arm(m, n) for m in METHODS for n in COUNTS]
     present = [a for a in arms if any(r["arm"] == a for r in runs)]
     if "real only" not in present:
@@ -310,6 +332,9 @@ def report(work: Path, out_json: Path, img: Path) -> dict[str, Any]:
                     "seconds",
                 )
             }
+    previous = json.loads(out_json.read_text()) if out_json.exists() else {}
+    mild = mild or previous.get("mild")  # a fresh work directory keeps the recorded choice and set metrics
+    sets = {**{k: v for k, v in previous.get("sets", {}).items() if k in METHODS}, **sets}
     result = {
         "dataset": study.DATASET,
         "protocol": study.PROTOCOL,
