@@ -151,6 +151,16 @@ def test_a_train_record_shows_only_the_fields_of_its_kind() -> None:
     assert TrainSpec.model_validate(trades.record_input()) == trades
 
 
+def test_one_arch_options_table_covers_every_arch_and_every_arch_option() -> None:
+    from typing import get_args
+
+    from core.specs.train import ARCH_OPTIONS, ArchOption
+
+    assert set(ARCH_OPTIONS) == set(get_args(options.Arch)) == set(options.ARCHS)
+    listed = [name for names in ARCH_OPTIONS.values() for name in names]
+    assert sorted(listed) == sorted(get_args(ArchOption))  # each option belongs to exactly one arch
+
+
 def test_frozen_limits_are_integers_where_whole() -> None:
     from core.specs import JobPlan, server_limits
 

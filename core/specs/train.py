@@ -26,14 +26,16 @@ from core.specs.generate import GenerateSpec
 
 ArchOption = Literal["width", "feature_dim", "depth", "widen_factor"]
 
-# Which arch_options each classifier architecture takes (core.models.build_classifier).
-ARCH_OPTIONS: dict[str, frozenset[str]] = {"small_cnn": frozenset({"width", "feature_dim"}),
-                                           "wrn": frozenset({"depth", "widen_factor"})}
+# Which arch_options each classifier architecture takes (core.models.build_classifier): the one table of the
+# specs, the API document and the `cdp train classifier|trades` options (tests/test_options.py checks
+# that it covers every Arch and every ArchOption).
+ARCH_OPTIONS: dict[Arch, tuple[ArchOption, ...]] = {"small_cnn": ("width", "feature_dim"),
+                                                    "wrn": ("depth", "widen_factor")}
 
 
 def _check_arch_options(arch: str, arch_options: dict[str, int]) -> None:
     """What the worker would refuse when it builds the model, refused at submission instead."""
-    unknown = sorted(set(arch_options) - ARCH_OPTIONS[arch])
+    unknown = sorted(set(arch_options) - set(ARCH_OPTIONS[arch]))
     if unknown:
         raise cross_field(f"arch_options {unknown} do not apply to arch={arch!r} (it takes "
                          f"{sorted(ARCH_OPTIONS[arch])})")
