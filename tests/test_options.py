@@ -103,10 +103,28 @@ def test_trades_defaults_agree_across_the_spec_the_trainer_and_the_cli() -> None
     }
     for default, (spec_field, config_field, dest) in shared.items():
         assert getattr(spec, spec_field) == getattr(config, config_field) == getattr(cli, dest) == default
-    assert spec.step_size == config.step_size == options.STEP_SIZE
+    assert spec.step_size == config.step_size == cli.step_size == options.STEP_SIZE  # not eps / 4
+    # checkpoint selection: PGD steps on the validation split (TradesConfig's own default is not used)
+    assert spec.eval_attack_steps == cli.eval_steps == options.EVAL_ATTACK_STEPS
     assert (config.schedule, config.start, config.eta) == (cli.schedule, cli.start, cli.eta)
     assert (cli.schedule, cli.start, cli.eta) == (options.TRADES_SCHEDULE, options.ATTACK_START,
                                                   options.MIXING_ETA)
+
+
+def test_a_train_job_and_the_cli_map_their_defaults_to_the_same_trades_config() -> None:
+    """Both go through core.specs.train.trades_config_options; only eval_max differs (the spec's eval_samples
+    1000, the CLI's --eval-max 1024)."""
+    from core.cli.train_trades import _trades_config, add_trades_arguments
+    from core.specs import TrainSpec
+    from core.training.trades import TradesConfig
+
+    parser = argparse.ArgumentParser()
+    add_trades_arguments(parser)
+    from_cli = _trades_config(parser.parse_args(["--dataset", "digits", "--out", "unused", "--epochs", "3"]))
+    from_spec = TradesConfig(**TrainSpec(kind="trades", dataset="digits", epochs=3).trades_config_options())
+    assert (from_spec.eval_max, from_cli.eval_max) == (1000, 1024)
+    assert dataclasses.replace(from_spec, eval_max=1024) == from_cli
+    assert (from_cli.step_size, from_cli.eval_steps) == (options.STEP_SIZE, options.EVAL_ATTACK_STEPS)
 
 
 def test_toy_cli_defaults_are_the_toy_dataclasses_defaults() -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from core import options
 from core.cli import main
 from core.cli.train_trades import add_trades_arguments, parse_eps, run_trades
 from core.data import load_dataset
@@ -79,7 +80,8 @@ def test_cdp_train_trades_runs_end_to_end(tmp_path: Path, capsys: pytest.Capture
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["synthetic_count"] == 64
     assert metrics["config"]["eps"] == pytest.approx(0.1)
-    assert metrics["config"]["step_size"] == pytest.approx(0.025)  # eps / 4 by default
+    assert metrics["config"]["step_size"] == pytest.approx(options.STEP_SIZE)  # the spec's default, any eps
+    assert metrics["config"]["eval_steps"] == 1
     assert (tmp_path / "run" / "model.safetensors").exists()
 
 

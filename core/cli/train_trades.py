@@ -22,7 +22,7 @@ from core.cli.common import (
     run_on_ranks,
 )
 from core.models import ARCHS
-from core.specs.train import ARCH_OPTIONS
+from core.specs.train import ARCH_OPTIONS, trades_config_options
 
 # The command-line option of each arch option (core.specs.train.ARCH_OPTIONS), as (argparse type, help);
 # tests/test_trades_cli.py checks that every arch option has one.
@@ -62,7 +62,9 @@ def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
     trades.add_argument("--attack-steps", "--steps", dest="attack_steps", type=integer(0),
                         default=options.ATTACK_STEPS,
                         help="PGD steps of the training attack")  # fmt: skip
-    trades.add_argument("--step-size", type=parse_eps, default=None, help="PGD step (default eps / 4)")
+    trades.add_argument("--step-size", type=parse_eps, default=options.STEP_SIZE,
+                        help=f"PGD step of the training attack (default {options.STEP_SIZE * 255:g}/255, "
+                        "whatever --eps: the default of the service's trades jobs)")  # fmt: skip
     trades.add_argument("--start", choices=options.ATTACK_STARTS, default=options.ATTACK_START,
                         help="attack start: x + 0.001 N(0, I) (official) or uniform in the ball")  # fmt: skip
     trades.add_argument("--label-smoothing", type=number(0.0, maximum=0.99), default=0.0)
@@ -81,7 +83,9 @@ def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--ema-decay", type=number(0.0, maximum=0.9999), default=0.995, help="0 disables")
     add_arch_arguments(parser.add_argument_group("model"))
     evaluation = parser.add_argument_group("checkpoint selection")
-    evaluation.add_argument("--eval-steps", type=integer(0), default=10, help="validation PGD steps")
+    evaluation.add_argument("--eval-steps", type=integer(0), default=options.EVAL_ATTACK_STEPS,
+                            help=f"validation PGD steps (default {options.EVAL_ATTACK_STEPS}: the "
+                            "eval_attack_steps default of the service's trades jobs)")  # fmt: skip
     evaluation.add_argument("--eval-max", type=integer(1), default=1024, help="validation images used")
 
 
@@ -98,15 +102,15 @@ def arch_options(args: argparse.Namespace) -> dict[str, int]:
 def _trades_config(args: argparse.Namespace) -> Any:
     from core.training.trades import TradesConfig
 
-    return TradesConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, beta=args.beta, eps=args.eps,
-        step_size=args.step_size if args.step_size is not None else max(args.eps / 4, 1e-12),
-        steps=args.attack_steps, start=args.start, ema_decay=args.ema_decay,
-        label_smoothing=args.label_smoothing,
-        mixing=args.mixing, synthetic_fraction=args.synthetic_fraction, eta=args.eta, arch=args.arch,
-        arch_options=arch_options(args), eval_steps=args.eval_steps, eval_max=args.eval_max,
+    spec_options = trades_config_options(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
+        arch_options=arch_options(args), beta=args.beta, eps=args.eps, step_size=args.step_size,
+        attack_steps=args.attack_steps, eval_attack_steps=args.eval_steps, eval_samples=args.eval_max,
+        synthetic_fraction=args.synthetic_fraction, mixing=args.mixing,
     )
+    return TradesConfig(**spec_options, weight_decay=args.weight_decay, schedule=args.schedule,
+                        start=args.start, ema_decay=args.ema_decay, label_smoothing=args.label_smoothing,
+                        eta=args.eta)
 
 
 def _train_trades_rank(*, args: argparse.Namespace, progress: Any) -> dict[str, Any]:

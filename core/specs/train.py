@@ -5,6 +5,7 @@ TRADES defaults to beta = 6, eps = 8/255, 10 PGD steps of 2/255 (Zhang et al. 20
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -44,6 +45,30 @@ def _check_arch_options(arch: str, arch_options: dict[str, int]) -> None:
         raise cross_field(f"arch_options.depth={depth}: a WRN depth is 6n + 4 with n >= 1 (10, 16, 22, ...)")
     if arch == "wrn" and arch_options.get("widen_factor", 1) > 32:
         raise cross_field(f"arch_options.widen_factor={arch_options['widen_factor']} exceeds 32")
+
+
+def trades_config_options(
+    *, epochs: int, batch_size: int, lr: float | None, arch: str, arch_options: Mapping[str, int],
+    beta: float, eps: float, step_size: float, attack_steps: int, eval_attack_steps: int,
+    eval_samples: int | None, synthetic_fraction: float, mixing: str, steps_per_epoch: int | None = None,
+    eps_warmup: float = 0.0,
+) -> dict[str, Any]:
+    """The keyword arguments of ``core.training.trades.TradesConfig`` for TRADES options named as TrainSpec
+    names them: the one mapping of a train job (:meth:`TrainSpec.trades_config_options`) and of
+    ``cdp train trades``. ``attack_steps`` is the training attack's ``steps``, ``eval_attack_steps`` the
+    checkpoint selection's ``eval_steps``, ``eval_samples`` its ``eval_max`` validation images; ``lr`` or
+    ``eval_samples`` None leaves the trainer's default. Options TrainSpec lacks (the optimiser's, the attack
+    start, eta) the caller adds."""
+    config: dict[str, Any] = dict(arch=arch, arch_options=dict(arch_options), epochs=epochs,
+                                  batch_size=batch_size, beta=beta, eps=eps, step_size=step_size,
+                                  steps=attack_steps, synthetic_fraction=synthetic_fraction, mixing=mixing,
+                                  eval_steps=eval_attack_steps, steps_per_epoch=steps_per_epoch,
+                                  eps_warmup=eps_warmup)
+    if eval_samples is not None:
+        config["eval_max"] = eval_samples
+    if lr is not None:
+        config["lr"] = lr
+    return config
 
 
 # Which TrainSpec fields apply to each kind (TrainSpec.record_input; tests/test_options.py checks that every
@@ -127,6 +152,15 @@ class TrainSpec(BaseModel):
         """The spec as a job record shows it: only the fields that apply to its kind (a diffusion job's
         record does not echo TRADES' beta or eps). Validating it again gives this spec back."""
         return self.model_dump(mode="json", include=set(TRAIN_FIELDS[self.kind]))
+
+    def trades_config_options(self) -> dict[str, Any]:
+        """The ``TradesConfig`` keyword arguments of a trades spec (:func:`trades_config_options`)."""
+        return trades_config_options(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, arch=self.arch,
+            arch_options=self.arch_options, beta=self.beta, eps=self.eps, step_size=self.step_size,
+            attack_steps=self.attack_steps, eval_attack_steps=self.eval_attack_steps,
+            eval_samples=self.eval_samples, synthetic_fraction=self.synthetic_fraction, mixing=self.mixing,
+            steps_per_epoch=self.steps_per_epoch, eps_warmup=self.eps_warmup)
 
     @model_validator(mode="after")
     def _synthetic_only_for_trades(self) -> TrainSpec:
