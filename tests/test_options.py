@@ -179,6 +179,27 @@ def test_one_arch_options_table_covers_every_arch_and_every_arch_option() -> Non
     assert sorted(listed) == sorted(get_args(ArchOption))  # each option belongs to exactly one arch
 
 
+def test_an_experiment_s_trades_settings_are_train_spec_fields_declared_once() -> None:
+    from pydantic import ValidationError
+
+    from core.specs import ExperimentSpec, ExperimentTrades, TrainSpec
+    from core.specs.train import EXPERIMENT_TRADES_FIELDS
+
+    assert list(ExperimentTrades.model_fields) == list(EXPERIMENT_TRADES_FIELDS)
+    for name in EXPERIMENT_TRADES_FIELDS:  # same type, bounds, default and description
+        ours, theirs = ExperimentTrades.model_fields[name], TrainSpec.model_fields[name]
+        assert (ours.annotation, ours.metadata, ours.description) == (theirs.annotation, theirs.metadata,
+                                                                       theirs.description), name
+        assert ours.get_default(call_default_factory=True) == theirs.get_default(call_default_factory=True)
+    trades = ExperimentTrades(epochs=2, arch="wrn", arch_options={"depth": 10}, step_size=0.01)
+    spec = ExperimentSpec(dataset="digits", seeds=[0], arms=[{"name": "real"}], trades=trades)
+    child = spec.child_train_spec(spec.arms[0], 0)
+    assert {name: getattr(child, name) for name in EXPERIMENT_TRADES_FIELDS} == trades.model_dump()
+    for bad in ({"epochs": 0}, {"epochs": 1, "arch_options": {"depth": 10}}, {"epochs": 1, "kind": "trades"}):
+        with pytest.raises(ValidationError):
+            ExperimentTrades.model_validate(bad)
+
+
 def test_frozen_limits_are_integers_where_whole() -> None:
     from core.specs import JobPlan, server_limits
 

@@ -5,10 +5,11 @@ TRADES defaults to beta = 6, eps = 8/255, 10 PGD steps of 2/255 (Zhang et al. 20
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from core import options
 from core.options import Arch, AttackName, Mixing, TrainKind, UnetPreset
@@ -268,29 +269,33 @@ class ExperimentArm(BaseModel):
         return self
 
 
-class ExperimentTrades(BaseModel):
-    """The TRADES settings every arm shares (see TrainSpec for their meaning)."""
+# The TrainSpec fields every arm of an experiment shares (ExperimentSpec.trades): ExperimentTrades takes them,
+# with their types, bounds, defaults and descriptions, from TrainSpec, so each is declared once. (A base class
+# of both would put these fields first in TrainSpec's schema, its job records and the generated clients.)
+EXPERIMENT_TRADES_FIELDS = ("epochs", "batch_size", "lr", "arch", "arch_options", "beta", "eps", "step_size",
+                            "attack_steps", "steps_per_epoch", "eps_warmup")
+
+
+class _ExperimentTradesRules(BaseModel):
+    """What ExperimentTrades checks besides its fields' own bounds (the fields: EXPERIMENT_TRADES_FIELDS)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    lr: float | None = Field(default=None, gt=0, le=10)
-    arch: Arch = options.ARCH
-    arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=dict)
-    beta: float = Field(default=options.TRADES_BETA, ge=0, le=100)
-    eps: float = Field(default=options.EPS, ge=0, le=1)
-    step_size: float = Field(default=options.STEP_SIZE, gt=0, le=1)
-    attack_steps: int = Field(default=options.ATTACK_STEPS, ge=1, le=100)
-    steps_per_epoch: int | None = Field(default=None, ge=1, le=100_000,
-                                        description="optimizer steps per epoch, the same for every arm")
-    eps_warmup: float = Field(default=0.0, ge=0, le=1, description="fraction of steps with a ramped eps")
-
-    _limits = field_validator("epochs", "batch_size")(within_server_limit)
 
     @model_validator(mode="after")
-    def _arch_options(self) -> ExperimentTrades:
-        _check_arch_options(self.arch, self.arch_options)
+    def _arch_options(self) -> _ExperimentTradesRules:
+        _check_arch_options(getattr(self, "arch"), getattr(self, "arch_options"))  # noqa: B009
         return self
+
+
+ExperimentTrades = create_model(
+    "ExperimentTrades",
+    __base__=_ExperimentTradesRules,
+    __module__=__name__,
+    __doc__="The TRADES settings every arm shares (see TrainSpec for their meaning).",
+    __validators__={"_limits": field_validator("epochs", "batch_size")(within_server_limit)},
+    **{name: (TrainSpec.model_fields[name].annotation, copy.deepcopy(TrainSpec.model_fields[name]))
+       for name in EXPERIMENT_TRADES_FIELDS},
+)
 
 
 class ExperimentSpec(BaseModel):
