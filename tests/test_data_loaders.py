@@ -86,6 +86,19 @@ def test_load_dataset_rejects_bad_arguments(name: str, split: str, message: str)
         load_dataset(name, split)  # type: ignore[arg-type]
 
 
+def test_every_dataset_name_has_a_reader_and_unknown_names_are_refused() -> None:
+    from typing import get_args
+
+    from core.data.loaders import LOADERS
+    from core.options import DatasetName
+
+    names = set(get_args(DatasetName))  # nested Literals come out flattened
+    assert set(LOADERS) == names, set(LOADERS) ^ names
+    with pytest.raises(ValueError, match=r"unknown dataset 'svhn'; expected one of digits, .*gtsrb") as info:
+        load_dataset("svhn", "train", root="unused")  # type: ignore[arg-type]
+    assert all(name in str(info.value) for name in names)
+
+
 # ------------------------------------------------------------------------------------------------- MNIST-5k
 
 

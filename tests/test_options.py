@@ -103,10 +103,28 @@ def test_trades_defaults_agree_across_the_spec_the_trainer_and_the_cli() -> None
     }
     for default, (spec_field, config_field, dest) in shared.items():
         assert getattr(spec, spec_field) == getattr(config, config_field) == getattr(cli, dest) == default
-    assert spec.step_size == config.step_size == options.STEP_SIZE
+    assert spec.step_size == config.step_size == cli.step_size == options.STEP_SIZE  # not eps / 4
+    # checkpoint selection: PGD steps on the validation split (TradesConfig's own default is not used)
+    assert spec.eval_attack_steps == cli.eval_steps == options.EVAL_ATTACK_STEPS
     assert (config.schedule, config.start, config.eta) == (cli.schedule, cli.start, cli.eta)
     assert (cli.schedule, cli.start, cli.eta) == (options.TRADES_SCHEDULE, options.ATTACK_START,
                                                   options.MIXING_ETA)
+
+
+def test_a_train_job_and_the_cli_map_their_defaults_to_the_same_trades_config() -> None:
+    """Both go through core.specs.train.trades_config_options; only eval_max differs (the spec's eval_samples
+    1000, the CLI's --eval-max 1024)."""
+    from core.cli.train_trades import _trades_config, add_trades_arguments
+    from core.specs import TrainSpec
+    from core.training.trades import TradesConfig
+
+    parser = argparse.ArgumentParser()
+    add_trades_arguments(parser)
+    from_cli = _trades_config(parser.parse_args(["--dataset", "digits", "--out", "unused", "--epochs", "3"]))
+    from_spec = TradesConfig(**TrainSpec(kind="trades", dataset="digits", epochs=3).trades_config_options())
+    assert (from_spec.eval_max, from_cli.eval_max) == (1000, 1024)
+    assert dataclasses.replace(from_spec, eval_max=1024) == from_cli
+    assert (from_cli.step_size, from_cli.eval_steps) == (options.STEP_SIZE, options.EVAL_ATTACK_STEPS)
 
 
 def test_toy_cli_defaults_are_the_toy_dataclasses_defaults() -> None:
@@ -149,6 +167,37 @@ def test_a_train_record_shows_only_the_fields_of_its_kind() -> None:
     assert TrainSpec.model_validate(shown) == diffusion  # the record still gives the spec back
     trades = TrainSpec(kind="trades", dataset="digits", epochs=2, beta=3.0)
     assert TrainSpec.model_validate(trades.record_input()) == trades
+
+
+def test_one_arch_options_table_covers_every_arch_and_every_arch_option() -> None:
+    from typing import get_args
+
+    from core.specs.train import ARCH_OPTIONS, ArchOption
+
+    assert set(ARCH_OPTIONS) == set(get_args(options.Arch)) == set(options.ARCHS)
+    listed = [name for names in ARCH_OPTIONS.values() for name in names]
+    assert sorted(listed) == sorted(get_args(ArchOption))  # each option belongs to exactly one arch
+
+
+def test_an_experiment_s_trades_settings_are_train_spec_fields_declared_once() -> None:
+    from pydantic import ValidationError
+
+    from core.specs import ExperimentSpec, ExperimentTrades, TrainSpec
+    from core.specs.train import EXPERIMENT_TRADES_FIELDS
+
+    assert list(ExperimentTrades.model_fields) == list(EXPERIMENT_TRADES_FIELDS)
+    for name in EXPERIMENT_TRADES_FIELDS:  # same type, bounds, default and description
+        ours, theirs = ExperimentTrades.model_fields[name], TrainSpec.model_fields[name]
+        assert (ours.annotation, ours.metadata, ours.description) == (theirs.annotation, theirs.metadata,
+                                                                       theirs.description), name
+        assert ours.get_default(call_default_factory=True) == theirs.get_default(call_default_factory=True)
+    trades = ExperimentTrades(epochs=2, arch="wrn", arch_options={"depth": 10}, step_size=0.01)
+    spec = ExperimentSpec(dataset="digits", seeds=[0], arms=[{"name": "real"}], trades=trades)
+    child = spec.child_train_spec(spec.arms[0], 0)
+    assert {name: getattr(child, name) for name in EXPERIMENT_TRADES_FIELDS} == trades.model_dump()
+    for bad in ({"epochs": 0}, {"epochs": 1, "arch_options": {"depth": 10}}, {"epochs": 1, "kind": "trades"}):
+        with pytest.raises(ValidationError):
+            ExperimentTrades.model_validate(bad)
 
 
 def test_frozen_limits_are_integers_where_whole() -> None:

@@ -53,3 +53,18 @@ def test_stage_values_are_the_strings_job_records_show() -> None:
 def test_one_table_maps_a_units_stages_to_its_fraction(kind: str, event: ProgressEvent,
                                                        expected: float) -> None:
     assert unit_fraction(kind, event) == pytest.approx(expected)  # type: ignore[arg-type]
+
+
+def test_every_job_kind_has_a_unit_spans_entry_and_unknown_kinds_are_refused() -> None:
+    from typing import get_args
+
+    from core.jobs.context import UNIT_SPANS
+    from core.specs.record import JobKind
+
+    assert set(UNIT_SPANS) == set(get_args(JobKind))
+    event = ProgressEvent(Stage.TRAIN, 1, 2)
+    with pytest.raises(ValueError, match="unknown job kind 'export'; expected one of generate, train, "
+                                         "evaluate, experiment"):
+        unit_fraction("export", event)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'experiment' runs no units"):
+        unit_fraction("experiment", event)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from core import options
 from core.cli import main
 from core.cli.train_trades import add_trades_arguments, parse_eps, run_trades
 from core.data import load_dataset
@@ -79,7 +80,8 @@ def test_cdp_train_trades_runs_end_to_end(tmp_path: Path, capsys: pytest.Capture
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["synthetic_count"] == 64
     assert metrics["config"]["eps"] == pytest.approx(0.1)
-    assert metrics["config"]["step_size"] == pytest.approx(0.025)  # eps / 4 by default
+    assert metrics["config"]["step_size"] == pytest.approx(options.STEP_SIZE)  # the spec's default, any eps
+    assert metrics["config"]["eval_steps"] == 1
     assert (tmp_path / "run" / "model.safetensors").exists()
 
 
@@ -89,3 +91,20 @@ def test_train_trades_rejects_options_of_another_arch(tmp_path: Path) -> None:
     args = parser.parse_args(["--dataset", "digits", "--out", str(tmp_path), "--depth", "16"])
     with pytest.raises(ValueError, match="depth"):
         run_trades(args)
+
+
+def test_both_train_commands_take_the_arch_options_of_the_one_table(tmp_path: Path) -> None:
+    from typing import get_args
+
+    from core.cli.train import register
+    from core.cli.train_trades import ARCH_OPTION_ARGUMENTS, _trades_config
+    from core.specs.train import ArchOption
+
+    assert set(ARCH_OPTION_ARGUMENTS) == set(get_args(ArchOption))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    for kind in ("classifier", "trades"):
+        args = parser.parse_args(["train", kind, "--dataset", "digits", "--epochs", "1",
+                                  "--out", str(tmp_path), "--width", "4", "--feature-dim", "8"])
+        assert (args.width, args.feature_dim, args.depth, args.widen_factor) == (4, 8, None, None)
+    assert _trades_config(args).arch_options == {"width": 4, "feature_dim": 8}

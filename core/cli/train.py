@@ -16,15 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from core import options
 from core.cli.common import add_nproc_argument, integer, number, run_on_ranks
-from core.cli.train_trades import add_trades_arguments, arch_options, run_trades
-from core.models import ARCHS, UNET_PRESETS
+from core.cli.train_trades import add_arch_arguments, add_trades_arguments, arch_options, run_trades
+from core.models import UNET_PRESETS
 from core.settings import get_settings
 
 if TYPE_CHECKING:
     import torch
-
-# The model options of each --arch that `cdp train classifier` takes.
-CLASSIFIER_ARCH_OPTIONS = {"small_cnn": ("width", "feature_dim"), "wrn": ("depth", "widen_factor")}
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,11 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     classifier = sub.add_parser("classifier", help="standard cross-entropy classifier (pseudo-labeler)")
     _common_arguments(classifier)
-    classifier.add_argument("--arch", choices=ARCHS, default=options.ARCH)
-    classifier.add_argument("--width", type=integer(1), default=None, help="small_cnn width")
-    classifier.add_argument("--feature-dim", type=integer(1), default=None, help="small_cnn feature size")
-    classifier.add_argument("--depth", type=integer(10), default=None, help="wrn depth (6n + 4)")
-    classifier.add_argument("--widen-factor", type=integer(1), default=None, help="wrn widen factor")
+    add_arch_arguments(classifier)
     classifier.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     classifier.add_argument("--weight-decay", type=number(0.0), default=5e-4)
     classifier.add_argument("--augment", action="store_true", help="random translations (+ --flip)")
@@ -144,7 +137,7 @@ def _classifier_config(args: argparse.Namespace) -> Any:
 
     return ClassifierTrainConfig(
         arch=args.arch,
-        arch_options=arch_options(args, CLASSIFIER_ARCH_OPTIONS),
+        arch_options=arch_options(args),
         epochs=args.epochs,
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,

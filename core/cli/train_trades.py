@@ -22,9 +22,24 @@ from core.cli.common import (
     run_on_ranks,
 )
 from core.models import ARCHS
+from core.specs.train import ARCH_OPTIONS, trades_config_options
 
-# The model options of each --arch that `cdp train trades` takes.
-ARCH_OPTIONS = {"small_cnn": ("width",), "wrn": ("depth", "widen_factor")}
+# The command-line option of each arch option (core.specs.train.ARCH_OPTIONS), as (argparse type, help);
+# tests/test_trades_cli.py checks that every arch option has one.
+ARCH_OPTION_ARGUMENTS: dict[str, tuple[Any, str]] = {
+    "width": (integer(1), "small_cnn width"),
+    "feature_dim": (integer(1), "small_cnn feature size"),
+    "depth": (integer(10), "wrn depth (6n + 4)"),
+    "widen_factor": (integer(1), "wrn widen factor"),
+}
+
+
+def add_arch_arguments(group: argparse._ActionsContainer) -> None:
+    """``--arch`` and one option per arch option of ``core.specs.train.ARCH_OPTIONS`` (default: the model's
+    own), for ``cdp train classifier`` and ``cdp train trades``."""
+    group.add_argument("--arch", choices=ARCHS, default=options.ARCH)
+    for name, (kind, text) in ARCH_OPTION_ARGUMENTS.items():
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
 
 
 def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +62,9 @@ def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
     trades.add_argument("--attack-steps", "--steps", dest="attack_steps", type=integer(0),
                         default=options.ATTACK_STEPS,
                         help="PGD steps of the training attack")  # fmt: skip
-    trades.add_argument("--step-size", type=parse_eps, default=None, help="PGD step (default eps / 4)")
+    trades.add_argument("--step-size", type=parse_eps, default=options.STEP_SIZE,
+                        help=f"PGD step of the training attack (default {options.STEP_SIZE * 255:g}/255, "
+                        "whatever --eps: the default of the service's trades jobs)")  # fmt: skip
     trades.add_argument("--start", choices=options.ATTACK_STARTS, default=options.ATTACK_START,
                         help="attack start: x + 0.001 N(0, I) (official) or uniform in the ball")  # fmt: skip
     trades.add_argument("--label-smoothing", type=number(0.0, maximum=0.99), default=0.0)
@@ -64,36 +81,36 @@ def add_trades_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--weight-decay", type=number(0.0), default=5e-4)
     optim.add_argument("--schedule", choices=options.TRADES_SCHEDULES, default=options.TRADES_SCHEDULE)
     optim.add_argument("--ema-decay", type=number(0.0, maximum=0.9999), default=0.995, help="0 disables")
-    model = parser.add_argument_group("model")
-    model.add_argument("--arch", choices=ARCHS, default=options.ARCH)
-    model.add_argument("--width", type=integer(1), default=None, help="small_cnn width")
-    model.add_argument("--depth", type=integer(10), default=None, help="wrn depth (6n + 4)")
-    model.add_argument("--widen-factor", type=integer(1), default=None, help="wrn widen factor")
+    add_arch_arguments(parser.add_argument_group("model"))
     evaluation = parser.add_argument_group("checkpoint selection")
-    evaluation.add_argument("--eval-steps", type=integer(0), default=10, help="validation PGD steps")
+    evaluation.add_argument("--eval-steps", type=integer(0), default=options.EVAL_ATTACK_STEPS,
+                            help=f"validation PGD steps (default {options.EVAL_ATTACK_STEPS}: the "
+                            "eval_attack_steps default of the service's trades jobs)")  # fmt: skip
     evaluation.add_argument("--eval-max", type=integer(1), default=1024, help="validation images used")
 
 
-def arch_options(args: argparse.Namespace, names: dict[str, tuple[str, ...]]) -> dict[str, int]:
-    """The options of ``--arch`` (``names[arch]``) that were given; ValueError for another arch's option."""
-    for other in (name for group in names.values() for name in group):
-        if other not in names[args.arch] and getattr(args, other) is not None:
+def arch_options(args: argparse.Namespace) -> dict[str, int]:
+    """The options of ``--arch`` (``ARCH_OPTIONS[arch]``) that were given; ValueError for another arch's
+    option."""
+    names = ARCH_OPTIONS[args.arch]
+    for other in (name for group in ARCH_OPTIONS.values() for name in group):
+        if other not in names and getattr(args, other) is not None:
             raise ValueError(f"--{other.replace('_', '-')} does not apply to --arch {args.arch}")
-    return {name: getattr(args, name) for name in names[args.arch] if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _trades_config(args: argparse.Namespace) -> Any:
     from core.training.trades import TradesConfig
 
-    return TradesConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, beta=args.beta, eps=args.eps,
-        step_size=args.step_size if args.step_size is not None else max(args.eps / 4, 1e-12),
-        steps=args.attack_steps, start=args.start, ema_decay=args.ema_decay,
-        label_smoothing=args.label_smoothing,
-        mixing=args.mixing, synthetic_fraction=args.synthetic_fraction, eta=args.eta, arch=args.arch,
-        arch_options=arch_options(args, ARCH_OPTIONS), eval_steps=args.eval_steps, eval_max=args.eval_max,
+    spec_options = trades_config_options(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
+        arch_options=arch_options(args), beta=args.beta, eps=args.eps, step_size=args.step_size,
+        attack_steps=args.attack_steps, eval_attack_steps=args.eval_steps, eval_samples=args.eval_max,
+        synthetic_fraction=args.synthetic_fraction, mixing=args.mixing,
     )
+    return TradesConfig(**spec_options, weight_decay=args.weight_decay, schedule=args.schedule,
+                        start=args.start, ema_decay=args.ema_decay, label_smoothing=args.label_smoothing,
+                        eta=args.eta)
 
 
 def _train_trades_rank(*, args: argparse.Namespace, progress: Any) -> dict[str, Any]:

@@ -238,17 +238,28 @@ _UNIT = _UnitContext()  # the unit this thread runs: its progress callbacks chec
 
 # The share of one unit's progress that each stage fills, per kind of job, as (start, width): a stage at
 # fraction f of itself puts the unit at start + width * f. A stage a kind does not list fills its default.
-UNIT_SPANS: dict[JobKind, tuple[dict[Stage, tuple[float, float]], tuple[float, float]]] = {
+# Every JobKind has an entry (tests/test_progress.py checks); None: the kind runs no such units (an
+# experiment's progress is its children's, core.jobs.composite).
+UNIT_SPANS: dict[JobKind, tuple[dict[Stage, tuple[float, float]], tuple[float, float]] | None] = {
     "generate": ({Stage.SAMPLING: (0.0, 0.95)}, (0.95, 0.05)),  # then labelling
     # training steps (and the epoch ends between them) fill 0..90 %, the final evaluation the rest
     "train": ({Stage.TRAIN: (0.0, 0.9), Stage.CHECKPOINT: (0.0, 0.9), Stage.EPOCH: (0.0, 0.9)}, (0.9, 0.1)),
     "evaluate": ({}, (0.0, 0.98)),  # the last 2 % are the results table and the metrics
+    "experiment": None,
 }
 
 
 def unit_fraction(kind: JobKind, event: ProgressEvent) -> float:
-    """How far one unit of a ``kind`` job is, in [0, 1], after ``event``."""
-    spans, default = UNIT_SPANS[kind]
+    """How far one unit of a ``kind`` job is, in [0, 1], after ``event``; ValueError for a kind that is not a
+    key of :data:`UNIT_SPANS` or runs no units of its own."""
+    if kind not in UNIT_SPANS:
+        raise ValueError(f"unknown job kind {kind!r}; expected one of {', '.join(UNIT_SPANS)}")
+    entry = UNIT_SPANS[kind]
+    if entry is None:
+        with_units = ", ".join(k for k, v in UNIT_SPANS.items() if v is not None)
+        raise ValueError(f"job kind {kind!r} runs no units with their own progress (those that do: "
+                         f"{with_units})")
+    spans, default = entry
     start, width = spans.get(event.stage, default)
     return start + width * event.fraction
 

@@ -188,17 +188,7 @@ def _train_trades(spec: TrainSpec, train: Any, *, out_dir: Path, data_root: Path
         train = train.concat(load_split(spec.dataset, "oracle", root=data_root))
     synthetic = (load_synthetic(list(synthetic_dirs), num_classes=train.info.num_classes)
                  if synthetic_dirs else None)
-    options: dict[str, Any] = dict(arch=spec.arch, arch_options=dict(spec.arch_options), epochs=spec.epochs,
-                                   batch_size=spec.batch_size, beta=spec.beta, eps=spec.eps,
-                                   step_size=spec.step_size, steps=spec.attack_steps,
-                                   synthetic_fraction=spec.synthetic_fraction, mixing=spec.mixing,
-                                   eval_steps=spec.eval_attack_steps, steps_per_epoch=spec.steps_per_epoch,
-                                   eps_warmup=spec.eps_warmup)
-    if spec.eval_samples is not None:
-        options["eval_max"] = spec.eval_samples
-    if spec.lr:
-        options["lr"] = spec.lr
-    config = TradesConfig(**options)
+    config = TradesConfig(**spec.trades_config_options())
     metrics = train_trades(train, val, synthetic=synthetic, config=config, out_dir=out_dir, seed=spec.seed,
                            device=device, progress=progress)
     if not is_main():

@@ -5,9 +5,11 @@ TRADES defaults to beta = 6, eps = 8/255, 10 PGD steps of 2/255 (Zhang et al. 20
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from core import options
 from core.options import Arch, AttackName, Mixing, TrainKind, UnetPreset
@@ -26,14 +28,16 @@ from core.specs.generate import GenerateSpec
 
 ArchOption = Literal["width", "feature_dim", "depth", "widen_factor"]
 
-# Which arch_options each classifier architecture takes (core.models.build_classifier).
-ARCH_OPTIONS: dict[str, frozenset[str]] = {"small_cnn": frozenset({"width", "feature_dim"}),
-                                           "wrn": frozenset({"depth", "widen_factor"})}
+# Which arch_options each classifier architecture takes (core.models.build_classifier): the one table of the
+# specs, the API document and the `cdp train classifier|trades` options (tests/test_options.py checks
+# that it covers every Arch and every ArchOption).
+ARCH_OPTIONS: dict[Arch, tuple[ArchOption, ...]] = {"small_cnn": ("width", "feature_dim"),
+                                                    "wrn": ("depth", "widen_factor")}
 
 
 def _check_arch_options(arch: str, arch_options: dict[str, int]) -> None:
     """What the worker would refuse when it builds the model, refused at submission instead."""
-    unknown = sorted(set(arch_options) - ARCH_OPTIONS[arch])
+    unknown = sorted(set(arch_options) - set(ARCH_OPTIONS[arch]))
     if unknown:
         raise cross_field(f"arch_options {unknown} do not apply to arch={arch!r} (it takes "
                          f"{sorted(ARCH_OPTIONS[arch])})")
@@ -42,6 +46,30 @@ def _check_arch_options(arch: str, arch_options: dict[str, int]) -> None:
         raise cross_field(f"arch_options.depth={depth}: a WRN depth is 6n + 4 with n >= 1 (10, 16, 22, ...)")
     if arch == "wrn" and arch_options.get("widen_factor", 1) > 32:
         raise cross_field(f"arch_options.widen_factor={arch_options['widen_factor']} exceeds 32")
+
+
+def trades_config_options(
+    *, epochs: int, batch_size: int, lr: float | None, arch: str, arch_options: Mapping[str, int],
+    beta: float, eps: float, step_size: float, attack_steps: int, eval_attack_steps: int,
+    eval_samples: int | None, synthetic_fraction: float, mixing: str, steps_per_epoch: int | None = None,
+    eps_warmup: float = 0.0,
+) -> dict[str, Any]:
+    """The keyword arguments of ``core.training.trades.TradesConfig`` for TRADES options named as TrainSpec
+    names them: the one mapping of a train job (:meth:`TrainSpec.trades_config_options`) and of
+    ``cdp train trades``. ``attack_steps`` is the training attack's ``steps``, ``eval_attack_steps`` the
+    checkpoint selection's ``eval_steps``, ``eval_samples`` its ``eval_max`` validation images; ``lr`` or
+    ``eval_samples`` None leaves the trainer's default. Options TrainSpec lacks (the optimiser's, the attack
+    start, eta) the caller adds."""
+    config: dict[str, Any] = dict(arch=arch, arch_options=dict(arch_options), epochs=epochs,
+                                  batch_size=batch_size, beta=beta, eps=eps, step_size=step_size,
+                                  steps=attack_steps, synthetic_fraction=synthetic_fraction, mixing=mixing,
+                                  eval_steps=eval_attack_steps, steps_per_epoch=steps_per_epoch,
+                                  eps_warmup=eps_warmup)
+    if eval_samples is not None:
+        config["eval_max"] = eval_samples
+    if lr is not None:
+        config["lr"] = lr
+    return config
 
 
 # Which TrainSpec fields apply to each kind (TrainSpec.record_input; tests/test_options.py checks that every
@@ -125,6 +153,15 @@ class TrainSpec(BaseModel):
         """The spec as a job record shows it: only the fields that apply to its kind (a diffusion job's
         record does not echo TRADES' beta or eps). Validating it again gives this spec back."""
         return self.model_dump(mode="json", include=set(TRAIN_FIELDS[self.kind]))
+
+    def trades_config_options(self) -> dict[str, Any]:
+        """The ``TradesConfig`` keyword arguments of a trades spec (:func:`trades_config_options`)."""
+        return trades_config_options(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, arch=self.arch,
+            arch_options=self.arch_options, beta=self.beta, eps=self.eps, step_size=self.step_size,
+            attack_steps=self.attack_steps, eval_attack_steps=self.eval_attack_steps,
+            eval_samples=self.eval_samples, synthetic_fraction=self.synthetic_fraction, mixing=self.mixing,
+            steps_per_epoch=self.steps_per_epoch, eps_warmup=self.eps_warmup)
 
     @model_validator(mode="after")
     def _synthetic_only_for_trades(self) -> TrainSpec:
@@ -232,29 +269,33 @@ class ExperimentArm(BaseModel):
         return self
 
 
-class ExperimentTrades(BaseModel):
-    """The TRADES settings every arm shares (see TrainSpec for their meaning)."""
+# The TrainSpec fields every arm of an experiment shares (ExperimentSpec.trades): ExperimentTrades takes them,
+# with their types, bounds, defaults and descriptions, from TrainSpec, so each is declared once. (A base class
+# of both would put these fields first in TrainSpec's schema, its job records and the generated clients.)
+EXPERIMENT_TRADES_FIELDS = ("epochs", "batch_size", "lr", "arch", "arch_options", "beta", "eps", "step_size",
+                            "attack_steps", "steps_per_epoch", "eps_warmup")
+
+
+class _ExperimentTradesRules(BaseModel):
+    """What ExperimentTrades checks besides its fields' own bounds (the fields: EXPERIMENT_TRADES_FIELDS)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    lr: float | None = Field(default=None, gt=0, le=10)
-    arch: Arch = options.ARCH
-    arch_options: dict[ArchOption, Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=dict)
-    beta: float = Field(default=options.TRADES_BETA, ge=0, le=100)
-    eps: float = Field(default=options.EPS, ge=0, le=1)
-    step_size: float = Field(default=options.STEP_SIZE, gt=0, le=1)
-    attack_steps: int = Field(default=options.ATTACK_STEPS, ge=1, le=100)
-    steps_per_epoch: int | None = Field(default=None, ge=1, le=100_000,
-                                        description="optimizer steps per epoch, the same for every arm")
-    eps_warmup: float = Field(default=0.0, ge=0, le=1, description="fraction of steps with a ramped eps")
-
-    _limits = field_validator("epochs", "batch_size")(within_server_limit)
 
     @model_validator(mode="after")
-    def _arch_options(self) -> ExperimentTrades:
-        _check_arch_options(self.arch, self.arch_options)
+    def _arch_options(self) -> _ExperimentTradesRules:
+        _check_arch_options(getattr(self, "arch"), getattr(self, "arch_options"))  # noqa: B009
         return self
+
+
+ExperimentTrades = create_model(
+    "ExperimentTrades",
+    __base__=_ExperimentTradesRules,
+    __module__=__name__,
+    __doc__="The TRADES settings every arm shares (see TrainSpec for their meaning).",
+    __validators__={"_limits": field_validator("epochs", "batch_size")(within_server_limit)},
+    **{name: (TrainSpec.model_fields[name].annotation, copy.deepcopy(TrainSpec.model_fields[name]))
+       for name in EXPERIMENT_TRADES_FIELDS},
+)
 
 
 class ExperimentSpec(BaseModel):

@@ -42,6 +42,19 @@ def test_paper_defaults() -> None:
     assert (trades.beta, trades.eps, trades.step_size, trades.attack_steps) == (6.0, 8 / 255, 2 / 255, 10)
 
 
+def test_a_trades_spec_maps_to_the_trainer_options_field_by_field() -> None:
+    spec = TrainSpec(kind="trades", dataset="digits", epochs=2, batch_size=64, lr=0.05, arch="wrn",
+                     arch_options={"depth": 10}, beta=3.0, eps=0.1, step_size=0.02, attack_steps=5,
+                     eval_attack_steps=7, eval_samples=None, synthetic_fraction=0.5, mixing="loss",
+                     steps_per_epoch=9, eps_warmup=0.2)
+    assert spec.trades_config_options() == {
+        "arch": "wrn", "arch_options": {"depth": 10}, "epochs": 2, "batch_size": 64, "lr": 0.05, "beta": 3.0,
+        "eps": 0.1, "step_size": 0.02, "steps": 5, "eval_steps": 7, "synthetic_fraction": 0.5,
+        "mixing": "loss", "steps_per_epoch": 9, "eps_warmup": 0.2}  # eval_samples None: no eval_max
+    default = TrainSpec(kind="trades", dataset="digits", epochs=1).trades_config_options()
+    assert "lr" not in default and default["eval_max"] == 1000  # lr None: the trainer's
+
+
 def test_bounds_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CDP_MAX_COUNT", "50")
     monkeypatch.setenv("CDP_MAX_EPOCHS", "3")
