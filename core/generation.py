@@ -1,6 +1,5 @@
 """Generate a labelled synthetic set with (contrastive-guided) DDIM: the science behind ``cdp generate`` and
-the service's generation jobs. The quality numbers of a generated set are in :mod:`core.quality` (and are
-importable from here too).
+the service's generation jobs. The quality numbers of a generated set are in :mod:`core.quality`.
 
 Pipeline per batch (paper Algorithm 1 + §2.1): x_T ~ N(0, I) from a per-batch generator seeded from
 (seed, batch index) -> guided DDIM over ``steps`` timesteps -> clip to [-1, 1] -> uint8 -> pseudo-labels,
@@ -35,33 +34,15 @@ from core.diffusion import DiffusionModel, ddim_timesteps, sample
 from core.diffusion.fast import SamplingSpeed, fast_features, fast_unet
 from core.options import FeatureOn, GenLoss, HeadScope, Schedule, Strategy, check_choice
 from core.progress import ProgressEvent, ProgressFn, Stage
-from core.quality import (  # the quality numbers lived here first; their importers still find them here
-    DUPLICATE_THRESHOLD,
-    check_uint8_nhwc,
-    class_balance,
-    judge_labels,
-    nearest_real_distance,
-    sample_metrics,
-    sample_quality,
-    total_variation,
-    train_on_synthetic_test_on_real,
-)
+from core.quality import check_uint8_nhwc
 
 __all__ = [
-    "DUPLICATE_THRESHOLD",
     "GeneratedSet",
     "GenerationParams",
     "batch_seed",
-    "class_balance",
     "generate",
     "images_to_model_space",
-    "judge_labels",
     "model_space_to_uint8",
-    "nearest_real_distance",
-    "sample_metrics",
-    "sample_quality",
-    "total_variation",
-    "train_on_synthetic_test_on_real",
 ]
 
 log = logging.getLogger(__name__)

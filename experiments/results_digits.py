@@ -31,8 +31,9 @@ import torch
 
 from core.data import ImageDataset, load_dataset, load_npz
 from core.diffusion import load_diffusion_model
-from core.generation import GenerationParams, generate, sample_metrics
+from core.generation import GenerationParams, generate
 from core.models import load_classifier
+from core.quality import sample_metrics
 from core.training.attacks import evaluate_robustness
 from core.training.trades import TradesConfig, train_trades
 
