@@ -282,15 +282,15 @@ def generate(
     all_images = np.concatenate(images)
     if progress is not None:
         progress(ProgressEvent(Stage.LABELLING, 0, 1))
-    pl = pseudo_label(classifier, all_images, batch_size=max(params.batch_size, 256))
+    pseudo = pseudo_label(classifier, all_images, batch_size=max(params.batch_size, 256))
     if progress is not None:
         progress(ProgressEvent(Stage.LABELLING, 1, 1))
     log.info("generated %d images (%s, lam=%g, %d steps)", count, params.loss, params.lam, len(ts))
     return GeneratedSet(
         images=all_images,
-        labels=pl.labels.numpy().astype(np.int64),
-        confidence=pl.confidence.numpy().astype(np.float32),
-        entropy=pl.entropy.numpy().astype(np.float32),
+        labels=pseudo.labels.numpy().astype(np.int64),
+        confidence=pseudo.confidence.numpy().astype(np.float32),
+        entropy=pseudo.entropy.numpy().astype(np.float32),
         class_labels=np.concatenate(cond).astype(np.int64) if cond else None,
         guidance=history,
     )

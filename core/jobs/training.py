@@ -65,7 +65,7 @@ def run_train(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> st
         if isinstance(result.get("test"), dict):
             tracker.scalars(result["test"], progress.last_step, prefix="test/")
         upload_tensorboard(ctx, job_id, tracker.close())
-        ctx.store.put_json(keys.metrics_key(job_id), jsonable(job_names(result, out_dir)))
+        ctx.store.put_json(keys.metrics_key(job_id), jsonable(paths_as_job_names(result, out_dir)))
         lease.check()
         write_manifest(ctx.store, job_id)
         ctx.repo.finish(job_id, "succeeded")
@@ -75,26 +75,26 @@ def run_train(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> st
     return run_unit(ctx, job_id, "train", message_id, work)
 
 
-def job_names(value: Any, out_dir: Path) -> Any:
+def paths_as_job_names(value: Any, out_dir: Path) -> Any:
     """A trainer's metrics as the job's clients see them, without this server's paths: a path inside the
     trainer's ``out_dir`` becomes the name of the same file or folder under the job's ``model/`` (where
     ``out_dir`` is uploaded, less its checkpoint and metrics: ``model_dir`` -> ``"model/"``); any other
     absolute path is dropped (a dict loses the key, a list keeps ``None`` in its place)."""
     if isinstance(value, dict):
-        named = {k: job_names(v, out_dir) for k, v in value.items()}
-        return {k: v for k, v in named.items() if v is not _DROPPED}
+        named = {k: paths_as_job_names(v, out_dir) for k, v in value.items()}
+        return {k: v for k, v in named.items() if v is not _OUTSIDE_OUT_DIR}
     if isinstance(value, list | tuple):
-        return [None if v is _DROPPED else v for v in (job_names(v, out_dir) for v in value)]
+        return [None if v is _OUTSIDE_OUT_DIR else v for v in (paths_as_job_names(v, out_dir) for v in value)]
     if isinstance(value, str | Path) and Path(value).is_absolute():
         path = Path(value)
         if not path.is_relative_to(out_dir):
-            return _DROPPED
+            return _OUTSIDE_OUT_DIR
         rel = path.relative_to(out_dir).as_posix()
         return "model/" if rel == "." else f"model/{rel}"
     return value
 
 
-_DROPPED = object()
+_OUTSIDE_OUT_DIR = object()
 
 
 def _synthetic_dirs(ctx: WorkerContext, spec: TrainSpec) -> list[Path]:
