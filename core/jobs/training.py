@@ -13,7 +13,6 @@ clean and PGD robust accuracy on the held-out test split at the spec's eps.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -205,15 +204,7 @@ def _train_trades(spec: TrainSpec, train: Any, *, out_dir: Path, data_root: Path
         return metrics
     metrics["real_images"] = len(train)
     metrics["synthetic_images"] = len(synthetic) if synthetic is not None else 0
-    # The share of synthetic images in every step, exactly as core.training.trades.epoch_plan draws them:
-    # floor(f B) of B per batch ("batch" mixing), B synthetic beside B real ("loss" mixing, eq. 3).
-    if synthetic is None:
-        metrics["synthetic_share_seen"] = 0.0
-    elif spec.mixing == "batch":
-        batch = spec.batch_size
-        metrics["synthetic_share_seen"] = math.floor(spec.synthetic_fraction * batch) / batch
-    else:
-        metrics["synthetic_share_seen"] = 0.5
+    # metrics["synthetic_share_seen"]: the trainer's count of the synthetic rows of the batches it trained on
     if spec.final_eval:
         metrics["test"] = _evaluate(spec, out_dir, data_root=data_root, device=device, progress=progress)
     return metrics
