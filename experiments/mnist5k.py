@@ -132,7 +132,7 @@ def evaluate_model(model_dir: Path, *, split: str, autoattack: bool, seed: int) 
     per-sample worst over every attack that ran, all on the same images."""
     from core.data import load_dataset
     from core.models import load_classifier
-    from core.training.attacks import per_sample_robustness
+    from core.training.robustness import per_sample_robustness
 
     e = PROTOCOL["eval"]
     model = load_classifier(model_dir).eval()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from core.data import ImageDataset, load_dataset
 from core.models import build_classifier, load_classifier
 from core.progress import Cancelled, ProgressEvent
-from core.training.attacks import evaluate_robustness
+from core.training.robustness import evaluate_robustness
 from core.training.trades import (
     TradesConfig,
     epoch_plan,

@@ -165,7 +165,7 @@ def _evaluate(spec: TrainSpec, model_path: Path, *, data_root: Path, device: str
               progress: ProgressFn) -> dict[str, Any]:
     """Clean and PGD (CE and CW) robust accuracy of the saved model on the test split."""
     from core.models import load_classifier
-    from core.training.attacks import evaluate_robustness
+    from core.training.robustness import evaluate_robustness
 
     test = load_split(spec.dataset, "test", root=data_root)
     x, y = test.subset(test.limit_index(spec.eval_samples)).to_tensors("cpu")
