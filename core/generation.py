@@ -1,6 +1,5 @@
 """Generate a labelled synthetic set with (contrastive-guided) DDIM: the science behind ``cdp generate`` and
-the service's generation jobs. The quality numbers of a generated set are in :mod:`core.quality` (and are
-importable from here too).
+the service's generation jobs. The quality numbers of a generated set are in :mod:`core.quality`.
 
 Pipeline per batch (paper Algorithm 1 + §2.1): x_T ~ N(0, I) from a per-batch generator seeded from
 (seed, batch index) -> guided DDIM over ``steps`` timesteps -> clip to [-1, 1] -> uint8 -> pseudo-labels,
@@ -35,33 +34,15 @@ from core.diffusion import DiffusionModel, ddim_timesteps, sample
 from core.diffusion.fast import SamplingSpeed, fast_features, fast_unet
 from core.options import FeatureOn, GenLoss, HeadScope, Schedule, Strategy, check_choice
 from core.progress import ProgressEvent, ProgressFn, Stage
-from core.quality import (  # the quality numbers lived here first; their importers still find them here
-    DUPLICATE_THRESHOLD,
-    check_uint8_nhwc,
-    class_balance,
-    judge_labels,
-    nearest_real_distance,
-    sample_metrics,
-    sample_quality,
-    total_variation,
-    train_on_synthetic_test_on_real,
-)
+from core.quality import check_uint8_nhwc
 
 __all__ = [
-    "DUPLICATE_THRESHOLD",
     "GeneratedSet",
     "GenerationParams",
     "batch_seed",
-    "class_balance",
     "generate",
     "images_to_model_space",
-    "judge_labels",
     "model_space_to_uint8",
-    "nearest_real_distance",
-    "sample_metrics",
-    "sample_quality",
-    "total_variation",
-    "train_on_synthetic_test_on_real",
 ]
 
 log = logging.getLogger(__name__)
@@ -232,23 +213,10 @@ def generate(
     ``core.progress.Cancelled`` to stop. ``speed`` switches on the optional fast paths of
     :mod:`core.diffusion.fast` (compile, channels_last, bf16 on CUDA).
     """
-    _check_positive_int("count", count)
-    if isinstance(label_offset, bool) or not isinstance(label_offset, int) or label_offset < 0:
-        raise ValueError(f"label_offset must be an int >= 0, got {label_offset!r}")
-    if not hasattr(classifier, "features"):
-        raise ValueError(f"classifier {type(classifier).__name__} has no features() method")
-    if feature_extractor is not None and not hasattr(feature_extractor, "features"):
-        raise ValueError(f"feature_extractor {type(feature_extractor).__name__} has no features() method")
+    _check_generate_args(classifier, feature_extractor, count=count, label_offset=label_offset)
     ts = params.timesteps(diffusion.num_train_timesteps)
     shape = (diffusion.channels, diffusion.image_size, diffusion.image_size)
-    real = None
-    if params.guided and params.strategy in options.REAL_STRATEGIES:
-        if real_images is None or len(real_images) == 0:
-            raise ValueError(f"strategy {params.strategy!r} needs real_images, got none")
-        real = images_to_model_space(real_images, device=device)
-        if tuple(real.shape[1:]) != shape:
-            got = tuple(real.shape[1:])
-            raise ValueError(f"real_images have shape {got} (C, H, W); the model makes {shape}")
+    real = _real_for_guidance(params, real_images, shape=shape, device=device)
     classifier.eval()
     diffusion.unet.eval()
     extractor = feature_extractor if feature_extractor is not None else classifier
@@ -262,28 +230,21 @@ def generate(
     cond: list[np.ndarray] = []
     history: list[dict[str, float]] = []
     guidance: ContrastiveGuidance | None = None
+    run_scope = params.embedding_head and params.head_scope == "run"  # else a fresh guidance per batch
     for b in range(n_batches):
         n = min(params.batch_size, count - b * params.batch_size)
         gen = torch.Generator(device=device).manual_seed(batch_seed(seed, b))
         x_T = torch.randn((n, *shape), generator=gen, device=device)
-        class_labels = None
-        if diffusion.num_classes is not None:  # balanced labels, cycling over the whole job
-            start = label_offset + b * params.batch_size
-            class_labels = (torch.arange(start, start + n, device=device) % diffusion.num_classes).long()
+        first = label_offset + b * params.batch_size  # the job-wide index of the batch's first image
+        class_labels = _class_labels(diffusion, start=first, n=n, device=device)
+        if class_labels is not None:
             cond.append(class_labels.cpu().numpy())
-        run_scope = params.embedding_head and params.head_scope == "run"  # else a fresh guidance per batch
         if params.guided and (guidance is None or not run_scope):
             head_gen_seed = batch_seed(seed if head_seed is None else head_seed, 0) if run_scope else \
                 batch_seed(seed, b)
-            guidance = ContrastiveGuidance(
-                feature_fn,
-                loss=params.loss,  # type: ignore[arg-type]  # "none" excluded by params.guided
-                lam=params.lam, tau=params.tau, tau_plus=params.tau_plus, beta=params.beta,
-                strategy=params.strategy, window=params.guidance_window, feature_on=params.feature_on,
-                real=real, label_fn=classifier_label_fn(classifier) if class_labels is None else None,
-                embedding_head=params.embedding_head, keep_head=run_scope,
-                generator=torch.Generator(device=device).manual_seed(head_gen_seed ^ 0x5EED),
-            )
+            guidance = _make_guidance(params, feature_fn, classifier, real=real,
+                                      conditional=class_labels is not None, keep_head=run_scope,
+                                      head_seed=head_gen_seed, device=device)
 
         def on_step(step: int, _total: int, _b: int = b) -> None:
             if progress is not None:
@@ -298,18 +259,87 @@ def generate(
             history += [
                 {"batch": b, "t": h.t, "loss": h.loss, "grad_norm": h.grad_norm} for h in guidance.history
             ]
-    all_images = np.concatenate(images)
+    generated = _pseudo_labelled(classifier, np.concatenate(images), cond=cond, guidance=history,
+                                 batch_size=max(params.batch_size, 256), progress=progress)
+    log.info("generated %d images (%s, lam=%g, %d steps)", count, params.loss, params.lam, len(ts))
+    return generated
+
+
+def _check_generate_args(classifier: nn.Module, feature_extractor: nn.Module | None, *, count: int,
+                         label_offset: int) -> None:
+    _check_positive_int("count", count)
+    if isinstance(label_offset, bool) or not isinstance(label_offset, int) or label_offset < 0:
+        raise ValueError(f"label_offset must be an int >= 0, got {label_offset!r}")
+    if not hasattr(classifier, "features"):
+        raise ValueError(f"classifier {type(classifier).__name__} has no features() method")
+    if feature_extractor is not None and not hasattr(feature_extractor, "features"):
+        raise ValueError(f"feature_extractor {type(feature_extractor).__name__} has no features() method")
+
+
+def _real_for_guidance(params: GenerationParams, real_images: np.ndarray | None, *,
+                       shape: tuple[int, int, int], device: str | torch.device) -> torch.Tensor | None:
+    """The real images in the model's space when the guidance's strategy needs them (None otherwise);
+    ValueError when they are missing or of another shape than the model's (C, H, W) ``shape``."""
+    if not (params.guided and params.strategy in options.REAL_STRATEGIES):
+        return None
+    if real_images is None or len(real_images) == 0:
+        raise ValueError(f"strategy {params.strategy!r} needs real_images, got none")
+    real = images_to_model_space(real_images, device=device)
+    if tuple(real.shape[1:]) != shape:
+        got = tuple(real.shape[1:])
+        raise ValueError(f"real_images have shape {got} (C, H, W); the model makes {shape}")
+    return real
+
+
+def _class_labels(diffusion: DiffusionModel, *, start: int, n: int,
+                  device: str | torch.device) -> torch.Tensor | None:
+    """A class-conditional model's labels for the run's images ``start`` .. ``start + n - 1``: balanced,
+    cycling over the classes across the whole job; None for an unconditional model."""
+    if diffusion.num_classes is None:
+        return None
+    return (torch.arange(start, start + n, device=device) % diffusion.num_classes).long()
+
+
+def _make_guidance(
+    params: GenerationParams,
+    feature_fn: Any,
+    classifier: nn.Module,
+    *,
+    real: torch.Tensor | None,
+    conditional: bool,
+    keep_head: bool,
+    head_seed: int,
+    device: str | torch.device,
+) -> ContrastiveGuidance:
+    """The contrastive guidance of ``params`` (guided ones only) on the features of ``feature_fn``. An
+    unconditional model's samples get their labels from ``classifier`` (``conditional``: the model's own
+    labels serve); ``keep_head`` keeps one embedding head across batches; the head's initial weights come
+    from ``head_seed``."""
+    return ContrastiveGuidance(
+        feature_fn,
+        loss=params.loss,  # type: ignore[arg-type]  # "none" excluded by params.guided
+        lam=params.lam, tau=params.tau, tau_plus=params.tau_plus, beta=params.beta,
+        strategy=params.strategy, window=params.guidance_window, feature_on=params.feature_on,
+        real=real, label_fn=None if conditional else classifier_label_fn(classifier),
+        embedding_head=params.embedding_head, keep_head=keep_head,
+        generator=torch.Generator(device=device).manual_seed(head_seed ^ 0x5EED),
+    )
+
+
+def _pseudo_labelled(classifier: nn.Module, images: np.ndarray, *, cond: list[np.ndarray],
+                     guidance: list[dict[str, float]], batch_size: int,
+                     progress: ProgressFn | None) -> GeneratedSet:
+    """The generated uint8 ``images`` with the classifier's pseudo-labels, confidence and entropy."""
     if progress is not None:
         progress(ProgressEvent(Stage.LABELLING, 0, 1))
-    pl = pseudo_label(classifier, all_images, batch_size=max(params.batch_size, 256))
+    pseudo = pseudo_label(classifier, images, batch_size=batch_size)
     if progress is not None:
         progress(ProgressEvent(Stage.LABELLING, 1, 1))
-    log.info("generated %d images (%s, lam=%g, %d steps)", count, params.loss, params.lam, len(ts))
     return GeneratedSet(
-        images=all_images,
-        labels=pl.labels.numpy().astype(np.int64),
-        confidence=pl.confidence.numpy().astype(np.float32),
-        entropy=pl.entropy.numpy().astype(np.float32),
+        images=images,
+        labels=pseudo.labels.numpy().astype(np.int64),
+        confidence=pseudo.confidence.numpy().astype(np.float32),
+        entropy=pseudo.entropy.numpy().astype(np.float32),
         class_labels=np.concatenate(cond).astype(np.int64) if cond else None,
-        guidance=history,
+        guidance=guidance,
     )

@@ -54,16 +54,16 @@ def sample_metrics(
         return {"count": 0, "class_histogram": [0] * num_classes}
     hist = np.bincount(labels_t.numpy(), minlength=num_classes).tolist()
     classifier.eval()
-    pl = pseudo_label(classifier, images_uint8_nhwc)
-    sep = feature_separability(pl.features, labels_t)
-    f = torch.nn.functional.normalize(pl.features[:max_pairs].double(), dim=1)
+    pseudo = pseudo_label(classifier, images_uint8_nhwc)
+    sep = feature_separability(pseudo.features, labels_t)
+    f = torch.nn.functional.normalize(pseudo.features[:max_pairs].double(), dim=1)
     m = f.shape[0]
     cos = (f @ f.T).sum().sub(m).div(m * (m - 1)).item() if m > 1 else math.nan
     return {
         "count": int(labels_t.numel()),
         "class_histogram": hist,
-        "mean_confidence": float(pl.confidence.mean()),
-        "mean_entropy": float(pl.entropy.mean()),
+        "mean_confidence": float(pseudo.confidence.mean()),
+        "mean_entropy": float(pseudo.entropy.mean()),
         "separability_margin": sep["margin"],
         "mean_dist_own_centroid": sep["mean_dist_own"],
         "mean_dist_other_centroid": sep["mean_dist_other"],

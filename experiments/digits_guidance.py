@@ -29,7 +29,8 @@ from torch import nn
 from core.data import load_dataset
 from core.data.images import to_unit
 from core.diffusion import load_diffusion_model
-from core.generation import GenerationParams, generate, sample_metrics
+from core.generation import GenerationParams, generate
+from core.quality import sample_metrics
 
 log = logging.getLogger("digits_guidance")
 

@@ -132,7 +132,7 @@ def evaluate_model(model_dir: Path, *, split: str, autoattack: bool, seed: int) 
     per-sample worst over every attack that ran, all on the same images."""
     from core.data import load_dataset
     from core.models import load_classifier
-    from core.training.attacks import per_sample_robustness
+    from core.training.robustness import per_sample_robustness
 
     e = PROTOCOL["eval"]
     model = load_classifier(model_dir).eval()
@@ -269,8 +269,9 @@ def sample(work: Path, name: str, params: dict[str, Any], *, count: int, seed: i
 
     from core.data import load_dataset
     from core.diffusion import load_diffusion_model
-    from core.generation import GenerationParams, generate, sample_metrics, sample_quality
+    from core.generation import GenerationParams, generate
     from core.models import load_classifier
+    from core.quality import sample_metrics, sample_quality
 
     folder = work / "sets" / name
     done = folder / "metrics.json"
@@ -360,8 +361,8 @@ SWEEP: dict[str, dict[str, Any]] = {
 
 def _sweep_metrics(work: Path, name: str) -> dict[str, Any]:
     from core.data import load_dataset
-    from core.generation import sample_metrics
     from core.models import load_classifier
+    from core.quality import sample_metrics
 
     params = dict(SWEEP[name])
     extractor = None

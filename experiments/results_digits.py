@@ -9,7 +9,7 @@
 2. For every seed: TRADES (``core.training.trades.train_trades``) on the real training split alone, and with
    each synthetic set mixed in at the same batch fraction; same steps, batch size and schedule in all arms.
 3. The checkpoint chosen by PGD accuracy on the validation split is attacked on the test split
-   (``core.training.attacks.evaluate_robustness``: PGD-CE, PGD-CW, per-sample worst case, sanity checks).
+   (``core.training.robustness.evaluate_robustness``: PGD-CE, PGD-CW, per-sample worst case, sanity checks).
 
 Everything is cached: re-running skips finished generations and training runs (they resume from their
 checkpoints). Output: a JSON file with every run and a markdown table on stdout.
@@ -31,9 +31,10 @@ import torch
 from core.data import ImageDataset, load_dataset, load_npz
 from core.diffusion import load_diffusion_model
 from core.experiment_report.statistics import describe
-from core.generation import GenerationParams, generate, sample_metrics
+from core.generation import GenerationParams, generate
 from core.models import load_classifier
-from core.training.attacks import evaluate_robustness
+from core.quality import sample_metrics
+from core.training.robustness import evaluate_robustness
 from core.training.trades import TradesConfig, train_trades
 
 log = logging.getLogger("results_digits")

@@ -1,4 +1,4 @@
-"""Gradient-masking sanity checks (core.training.attacks.check_gradient_masking)."""
+"""Gradient-masking sanity checks (core.training.masking_checks.check_gradient_masking)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from adversarial_helpers import digits_tensors, tiny_cnn, train_ce
 from torch import Tensor, nn
 
-from core.training.attacks import GradientMaskingWarning, check_gradient_masking
+from core.training.masking_checks import GradientMaskingWarning, check_gradient_masking
 
 
 class _ReverseGradient(torch.autograd.Function):

@@ -1,4 +1,4 @@
-"""PGD (core.training.attacks.pgd_attack), the CW margin and evaluate_robustness."""
+"""PGD (core.training.pgd.pgd_attack), the CW margin, the attack table and evaluate_robustness."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from adversarial_helpers import digits_tensors, tiny_cnn, train_ce
 from torch import nn
 
 from core.data import load_dataset
-from core.training.attacks import cw_margin, evaluate_robustness, pgd_attack, run_autoattack
+from core.training.pgd import cw_margin, pgd_attack
+from core.training.robustness import evaluate_robustness, run_autoattack
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -162,3 +163,62 @@ def test_autoattack_standard_runs_and_is_at_least_as_strong_as_clean(trained) ->
     result = evaluate_robustness(model, x, y, eps=0.2, steps=10, autoattack=True, sanity_checks=False)
     assert result["autoattack_acc"] < result["clean_acc"]
     assert result["robust_acc"] <= result["autoattack_acc"]
+
+
+# ------------------------------------------------------------------------------------------ the attack table
+
+
+def test_the_attack_table_has_one_row_per_attack_name_of_the_api() -> None:
+    from core import options
+    from core.training.attacks import ATTACK_TABLE
+
+    assert tuple(ATTACK_TABLE) == options.ATTACKS  # a name added to the Literal needs a row here
+    assert all(name == attack.name for name, attack in ATTACK_TABLE.items())
+    assert len({attack.metric for attack in ATTACK_TABLE.values()}) == len(ATTACK_TABLE)
+
+
+def test_every_method_of_the_table_has_a_runner() -> None:
+    from core.training.attacks import ATTACK_TABLE
+    from core.training.robustness import _METHODS
+
+    assert {attack.method for attack in ATTACK_TABLE.values()} <= set(_METHODS)
+    assert all(attack.loss is not None for attack in ATTACK_TABLE.values() if attack.method == "pgd")
+
+
+def test_the_report_metrics_come_from_the_table() -> None:
+    from core.cli.experiment import COLUMNS
+    from core.experiment_report import DEFAULT_METRICS, METRIC_LABELS
+    from core.jobs.experiment import REPORT_METRICS
+    from core.training.attacks import ATTACK_TABLE
+
+    assert REPORT_METRICS == DEFAULT_METRICS == (
+        "clean_acc", "pgd_ce_acc", "pgd_cw_acc", "worst_acc", "autoattack_acc")  # fmt: skip
+    assert set(REPORT_METRICS) == {"clean_acc", "worst_acc", *(a.metric for a in ATTACK_TABLE.values())}
+    assert set(METRIC_LABELS) == set(REPORT_METRICS) == {key for key, _ in COLUMNS}
+
+
+def test_the_api_and_the_specs_know_every_attack_of_the_table() -> None:
+    from annotated_types import MaxLen
+
+    from api.routes.jobs import EvaluationMetrics
+    from core.specs.train import EvaluationSettings
+    from core.training.attacks import ATTACK_TABLE, DEFAULT_ATTACKS
+
+    assert {a.metric for a in ATTACK_TABLE.values()} <= set(EvaluationMetrics.model_fields)
+    assert EvaluationSettings().attacks == list(DEFAULT_ATTACKS)
+    metadata = EvaluationSettings.model_fields["attacks"].metadata
+    limits = [m.max_length for m in metadata if isinstance(m, MaxLen)]
+    assert limits == [len(ATTACK_TABLE)]
+
+
+def test_evaluate_robustness_reports_each_attack_of_the_table_under_its_metric(trained) -> None:
+    from core.training.attacks import ATTACK_TABLE, DEFAULT_ATTACKS
+
+    model, x, y = trained
+    result = evaluate_robustness(model, x[:16], y[:16], eps=0.05, steps=2, sanity_checks=False)
+    assert {ATTACK_TABLE[name].metric for name in DEFAULT_ATTACKS} <= set(result)
+    assert not {a.metric for a in ATTACK_TABLE.values() if not a.default} & set(result)
+    from core.training.robustness import per_sample_robustness
+
+    with pytest.raises(ValueError, match="unknown attacks"):
+        per_sample_robustness(model, x[:4], y[:4], eps=0.05, attacks=("pgd_l2",))

@@ -15,7 +15,7 @@ from core.data import load_dataset
 from core.diffusion import ddim_timesteps, load_diffusion_model, sample
 from core.generation import GenerationParams, generate
 from core.models import build_classifier, build_unet, load_classifier, save_classifier, save_diffusion
-from core.training.attacks import pgd_attack
+from core.training.pgd import pgd_attack
 from core.training.trades import TradesConfig, train_trades
 
 NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

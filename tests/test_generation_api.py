@@ -13,8 +13,9 @@ from torch import nn
 
 from core.contrastive import select_top_k
 from core.diffusion import DiffusionModel
-from core.generation import GeneratedSet, GenerationParams, generate, sample_metrics
+from core.generation import GeneratedSet, GenerationParams, generate
 from core.progress import Cancelled, ProgressEvent
+from core.quality import sample_metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""core.generation.sample_quality / train_on_synthetic_test_on_real: quality numbers that do not come from the
+"""core.quality.sample_quality / train_on_synthetic_test_on_real: quality numbers that do not come from the
 classifier that made the pseudo-labels (judge agreement, TV outliers, near-duplicates, class balance,
 TSTR)."""
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from core.data import load_dataset
-from core.generation import (
+from core.quality import (
     DUPLICATE_THRESHOLD,
     class_balance,
     nearest_real_distance,

@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from core.data import ImageDataset, load_dataset
+from core.data.images import to_unit
 from core.models import build_classifier, load_classifier
 from core.progress import Cancelled, ProgressEvent
-from core.training.attacks import evaluate_robustness
+from core.training.robustness import evaluate_robustness
 from core.training.trades import (
     TradesConfig,
+    assemble_batch,
     epoch_plan,
     kaiming_init,
     learning_rate,
@@ -238,6 +240,7 @@ def test_resume_gives_the_same_weights(digits, tmp_path: Path, stage: str, when:
                      progress=interrupt)  # fmt: skip
     resumed = train_trades(train, val, synthetic=synthetic, config=config, out_dir=tmp_path / "b", seed=3)
     assert resumed["history"] == reference["history"]
+    assert resumed["synthetic_share_seen"] == reference["synthetic_share_seen"]
     for name in ("a", "b"):
         assert (tmp_path / name / "final" / "model.safetensors").exists()
     final_a, final_b = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "b" / "final")
@@ -246,6 +249,30 @@ def test_resume_gives_the_same_weights(digits, tmp_path: Path, stage: str, when:
     raw_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
     raw_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)
+
+
+def test_the_synthetic_share_seen_is_counted_from_the_batches(digits, tmp_path: Path) -> None:
+    train, val, synthetic, config = _tiny_run_inputs(digits)
+    config = TradesConfig(**{**config.__dict__, "epochs": 1, "mixing": "loss"})
+    first = train_trades(train, val, synthetic=synthetic, config=config, out_dir=tmp_path / "loss", seed=0)
+    again = train_trades(train, val, synthetic=synthetic, config=config, out_dir=tmp_path / "loss", seed=0)
+    assert first["synthetic_share_seen"] == again["synthetic_share_seen"] == 0.5  # B beside B; nothing left
+    real_only = train_trades(train, val, config=config, out_dir=tmp_path / "real", seed=0)
+    assert real_only["synthetic_share_seen"] == 0.0
+
+
+def test_a_batch_is_real_rows_then_synthetic_rows_with_eq3_weights(digits) -> None:
+    train, _, synthetic, _ = _tiny_run_inputs(digits)
+    config = TradesConfig(mixing="loss", eta=0.3)
+    real_index, syn_index = torch.tensor([0, 5, 9]), torch.tensor([1, 2])
+    batch = assemble_batch(real_index, syn_index, real_images=torch.from_numpy(train.images),
+                           real_labels=torch.from_numpy(train.labels), syn_images=synthetic.images,
+                           syn_labels=torch.from_numpy(synthetic.labels), config=config,
+                           device=torch.device("cpu"))  # fmt: skip
+    assert (batch.size, batch.synthetic, batch.rows) == (5, 2, slice(0, 5))
+    assert batch.y.tolist() == [*train.labels[[0, 5, 9]].tolist(), *synthetic.labels[[1, 2]].tolist()]
+    assert torch.equal(batch.x[3], to_unit(torch.from_numpy(synthetic.images[1:2]), "cpu")[0])
+    assert torch.allclose(batch.weights, torch.tensor([0.1, 0.1, 0.1, 0.35, 0.35]))
 
 
 def test_resume_refuses_a_changed_config(digits, tmp_path: Path) -> None:
@@ -268,6 +295,7 @@ def test_train_trades_reports_and_saves(digits, tmp_path: Path) -> None:
                            progress=record)  # fmt: skip
     assert metrics["steps_per_epoch"] == math.ceil(160 / 32)
     assert metrics["synthetic_count"] == 100
+    assert metrics["synthetic_share_seen"] == math.floor(0.7 * 32) / 32  # 22 synthetic rows of every 32
     assert [e for e in events if e[0] == "epoch"] == [("epoch", 1, 2), ("epoch", 2, 2)]
     ends = [e for e in events if e[0] in ("checkpoint", "epoch")]  # each epoch's checkpoint, then its end
     assert ends == [("checkpoint", 1, 2), ("epoch", 1, 2), ("checkpoint", 2, 2), ("epoch", 2, 2)]

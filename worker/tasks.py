@@ -79,7 +79,7 @@ def warm_up(app: Celery) -> None:
     log.info("worker warmed up in %.2f s", time.perf_counter() - began)
 
 
-def _control(app: Celery) -> tuple[JobRepository, Enqueuer, Settings]:
+def _reconciler_parts(app: Celery) -> tuple[JobRepository, Enqueuer, Settings]:
     """What the reconciler needs: no model cache, no torch (the control worker stays small)."""
     found = getattr(app, "_cdp_control", None)
     if found is None:
@@ -170,7 +170,7 @@ def register(app: Celery) -> dict[str, Any]:
 
     @app.task(name=task_names.RECONCILE, bind=True, ignore_result=True)
     def reconcile_jobs(self: Any) -> dict[str, object]:
-        repo, enqueuer, settings = _control(self.app)
+        repo, enqueuer, settings = _reconciler_parts(self.app)
         try:
             report = reconcile(repo, enqueuer, max_attempts=settings.max_attempts,
                                default_shard_size=settings.shard_size, model_dir=settings.model_dir,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core import options
 from core.cli.common import ProgressBar, integer, parse_eps, resolve_data_root_and_device
+from core.training.attacks import ATTACK_TABLE, Attack
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,11 +47,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _row_name(attack: Attack, steps: int) -> str:
+    """An attack's line in the printed table: "PGD-20 CE", "AutoAttack standard" (the version this runs)."""
+    if attack.method == "pgd" and attack.loss is not None:
+        return f"PGD-{steps} {attack.loss.upper()}"
+    return f"{attack.label} standard" if attack.method == "autoattack" else attack.label
+
+
 def run(args: argparse.Namespace) -> int:
     from core.data import load_dataset
     from core.models import load_classifier
-    from core.training.attacks import GradientMaskingWarning, evaluate_robustness
     from core.training.common import resolve_device
+    from core.training.masking_checks import GradientMaskingWarning
+    from core.training.robustness import evaluate_robustness
 
     root, device_name = resolve_data_root_and_device(args)
     device = resolve_device(device_name)
@@ -85,10 +94,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"{args.model} on {args.dataset}/{args.split} ({result['count']} images), L-inf eps {args.eps:.4g}")
-    rows = [("clean", result["clean_acc"]), (f"PGD-{args.steps} CE", result["pgd_ce_acc"]),
-            (f"PGD-{args.steps} CW", result["pgd_cw_acc"])]  # fmt: skip
-    if "autoattack_acc" in result:
-        rows.append(("AutoAttack standard", result["autoattack_acc"]))
+    rows = [("clean", result["clean_acc"])]
+    rows += [(_row_name(attack, args.steps), result[attack.metric]) for attack in ATTACK_TABLE.values()
+             if attack.metric in result]  # fmt: skip
     rows.append(("worst case (robust)", result["robust_acc"]))
     for name, value in rows:
         print(f"  {name:<22} {100 * value:6.2f} %")

@@ -21,9 +21,12 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from core.training.attacks import ATTACK_TABLE, CLEAN_METRIC, WORST_METRIC
+
 TERMINAL = ("succeeded", "failed", "canceled")
-COLUMNS = (("clean_acc", "clean"), ("pgd_ce_acc", "PGD-CE"), ("pgd_cw_acc", "PGD-CW"),
-           ("autoattack_acc", "AutoAttack"), ("worst_acc", "robust (worst)"))
+# clean, every attack of the table (by its report label), the worst case
+COLUMNS = ((CLEAN_METRIC, "clean"), *((attack.metric, attack.label) for attack in ATTACK_TABLE.values()),
+           (WORST_METRIC, "robust (worst)"))
 
 
 def _cell(stat: dict[str, Any] | None, *, signed: bool = False) -> str:

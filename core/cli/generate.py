@@ -2,7 +2,7 @@
 
 Writes ``OUT/shards/<k>.npz`` (uint8 NHWC ``image``, int64 ``label`` = pseudo-labels, float32 ``confidence``
 and ``entropy``; ``class_label`` for a conditional model), ``OUT/preview.png`` (a grid of the first 100
-images) and ``OUT/metrics.json`` (the parameters, ``core.generation.sample_metrics`` and
+images) and ``OUT/metrics.json`` (the parameters, ``core.quality.sample_metrics`` and
 ``GeneratedSet.guidance_summary``). ``cdp train trades --synthetic OUT`` reads the shards back. The metrics
 go to stdout (one JSON object with ``--json``); the progress bar and logs go to stderr.
 """
@@ -97,8 +97,9 @@ def _params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def run_generate(args: argparse.Namespace) -> int:
     from core.diffusion import load_diffusion_model
-    from core.generation import generate, sample_metrics
+    from core.generation import generate
     from core.models import load_classifier
+    from core.quality import sample_metrics
     from core.training.common import resolve_device
 
     params = _params(args)

@@ -180,8 +180,8 @@ def batch_contrastive_loss(
     The positive term is then the constant exp(1/tau), so the value falls only as the samples' embeddings
     move apart. Used to compare final batches sampled with and without guidance.
     """
-    e = F.normalize(embeddings.flatten(1), dim=1)
-    return pair_loss(loss, e, e, tau=tau, tau_plus=tau_plus, beta=beta)
+    unit = F.normalize(embeddings.flatten(1), dim=1)  # e in the formula above
+    return pair_loss(loss, unit, unit, tau=tau, tau_plus=tau_plus, beta=beta)
 
 
 def _info_nce(anchor: Tensor, positive: Tensor, *, tau: float, tau_plus: float, beta: float,

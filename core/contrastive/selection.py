@@ -183,10 +183,10 @@ def selection_scores(
     if labels.shape != (images_float01.shape[0],):
         raise ValueError(f"labels must have shape ({images_float01.shape[0]},), got {tuple(labels.shape)}")
     if criterion == "entropy" or criterion.startswith("separability"):
-        pl = pseudo_label(classifier, images_float01, batch_size=batch_size)
+        pseudo = pseudo_label(classifier, images_float01, batch_size=batch_size)
         if criterion == "entropy":
-            return -pl.entropy
-        return centroid_scores(pl.features, labels, criterion=criterion)
+            return -pseudo.entropy
+        return centroid_scores(pseudo.features, labels, criterion=criterion)
     if criterion == "robust_grad_norm" and (eps <= 0 or step_size <= 0 or attack_steps < 1):
         raise ValueError(f"robust_grad_norm needs eps > 0, step_size > 0, attack_steps >= 1, got "
                          f"{eps!r}, {step_size!r}, {attack_steps!r}")

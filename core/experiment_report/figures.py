@@ -143,9 +143,9 @@ def _epoch_x(run: Mapping[str, Any]) -> tuple[dict[int, float], bool]:
     steps = run.get("steps") or []
     epochs = [int(rec.get("epoch", n + 1)) for n, rec in enumerate(history)]
     if not steps or not epochs:
-        return {e: float(e) for e in epochs}, False
+        return {epoch: float(epoch) for epoch in epochs}, False
     per_epoch = steps[-1]["step"] / max(epochs)
-    return {e: e * per_epoch for e in epochs}, True
+    return {epoch: epoch * per_epoch for epoch in epochs}, True
 
 
 def training_curves(runs: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> bytes | None:

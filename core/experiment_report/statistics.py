@@ -15,16 +15,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-DEFAULT_METRICS: tuple[str, ...] = ("clean_acc", "pgd_ce_acc", "pgd_cw_acc", "worst_acc", "autoattack_acc")
+from core.training import attacks
+
+DEFAULT_METRICS: tuple[str, ...] = attacks.REPORT_METRICS  # from the attack table, as the experiment job's
 INTERVAL = "95% Student t"
-ROBUST_METRIC = "worst_acc"
-METRIC_LABELS = {
-    "clean_acc": "clean",
-    "pgd_ce_acc": "PGD-CE",
-    "pgd_cw_acc": "PGD-CW",
-    "worst_acc": "worst case",
-    "autoattack_acc": "AutoAttack",
-}
+ROBUST_METRIC = attacks.WORST_METRIC
+METRIC_LABELS: dict[str, str] = attacks.METRIC_LABELS
 _RESERVED = ("synthetic_share",)
 
 

@@ -274,7 +274,7 @@ def _image_folder(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], targ
     classes = sorted({c for _, c, _ in entries})
     if len(classes) < 1:
         raise UploadError("file", "no class folders found")
-    entries.sort(key=lambda e: (e[0], e[1], e[2].filename))
+    entries.sort(key=lambda entry: (entry[0], entry[1], entry[2].filename))
     first_size, grey = None, True
     for _, _, info in entries:  # headers only: sizes and modes
         try:

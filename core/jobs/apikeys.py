@@ -71,7 +71,7 @@ def read_entries(path: Path) -> list[KeyEntry]:
 def write_entries(path: Path, entries: list[KeyEntry]) -> None:
     """Replace the file atomically (a reader sees the old or the new file), readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"version": 1, "keys": [e.__dict__ for e in entries]}
+    body = {"version": 1, "keys": [entry.__dict__ for entry in entries]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as out:
@@ -100,7 +100,7 @@ def create_key(path: Path, *, team: str, role: Role = "member") -> tuple[KeyEntr
 
 def revoke_key(path: Path, key_id: str) -> bool:
     entries = read_entries(path)
-    kept = [e for e in entries if e.id != key_id]
+    kept = [entry for entry in entries if entry.id != key_id]
     if len(kept) == len(entries):
         return False
     write_entries(path, kept)
@@ -150,6 +150,6 @@ class KeyRing:
         with self._lock:
             if stamp != self._stamp:
                 entries = read_entries(self.path) if stamp is not None else []
-                self._by_digest = {e.sha256: e for e in entries}
+                self._by_digest = {entry.sha256: entry for entry in entries}
                 self._stamp = stamp
             return self._by_digest

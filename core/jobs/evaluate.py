@@ -5,11 +5,12 @@ The split (all of it, or with ``limit`` a subset spread evenly over the classes:
 results land in ``jobs/<id>/chunks/<k>.npz`` as soon as they are computed, so a redelivered unit skips the
 chunks already in the store. Chunk k's attacks are seeded with :func:`core.jobs.context.unit_seed` (spec
 seed, k), like a generation shard. The sanity checks (zero gradients, randomness, probability outputs, step
-monotonicity; :func:`core.training.attacks.check_gradient_masking`) run once, on the first batch, and are
-kept in ``chunks/sanity.json``. The result: ``metrics.json`` (``clean_acc``, one ``<attack>_acc`` per
-attack, ``worst_acc``: correct under every attack, counts, seconds, the checks with their verdicts) and
-``results.npz`` (per-sample index into the split, label and one boolean column per attack); ``worst_acc`` is
-the per-sample worst over clean and every attack of the job, AutoAttack included, all on the same images.
+monotonicity; :func:`core.training.masking_checks.check_gradient_masking`) run once, on the first batch, and
+are kept in ``chunks/sanity.json``. The result: ``metrics.json`` (``clean_acc``, one ``<attack>_acc`` per
+attack, named by :data:`core.training.attacks.ATTACK_TABLE`, ``worst_acc``: correct under every attack,
+counts, seconds, the checks with their verdicts) and ``results.npz`` (per-sample index into the split, label
+and one boolean column per attack); ``worst_acc`` is the per-sample worst over clean and every attack of the
+job, AutoAttack included, all on the same images.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lea
     import torch
 
     from core.jobs.datasets import dataset_root, load_split
-    from core.training.attacks import check_gradient_masking, per_sample_robustness, sanity_verdicts
+    from core.training.attacks import ATTACK_TABLE
+    from core.training.masking_checks import check_gradient_masking, sanity_verdicts
+    from core.training.robustness import per_sample_robustness
 
     model = ctx.models.get("classifier", spec.model)
     root = dataset_root(ctx.store, spec.dataset, data_root=ctx.data_root, work_dir=ctx.work_dir)
@@ -121,7 +124,7 @@ def evaluate_job(ctx: WorkerContext, job_id: str, spec: EvaluateSpec, lease: Lea
         "sanity": sanity["verdicts"], "warnings": sanity["warnings"],
     }
     for attack in spec.attacks:
-        metrics[f"{attack}_acc"] = float(table[attack].mean())
+        metrics[ATTACK_TABLE[attack].metric] = float(table[attack].mean())
     if "autoattack" in spec.attacks:
         metrics["autoattack_version"] = spec.autoattack_version
     log.info("job %s: evaluated %d images: %s", job_id, n, json.dumps(

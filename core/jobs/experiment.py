@@ -44,10 +44,9 @@ from core.specs import (
     job_id_of,
 )
 from core.storage import ObjectNotFound
+from core.training.attacks import REPORT_METRICS
 
 log = logging.getLogger(__name__)
-
-REPORT_METRICS = ("clean_acc", "pgd_ce_acc", "pgd_cw_acc", "worst_acc", "autoattack_acc")
 
 
 def ensure_child(ctx: WorkerContext, parent: JobRecord, key: str, kind: str,

@@ -138,8 +138,12 @@ def load_shards(store: ObjectStore, job_id: str, n_shards: int) -> dict[str, np.
 def run_finalize(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> str:
     def work(job: JobRecord, lease: Lease) -> str:
         spec = job.generate_spec()
-        from core.generation import sample_metrics, sample_quality, train_on_synthetic_test_on_real
-        from core.quality import sample_warnings
+        from core.quality import (
+            sample_metrics,
+            sample_quality,
+            sample_warnings,
+            train_on_synthetic_test_on_real,
+        )
 
         ctx.repo.set_progress(job_id, Progress(fraction=0.99, current=0, total=1, stage=Stage.FINALIZING))
         data = load_shards(ctx.store, job_id, shard_count(job, ctx.shard_size))

@@ -47,7 +47,7 @@ class PipelineInvalid(ValueError):
     """Steps that do not validate: ``errors`` in pydantic's shape (loc, msg, type), locs from ``steps``."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        super().__init__("; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in errors))
         self.errors = errors
 
 
@@ -73,8 +73,8 @@ def submit_pipeline(service: JobService, spec: PipelineSpec, *, owner: str,
         except StepReferenceError as exc:
             errors.append({"loc": exc.loc, "msg": exc.message, "type": "step_reference"})
         except ValidationError as exc:  # the spec's schema depends on the step's kind: a rule between fields
-            errors += [{"loc": (*loc, *e["loc"]), "msg": e["msg"], "type": "cross_field"}
-                       for e in exc.errors()]
+            errors += [{"loc": (*loc, *error["loc"]), "msg": error["msg"], "type": "cross_field"}
+                       for error in exc.errors()]
         job_ids[step.name] = job_id
     if errors:
         raise PipelineInvalid(errors)

@@ -13,7 +13,6 @@ clean and PGD robust accuracy on the held-out test split at the spec's eps.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,7 +64,7 @@ def run_train(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> st
         if isinstance(result.get("test"), dict):
             tracker.scalars(result["test"], progress.last_step, prefix="test/")
         upload_tensorboard(ctx, job_id, tracker.close())
-        ctx.store.put_json(keys.metrics_key(job_id), jsonable(job_names(result, out_dir)))
+        ctx.store.put_json(keys.metrics_key(job_id), jsonable(paths_as_job_names(result, out_dir)))
         lease.check()
         write_manifest(ctx.store, job_id)
         ctx.repo.finish(job_id, "succeeded")
@@ -75,26 +74,26 @@ def run_train(ctx: WorkerContext, job_id: str, message_id: str = "direct") -> st
     return run_unit(ctx, job_id, "train", message_id, work)
 
 
-def job_names(value: Any, out_dir: Path) -> Any:
+def paths_as_job_names(value: Any, out_dir: Path) -> Any:
     """A trainer's metrics as the job's clients see them, without this server's paths: a path inside the
     trainer's ``out_dir`` becomes the name of the same file or folder under the job's ``model/`` (where
     ``out_dir`` is uploaded, less its checkpoint and metrics: ``model_dir`` -> ``"model/"``); any other
     absolute path is dropped (a dict loses the key, a list keeps ``None`` in its place)."""
     if isinstance(value, dict):
-        named = {k: job_names(v, out_dir) for k, v in value.items()}
-        return {k: v for k, v in named.items() if v is not _DROPPED}
+        named = {k: paths_as_job_names(v, out_dir) for k, v in value.items()}
+        return {k: v for k, v in named.items() if v is not _OUTSIDE_OUT_DIR}
     if isinstance(value, list | tuple):
-        return [None if v is _DROPPED else v for v in (job_names(v, out_dir) for v in value)]
+        return [None if v is _OUTSIDE_OUT_DIR else v for v in (paths_as_job_names(v, out_dir) for v in value)]
     if isinstance(value, str | Path) and Path(value).is_absolute():
         path = Path(value)
         if not path.is_relative_to(out_dir):
-            return _DROPPED
+            return _OUTSIDE_OUT_DIR
         rel = path.relative_to(out_dir).as_posix()
         return "model/" if rel == "." else f"model/{rel}"
     return value
 
 
-_DROPPED = object()
+_OUTSIDE_OUT_DIR = object()
 
 
 def _synthetic_dirs(ctx: WorkerContext, spec: TrainSpec) -> list[Path]:
@@ -166,7 +165,7 @@ def _evaluate(spec: TrainSpec, model_path: Path, *, data_root: Path, device: str
               progress: ProgressFn) -> dict[str, Any]:
     """Clean and PGD (CE and CW) robust accuracy of the saved model on the test split."""
     from core.models import load_classifier
-    from core.training.attacks import evaluate_robustness
+    from core.training.robustness import evaluate_robustness
 
     test = load_split(spec.dataset, "test", root=data_root)
     x, y = test.subset(test.limit_index(spec.eval_samples)).to_tensors("cpu")
@@ -195,15 +194,7 @@ def _train_trades(spec: TrainSpec, train: Any, *, out_dir: Path, data_root: Path
         return metrics
     metrics["real_images"] = len(train)
     metrics["synthetic_images"] = len(synthetic) if synthetic is not None else 0
-    # The share of synthetic images in every step, exactly as core.training.trades.epoch_plan draws them:
-    # floor(f B) of B per batch ("batch" mixing), B synthetic beside B real ("loss" mixing, eq. 3).
-    if synthetic is None:
-        metrics["synthetic_share_seen"] = 0.0
-    elif spec.mixing == "batch":
-        batch = spec.batch_size
-        metrics["synthetic_share_seen"] = math.floor(spec.synthetic_fraction * batch) / batch
-    else:
-        metrics["synthetic_share_seen"] = 0.5
+    # metrics["synthetic_share_seen"]: the trainer's count of the synthetic rows of the batches it trained on
     if spec.final_eval:
         metrics["test"] = _evaluate(spec, out_dir, data_root=data_root, device=device, progress=progress)
     return metrics

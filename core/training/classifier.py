@@ -135,6 +135,15 @@ def _make_optimizer(model: nn.Module, config: ClassifierTrainConfig) -> torch.op
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, config: ClassifierTrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine annealing to 0 over ``total_steps`` optimiser steps, or a constant learning rate."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
 def train_classifier(
     train: ImageDataset,
     val: ImageDataset,
@@ -161,28 +170,10 @@ def train_classifier(
     out.mkdir(parents=True, exist_ok=True)
     dev = rank_device(resolve_device(device))
     generator = seed_everything(seed)
-    info = train.info
-    mean, std = channel_stats(train) if config.normalize == "dataset" else ([0.5] * info.channels,) * 2
-    model = build_classifier(
-        config.arch,
-        num_classes=info.num_classes,
-        channels=info.channels,
-        image_size=info.image_size,
-        mean=mean,
-        std=std,
-        **config.arch_options,
-    ).to(dev)
-    model = wrap_model(model, dev)  # DDP when distributed; the optimiser, EMA and files see the inner module
-    net = unwrap(model)
+    model, net = _build_model(train, config, dev)  # DDP when distributed; optimiser and files see `net`
     optimizer = _make_optimizer(net, config)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    if config.schedule == "cosine":
-        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=total_steps
-        )
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    total_steps = math.ceil(len(train) / config.batch_size) * config.epochs
+    scheduler = _make_scheduler(optimizer, config, total_steps)
 
     images = torch.from_numpy(train.images).to(dev)
     labels = torch.from_numpy(train.labels).to(dev)
@@ -192,41 +183,15 @@ def train_classifier(
         resume_fields=_RESUME_FIELDS + (("epochs",) if config.schedule == "cosine" else ()),
     )
     run.resume(map_location=dev)
-    step = run.step
 
-    metadata_base = {"dataset": info.to_dict(), "seed": seed, "train_config": asdict(config)}
+    metadata_base = {"dataset": train.info.to_dict(), "seed": seed, "train_config": asdict(config)}
     for epoch in range(run.epoch, config.epochs):
         began = time.perf_counter()
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for index in batch_order(len(train), config.batch_size, generator=generator):
-            index = index.to(dev)
-            x, y = to_unit(images[index]), labels[index]  # the global batch: every rank draws the same
-            if config.augment:
-                x = augment_batch(
-                    x,
-                    padding=config.crop_padding,
-                    horizontal_flip=config.horizontal_flip,
-                    generator=generator,
-                )
-            rows = local_rows(len(y))  # all rows on one process
-            x, y, n_global = x[rows], y[rows], len(y)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            (loss * loss_scale(len(y), n_global)).backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            step_loss = float(loss.detach())
-            report(progress, Stage.TRAIN, step, total_steps, metrics={"step": step, "loss": step_loss},
-                   message=f"epoch {epoch + 1}/{config.epochs} loss {step_loss:.4f}")  # fmt: skip
-        loss_sum, correct_sum, seen_sum = all_reduce_sum([loss_sum, float(correct), float(seen)])
-        correct, seen = int(correct_sum), int(seen_sum)
-        run.step, run.elapsed = step, run.elapsed + time.perf_counter() - began
+        loss_sum, correct, seen = _train_epoch(
+            model, optimizer, scheduler, images, labels, config=config, epoch=epoch, run=run,
+            total_steps=total_steps, generator=generator, device=dev, progress=progress,
+        )
+        run.elapsed += time.perf_counter() - began
         val_metrics = evaluate_accuracy(net, val, batch_size=config.eval_batch_size, device=dev)
         record = {
             "epoch": epoch + 1,
@@ -236,9 +201,7 @@ def train_classifier(
             "val_accuracy": val_metrics["accuracy"],
             "lr": optimizer.param_groups[0]["lr"],
         }
-        # best = highest validation accuracy; ties (common on small validation sets) go to the lower loss
-        best = run.best
-        if (record["val_accuracy"], -record["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
+        if _is_best(record, run.best):
             run.best = {
                 "epoch": epoch + 1,
                 "val_accuracy": record["val_accuracy"],
@@ -248,10 +211,92 @@ def train_classifier(
                 save_classifier(net, out, config={**metadata_base, "epoch": epoch + 1, "val": val_metrics})
         run.end_epoch(record, epochs=config.epochs, progress=progress)
 
+    metrics = _final_metrics(run, net, train, config=config, seed=seed, out=out)
+    run.write_metrics(metrics)
+    return metrics
+
+
+def _build_model(
+    train: ImageDataset, config: ClassifierTrainConfig, device: torch.device
+) -> tuple[nn.Module, nn.Module]:
+    """The classifier on ``device``, its input normalised per ``config.normalize``: the model the steps run
+    (DDP when distributed) and the module inside it."""
+    info = train.info
+    mean, std = channel_stats(train) if config.normalize == "dataset" else ([0.5] * info.channels,) * 2
+    net = build_classifier(
+        config.arch,
+        num_classes=info.num_classes,
+        channels=info.channels,
+        image_size=info.image_size,
+        mean=mean,
+        std=std,
+        **config.arch_options,
+    ).to(device)
+    model = wrap_model(net, device)
+    return model, unwrap(model)
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    config: ClassifierTrainConfig,
+    epoch: int,
+    run: TrainingRun,
+    total_steps: int,
+    generator: torch.Generator,
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> tuple[float, int, int]:
+    """One epoch of cross-entropy steps over a fresh order of the images (advancing ``run.step``); returns
+    the summed loss, the correct predictions and the rows seen, all summed over the ranks."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for index in batch_order(len(labels), config.batch_size, generator=generator):
+        index = index.to(device)
+        x, y = to_unit(images[index]), labels[index]  # the global batch: every rank draws the same
+        if config.augment:
+            x = augment_batch(
+                x,
+                padding=config.crop_padding,
+                horizontal_flip=config.horizontal_flip,
+                generator=generator,
+            )
+        rows = local_rows(len(y))  # all rows on one process
+        x, y, n_global = x[rows], y[rows], len(y)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        (loss * loss_scale(len(y), n_global)).backward()
+        optimizer.step()
+        scheduler.step()
+        run.step += 1
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        step_loss = float(loss.detach())
+        report(progress, Stage.TRAIN, run.step, total_steps, metrics={"step": run.step, "loss": step_loss},
+               message=f"epoch {epoch + 1}/{config.epochs} loss {step_loss:.4f}")  # fmt: skip
+    loss_sum, correct_sum, seen_sum = all_reduce_sum([loss_sum, float(correct), float(seen)])
+    return loss_sum, int(correct_sum), int(seen_sum)
+
+
+def _is_best(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Highest validation accuracy; ties (common on small validation sets) go to the lower loss."""
+    assert best is not None
+    return (record["val_accuracy"], -record["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
+
+
+def _final_metrics(run: TrainingRun, net: nn.Module, train: ImageDataset, *, config: ClassifierTrainConfig,
+                   seed: int, out: Path) -> dict[str, Any]:
     history, best = run.history, run.best
-    metrics: dict[str, Any] = {
+    assert best is not None
+    return {
         "kind": "classifier",
-        "dataset": info.name,
+        "dataset": train.info.name,
         "seed": seed,
         "arch": config.arch,
         "epochs": config.epochs,
@@ -266,5 +311,3 @@ def train_classifier(
         "config": asdict(config),
         "model_dir": str(out),
     }
-    run.write_metrics(metrics)
-    return metrics

@@ -167,85 +167,138 @@ def train_diffusion(
 
     images = torch.from_numpy(train.images).to(dev)  # N x H x W x C uint8, converted per batch
     labels = torch.from_numpy(train.labels).to(dev)
-    eval_index = torch.arange(min(config.eval_batch, len(train)))
-    eval_x0 = to_signed(images[eval_index])
-    eval_labels = labels[eval_index] if num_classes is not None else None
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    held = _EvalBatch.of(images, labels, config=config, conditional=num_classes is not None,
+                         alphas_cumprod=alphas_cumprod, seed=seed)  # fmt: skip
+    total_steps = math.ceil(len(train) / config.batch_size) * config.epochs
 
-    initial_eval_loss = _eval_loss(unet, eval_x0, eval_labels, alphas_cumprod=alphas_cumprod, seed=seed)
     run = TrainingRun(
         "diffusion", out=out, config=asdict(config), resume_fields=_RESUME_FIELDS, model=unet,
         optimizer=optimizer, ema=ema, generators={"train": generator},
-        extra={"initial_eval_loss": initial_eval_loss},
+        extra={"initial_eval_loss": held.loss(unet)},
     )
     run.resume(map_location=dev)
-    initial_eval_loss, step, elapsed = float(run.extra["initial_eval_loss"]), run.step, run.elapsed
 
     stopped_early = False
     for epoch in range(run.epoch, config.epochs):
-        # every rank must take the same decision (any rank past the limit stops them all)
-        if config.time_limit_s is not None and all_reduce_sum([float(elapsed >= config.time_limit_s)])[0]:
+        if _past_time_limit(config, run.elapsed):
             stopped_early = True
             logger.info("time limit %.0f s reached after %d epochs", config.time_limit_s, epoch)
             break
         began = time.perf_counter()
-        unet.train()
-        losses: list[float] = []
-        for index in batch_order(len(train), config.batch_size, generator=generator):
-            x0 = to_signed(images[index.to(dev)])
-            if config.horizontal_flip:
-                flip = (torch.rand(x0.shape[0], generator=generator) < 0.5).to(dev)
-                x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(3), x0)
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
-            rows = local_rows(x0.shape[0])  # all rows on one process
-            loss = diffusion_loss(
-                model,
-                x0,
-                alphas_cumprod=alphas_cumprod,
-                generator=generator,
-                class_labels=labels[index.to(dev)] if num_classes is not None else None,
-                rows=rows,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            (loss * loss_scale(rows.stop - rows.start, x0.shape[0])).backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
-            optimizer.step()
-            ema.update(unet)
-            step += 1
-            losses.append(float(loss.detach()) * (rows.stop - rows.start) / x0.shape[0])
-            step_loss = float(loss.detach())
-            report(progress, Stage.TRAIN, step, total_steps, metrics={"step": step, "loss": step_loss},
-                   message=f"epoch {epoch + 1}/{config.epochs} loss {step_loss:.4f}")  # fmt: skip
-        losses = all_reduce_sum(losses)  # each rank's share of every step's loss -> the global batch's loss
+        losses = _train_epoch(
+            model, unet, optimizer, ema, images, labels if num_classes is not None else None, config=config,
+            epoch=epoch, run=run, total_steps=total_steps, alphas_cumprod=alphas_cumprod,
+            generator=generator, device=dev, progress=progress,
+        )
         record = {
             "epoch": epoch + 1,
             "train_loss": sum(losses) / len(losses),
-            "eval_loss": _eval_loss(unet, eval_x0, eval_labels, alphas_cumprod=alphas_cumprod, seed=seed),
-            "ema_eval_loss": _eval_loss(
-                ema.module, eval_x0, eval_labels, alphas_cumprod=alphas_cumprod, seed=seed
-            ),
+            "eval_loss": held.loss(unet),
+            "ema_eval_loss": held.loss(ema.module),
         }
-        elapsed += time.perf_counter() - began  # training steps and the per-epoch evaluation
-        run.step, run.elapsed = step, elapsed
+        run.elapsed += time.perf_counter() - began  # training steps and the per-epoch evaluation
         run.end_epoch(record, epochs=config.epochs, progress=progress)  # rank 0 alone writes
 
     if not is_main():
         return {"kind": "diffusion", "rank_of_a_distributed_run": True}
     save_diffusion(ema.module, out, num_train_timesteps=config.num_train_timesteps)
+    metrics = _final_metrics(run, unet, train, config=config, seed=seed, out=out, stopped_early=stopped_early)
+    run.write_metrics(metrics)
+    return metrics
+
+
+@dataclass(frozen=True)
+class _EvalBatch:
+    """The fixed batch (the first ``config.eval_batch`` training images, with fixed t and eps) on which
+    every epoch's evaluation loss is measured."""
+
+    x0: torch.Tensor
+    labels: torch.Tensor | None
+    alphas_cumprod: torch.Tensor
+    seed: int
+
+    @classmethod
+    def of(cls, images: torch.Tensor, labels: torch.Tensor, *, config: DiffusionTrainConfig,
+           conditional: bool, alphas_cumprod: torch.Tensor, seed: int) -> _EvalBatch:
+        index = torch.arange(min(config.eval_batch, len(images)))
+        return cls(to_signed(images[index]), labels[index] if conditional else None, alphas_cumprod, seed)
+
+    def loss(self, unet: UNet2DModel) -> float:
+        return _eval_loss(unet, self.x0, self.labels, alphas_cumprod=self.alphas_cumprod, seed=self.seed)
+
+
+def _past_time_limit(config: DiffusionTrainConfig, elapsed: float) -> bool:
+    """Whether the training time has passed ``config.time_limit_s``; every rank takes the same decision (any
+    rank past the limit stops them all)."""
+    if config.time_limit_s is None:
+        return False
+    return bool(all_reduce_sum([float(elapsed >= config.time_limit_s)])[0])
+
+
+def _train_epoch(
+    model: torch.nn.Module,
+    unet: UNet2DModel,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    config: DiffusionTrainConfig,
+    epoch: int,
+    run: TrainingRun,
+    total_steps: int,
+    alphas_cumprod: torch.Tensor,
+    generator: torch.Generator,
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> list[float]:
+    """One epoch of DDPM steps over a fresh order of the images (advancing ``run.step``); ``labels`` only for
+    a class-conditional model. Returns every step's loss on the global batch (summed over the ranks)."""
+    unet.train()
+    losses: list[float] = []
+    for index in batch_order(len(images), config.batch_size, generator=generator):
+        x0 = to_signed(images[index.to(device)])
+        if config.horizontal_flip:
+            flip = (torch.rand(x0.shape[0], generator=generator) < 0.5).to(device)
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(3), x0)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, (run.step + 1) / max(1, config.warmup_steps))
+        rows = local_rows(x0.shape[0])  # all rows on one process
+        loss = diffusion_loss(
+            model,
+            x0,
+            alphas_cumprod=alphas_cumprod,
+            generator=generator,
+            class_labels=labels[index.to(device)] if labels is not None else None,
+            rows=rows,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        (loss * loss_scale(rows.stop - rows.start, x0.shape[0])).backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+        optimizer.step()
+        ema.update(unet)
+        run.step += 1
+        losses.append(float(loss.detach()) * (rows.stop - rows.start) / x0.shape[0])
+        step_loss = float(loss.detach())
+        report(progress, Stage.TRAIN, run.step, total_steps, metrics={"step": run.step, "loss": step_loss},
+               message=f"epoch {epoch + 1}/{config.epochs} loss {step_loss:.4f}")  # fmt: skip
+    return all_reduce_sum(losses)  # each rank's share of every step's loss -> the global batch's loss
+
+
+def _final_metrics(run: TrainingRun, unet: UNet2DModel, train: ImageDataset, *, config: DiffusionTrainConfig,
+                   seed: int, out: Path, stopped_early: bool) -> dict[str, Any]:
     history = run.history
-    metrics: dict[str, Any] = {
+    return {
         "kind": "diffusion",
-        "dataset": info.name,
+        "dataset": train.info.name,
         "seed": seed,
         "epochs": len(history),
         "stopped_early": stopped_early,
-        "steps": step,
+        "steps": run.step,
         "parameters": sum(p.numel() for p in unet.parameters()),
-        "train_seconds": round(elapsed, 2),
-        "initial_eval_loss": initial_eval_loss,
+        "train_seconds": round(run.elapsed, 2),
+        "initial_eval_loss": float(run.extra["initial_eval_loss"]),
         "final_train_loss": history[-1]["train_loss"] if history else None,
         "final_eval_loss": history[-1]["eval_loss"] if history else None,
         "final_ema_eval_loss": history[-1]["ema_eval_loss"] if history else None,
@@ -253,5 +306,3 @@ def train_diffusion(
         "config": asdict(config),
         "pipeline_dir": str(out),
     }
-    run.write_metrics(metrics)
-    return metrics

@@ -3,8 +3,8 @@ margin), the projection onto the threat model, the uniform start, a context that
 and the per-sample correctness the evaluations count.
 
 Threat model (paper eq. 1): Delta = {delta : ||delta||_inf <= eps}; images stay in [0, 1]. The evaluations
-built on this are in :mod:`core.training.robustness` and :mod:`core.training.masking_checks`;
-:mod:`core.training.attacks` re-exports all three.
+built on this are in :mod:`core.training.robustness` and :mod:`core.training.masking_checks`; the attacks
+they run are listed in :mod:`core.training.attacks`.
 """
 
 from __future__ import annotations

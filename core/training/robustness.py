@@ -1,12 +1,15 @@
-"""Robustness evaluation on images in [0, 1] at L-inf radius eps: clean accuracy, PGD-CE, PGD-CW, optionally
-AutoAttack standard (optional extra ``pyautoattack``), and the worst case over all of them per sample
-(:func:`evaluate_robustness`, :func:`per_sample_robustness`); :func:`pgd_robust_accuracy` is the cheaper
-per-epoch measure of the TRADES trainer. Sanity checks come from :mod:`core.training.masking_checks`.
+"""Robustness evaluation on images in [0, 1] at L-inf radius eps: clean accuracy, each attack of
+:data:`core.training.attacks.ATTACK_TABLE` (PGD-CE, PGD-CW, optionally AutoAttack standard from the optional
+extra ``pyautoattack``), and the worst case over all of them per sample (:func:`evaluate_robustness`,
+:func:`per_sample_robustness`); :func:`pgd_robust_accuracy` is the cheaper per-epoch measure of the TRADES
+trainer. Sanity checks come from :mod:`core.training.masking_checks`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -15,6 +18,14 @@ from torch import Tensor, nn
 from core.data import ImageDataset
 from core.data.images import to_unit
 from core.progress import ProgressEvent, ProgressFn, Stage
+from core.training.attacks import (
+    ATTACK_TABLE,
+    CLEAN_METRIC,
+    DEFAULT_ATTACKS,
+    WORST_METRIC,
+    Attack,
+    check_attacks,
+)
 from core.training.masking_checks import check_gradient_masking
 from core.training.pgd import batches, correct_mask, eval_mode, pgd_attack, validate_attack
 
@@ -115,26 +126,27 @@ def evaluate_robustness(
             model, x_all[head].to(device), y_all[head].to(device), eps=eps, steps=steps,
             step_size=step_size, generator=torch.Generator(device="cpu").manual_seed(seed + 1),
         )
-    attacks = ("pgd_ce", "pgd_cw", "autoattack") if autoattack else ("pgd_ce", "pgd_cw")
+    attacks = tuple(name for name, attack in ATTACK_TABLE.items() if attack.default or autoattack)
     masks = per_sample_robustness(model, x_all, y_all, eps=eps, attacks=attacks, steps=steps,
                                   step_size=step_size, restarts=restarts, batch_size=batch_size,
                                   device=device, seed=seed, progress=progress)
-    worst = masks["worst"]
+    def share(name: str) -> float:
+        return masks[name].float().mean().item()
+
+    # the default attacks' figures beside the clean one, those run on request after the rest
     result: dict[str, Any] = {
         "count": n,
         "eps": float(eps),
         "steps": int(steps),
         "step_size": float(step_size),
         "restarts": int(restarts),
-        "clean_acc": masks["clean"].float().mean().item(),
-        "pgd_ce_acc": masks["pgd_ce"].float().mean().item(),
-        "pgd_cw_acc": masks["pgd_cw"].float().mean().item(),
-        "worst_acc": worst.float().mean().item(),
-        "robust_acc": worst.float().mean().item(),  # the same figure under its older name (deprecated)
+        CLEAN_METRIC: share("clean"),
+        **{ATTACK_TABLE[name].metric: share(name) for name in attacks if ATTACK_TABLE[name].default},
+        WORST_METRIC: share("worst"),
+        "robust_acc": share("worst"),  # the same figure under its older name (deprecated)
         "warnings": messages,
+        **{ATTACK_TABLE[name].metric: share(name) for name in attacks if not ATTACK_TABLE[name].default},
     }
-    if autoattack:
-        result["autoattack_acc"] = masks["autoattack"].float().mean().item()
     return result
 
 
@@ -144,7 +156,7 @@ def per_sample_robustness(
     y_all: Tensor,
     *,
     eps: float,
-    attacks: tuple[str, ...] = ("pgd_ce", "pgd_cw"),
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS,
     steps: int = 20,
     step_size: float | None = None,
     restarts: int = 1,
@@ -154,40 +166,83 @@ def per_sample_robustness(
     seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> dict[str, Tensor]:
-    """Per-sample correctness (bool, on the CPU) under no attack (``clean``) and each of ``attacks``
-    (``pgd_ce``, ``pgd_cw``, ``autoattack``) plus ``worst``: correct under every one of them. Images are float
-    N x C x H x W in [0, 1]. Every attack runs on every image, so ``worst`` never mixes subsets. Deterministic
-    given ``seed``."""
-    unknown = set(attacks) - {"pgd_ce", "pgd_cw", "autoattack"}
-    if unknown:
-        raise ValueError(f"unknown attacks {sorted(unknown)}; choose from pgd_ce, pgd_cw, autoattack")
+    """Per-sample correctness (bool, on the CPU) under no attack (``clean``) and each of ``attacks`` (names
+    of :data:`~core.training.attacks.ATTACK_TABLE`: ``pgd_ce``, ``pgd_cw``, ``autoattack``) plus ``worst``:
+    correct under every one of them. Images are float N x C x H x W in [0, 1]. Every attack runs on every
+    image, so ``worst`` never mixes subsets: the batch-wise attacks (PGD) in one pass over the batches, in the
+    order given, from one generator; the whole-set ones (AutoAttack) after. Deterministic given ``seed``."""
+    check_attacks(attacks)
     step_size = 2.5 * eps / max(steps, 1) if step_size is None else step_size
     validate_attack(eps=eps, step_size=step_size if eps > 0 else 1.0, steps=steps, restarts=restarts,
                      loss="ce")
     model = model.to(device)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    pgd = [a for a in attacks if a != "autoattack"]
-    masks: dict[str, list[Tensor]] = {name: [] for name in ("clean", *pgd)}
+    settings = _AttackSettings(eps=eps, steps=steps, step_size=step_size, restarts=restarts,
+                               autoattack_version=autoattack_version, batch_size=batch_size, device=device,
+                               seed=seed, generator=torch.Generator(device="cpu").manual_seed(seed))
+    batchwise = [name for name in attacks if _METHODS[ATTACK_TABLE[name].method].batchwise]
+    masks: dict[str, list[Tensor]] = {name: [] for name in ("clean", *batchwise)}
     n_batches = math.ceil(int(x_all.shape[0]) / batch_size)
     for i, part in enumerate(batches(int(x_all.shape[0]), batch_size)):
         x, y = x_all[part].to(device), y_all[part].to(device)
         masks["clean"].append(correct_mask(model, x, y).cpu())
-        for name in attacks:
-            if name == "autoattack":
-                continue
-            x_adv = x if eps == 0 else pgd_attack(model, x, y, eps=eps, step_size=step_size, steps=steps,
-                                                  loss=name.removeprefix("pgd_"),  # type: ignore[arg-type]
-                                                  restarts=restarts, generator=generator)
+        for name in batchwise:
+            x_adv = _attacked(ATTACK_TABLE[name], model, x, y, settings)
             masks[name].append(correct_mask(model, x_adv, y).cpu())
         if progress is not None:
-            progress(ProgressEvent(Stage.EVALUATE, i + 1, n_batches, message="/".join(pgd) or "clean"))
+            progress(ProgressEvent(Stage.EVALUATE, i + 1, n_batches, message="/".join(batchwise) or "clean"))
     out = {name: torch.cat(parts) for name, parts in masks.items()}
-    if "autoattack" in attacks:
-        x_adv = x_all if eps == 0 else run_autoattack(model, x_all, y_all, eps=eps, batch_size=batch_size,
-                                                      device=device, seed=seed, version=autoattack_version)
-        out["autoattack"] = correct_mask(model, x_adv.to(device), y_all.to(device)).cpu()
+    for name in attacks:
+        if name not in out:  # a whole-set attack
+            x_adv = _attacked(ATTACK_TABLE[name], model, x_all, y_all, settings)
+            out[name] = correct_mask(model, x_adv.to(device), y_all.to(device)).cpu()
     out["worst"] = torch.stack(list(out.values())).all(dim=0)
     return out
+
+
+@dataclass(frozen=True)
+class _AttackSettings:
+    """What the attacks of one evaluation share (PGD's draws all come from ``generator``)."""
+
+    eps: float
+    steps: int
+    step_size: float
+    restarts: int
+    autoattack_version: str
+    batch_size: int
+    device: torch.device | str
+    seed: int
+    generator: torch.Generator
+
+
+def _run_pgd(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, settings: _AttackSettings) -> Tensor:
+    return pgd_attack(model, x, y, eps=settings.eps, step_size=settings.step_size, steps=settings.steps,
+                      loss=attack.loss or "ce", restarts=settings.restarts, generator=settings.generator)
+
+
+def _run_autoattack(attack: Attack, model: nn.Module, x: Tensor, y: Tensor,
+                    settings: _AttackSettings) -> Tensor:
+    return run_autoattack(model, x, y, eps=settings.eps, batch_size=settings.batch_size,
+                          device=settings.device, seed=settings.seed, version=settings.autoattack_version)
+
+
+@dataclass(frozen=True)
+class _Method:
+    run: Callable[[Attack, nn.Module, Tensor, Tensor, _AttackSettings], Tensor]
+    batchwise: bool  # run per batch of the evaluation (else once, on the whole set)
+
+
+# How each ``Attack.method`` of the table runs (tests/test_attacks_pgd.py checks that every method has one).
+_METHODS: dict[str, _Method] = {
+    "pgd": _Method(_run_pgd, batchwise=True),
+    "autoattack": _Method(_run_autoattack, batchwise=False),
+}
+
+
+def _attacked(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, settings: _AttackSettings) -> Tensor:
+    """``attack``'s adversarial images for (x, y); the images themselves at eps 0."""
+    if settings.eps == 0:
+        return x
+    return _METHODS[attack.method].run(attack, model, x, y, settings)
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 512) -> float:

@@ -28,24 +28,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.data import ImageDataset
-from core.data.images import to_unit
 from core.models import build_classifier, save_classifier
 from core.progress import ProgressFn, Stage, report
 from core.training.common import EMA, resolve_device, seed_everything
 from core.training.distributed import (
     all_reduce_sum,
     is_main,
-    local_rows,
     rank_device,
     unwrap,
     world_size,
@@ -55,22 +52,28 @@ from core.training.pgd import eval_mode, project_linf, uniform_start
 from core.training.robustness import pgd_robust_accuracy
 from core.training.run import TrainingRun
 from core.training.trades_plan import (
+    StepBatch,
     TradesConfig,
+    assemble_batch,
     epoch_plan,
     eps_scale,
     kaiming_init,
     learning_rate,
     make_optimizer,
+    planned_synthetic_share,
     steps_per_epoch,
 )
 
 __all__ = [
+    "StepBatch",
     "TradesConfig",
+    "assemble_batch",
     "eps_scale",
     "epoch_plan",
     "kaiming_init",
     "learning_rate",
     "make_optimizer",
+    "planned_synthetic_share",
     "steps_per_epoch",
     "trades_adversary",
     "trades_loss",
@@ -190,7 +193,7 @@ def train_trades(
     uninterrupted run with the same seed). The evaluated model (the EMA when enabled) of the epoch with the
     best PGD accuracy on ``val`` is saved in ``out_dir`` (``model.safetensors`` + ``config.json``, load it
     with ``core.models.load_classifier``), the last epoch's in ``out_dir/final``, the metrics in
-    ``metrics.json``.
+    ``metrics.json``; ``synthetic_share_seen`` is the share of synthetic rows in the batches it trained on.
     ``progress`` gets stage "train" per step and "epoch" per epoch; raising ``core.progress.Cancelled`` from
     it stops training (the last finished epoch stays resumable).
 
@@ -198,36 +201,18 @@ def train_trades(
     (real and synthetic indices, attack start noise) and trains on its slice of the rows, with DDP averaging
     the gradients; rank 0 alone evaluates, writes files and reports progress.
     """
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError(f"train ({len(train)}) and val ({len(val)}) sets must not be empty")
-    _check_compatible(train, val, "validation")
-    if synthetic is not None:
-        _check_compatible(train, synthetic, "synthetic")
+    _check_inputs(train, val, synthetic)
     n_synthetic = len(synthetic) if synthetic is not None else 0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = rank_device(resolve_device(device))
     data_generator = seed_everything(seed)
     attack_generator = torch.Generator().manual_seed(seed + 1)
-    info = train.info
-    model = build_classifier(
-        config.arch, num_classes=info.num_classes, channels=info.channels, image_size=info.image_size,
-        **config.arch_options,
-    )
-    if config.init == "kaiming":
-        kaiming_init(model)
-    model = wrap_model(model.to(dev), dev)  # DDP when distributed; optimiser, EMA, attack and files use `net`
-    net = unwrap(model)
+    model, net = _build_model(config, train.info, dev)  # DDP when distributed; the rest uses `net`
     optimizer = make_optimizer(net, config)
     ema = EMA(net, config.ema_decay, warmup=config.ema_warmup) if config.ema_decay > 0 else None
-    per_epoch = steps_per_epoch(len(train), config)
-    total_steps = per_epoch * config.epochs
-
-    real_images, real_labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
-    if synthetic is not None:
-        # numpy rows, gathered per batch: a memory-mapped set (load_synthetic over .npy shards) is read only
-        # for the rows of each batch, never as a whole
-        syn_images, syn_labels = synthetic.images, torch.from_numpy(synthetic.labels)
+    total_steps = steps_per_epoch(len(train), config) * config.epochs
+    data = _TrainingData.of(train, synthetic)
 
     current = asdict(config)
     run = TrainingRun(
@@ -238,106 +223,218 @@ def train_trades(
         must_match={"synthetic_count": n_synthetic},
     )
     run.resume(map_location=dev)
-    step, elapsed = run.step, run.elapsed
 
-    metadata = {"dataset": info.to_dict(), "seed": seed, "trades_config": asdict(config),
+    metadata = {"dataset": train.info.to_dict(), "seed": seed, "trades_config": asdict(config),
                 "synthetic_count": n_synthetic}  # fmt: skip
     evaluated = ema.module if ema is not None else net
+    seen = _RowsSeen()
     for epoch in range(run.epoch, config.epochs):
         began = time.perf_counter()
-        sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "accuracy": 0.0}
         plan = epoch_plan(len(train), n_synthetic, config=config, generator=data_generator)
-        for real_index, syn_index in plan:
-            # the global batch is real rows then synthetic rows; this rank keeps rows[a:b] of it (all of it
-            # on one process), reading only those rows of a memory-mapped synthetic set
-            n_r, n_s = len(real_index), len(syn_index) if syn_index is not None else 0
-            rows = local_rows(n_r + n_s)
-            local_real = real_index[rows.start : min(rows.stop, n_r)]
-            x = to_unit(real_images[local_real], dev)
-            y = real_labels[local_real].to(dev)
-            weights = torch.full((n_r + n_s,), 1.0 / (n_r + n_s))
-            if syn_index is not None:
-                local_syn = syn_index[max(rows.start - n_r, 0) : max(rows.stop - n_r, 0)]
-                syn_rows = torch.from_numpy(np.ascontiguousarray(syn_images[local_syn.numpy()]))
-                x = torch.cat([x, to_unit(syn_rows, dev)])
-                y = torch.cat([y, syn_labels[local_syn].to(dev)])
-                if config.mixing == "loss":  # eq. (3): eta * mean over real + (1 - eta) * mean over synthetic
-                    weights = torch.cat([torch.full((n_r,), config.eta / n_r),
-                                         torch.full((n_s,), (1 - config.eta) / n_s)])  # fmt: skip
-            weights = weights[rows].to(dev)  # this rank's share of the global batch's weights
-            noise_shape = (n_r + n_s, *x.shape[1:])
-            noise = (torch.randn(noise_shape, generator=attack_generator) if config.start == "normal"
-                     else torch.rand(noise_shape, generator=attack_generator))[rows]  # fmt: skip
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total_steps, config=config)
-            scale = eps_scale(step, total_steps, config)
-            x_adv = trades_adversary(
-                net, x, eps=config.eps * scale, step_size=config.step_size * scale, steps=config.steps,
-                start=config.start,
-                noise=noise,
-            )
-            model.train()
-            loss, parts = trades_loss(
-                model, x, y, x_adv, beta=config.beta, label_smoothing=config.label_smoothing, weights=weights
-            )
-            optimizer.zero_grad(set_to_none=True)
-            # DDP averages over the ranks; scaled by the world size the sum of the local weighted losses
-            # is the one-process loss
-            (loss * world_size()).backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update(net)
-            step += 1
-            step_loss = float(loss.detach())
-            sums["loss"] += step_loss
-            sums["ce"] += parts["ce"]
-            sums["kl"] += parts["kl"]
-            sums["accuracy"] += parts["accuracy"] * len(y) / (n_r + n_s)
-            report(progress, Stage.TRAIN, step, total_steps, message=f"epoch {epoch + 1}/{config.epochs}",
-                   metrics={"step": step, "loss": step_loss, "ce": parts["ce"], "kl": parts["kl"],
-                            "accuracy": parts["accuracy"]})  # fmt: skip
-        sums = dict(zip(sums, all_reduce_sum(list(sums.values())), strict=True))
-        elapsed += time.perf_counter() - began
+        sums = _train_epoch(
+            model, net, optimizer, ema, plan, data, config=config, epoch=epoch, run=run,
+            total_steps=total_steps, attack_generator=attack_generator, device=dev, seen=seen,
+            progress=progress,
+        )
+        run.elapsed += time.perf_counter() - began
         if not is_main():  # rank 0 alone evaluates and writes; the others go on to the next epoch
             continue
         val_metrics = pgd_robust_accuracy(
             evaluated, val, eps=config.eps, steps=config.eval_steps, limit=config.eval_max,
             batch_size=config.eval_batch_size, seed=seed, device=dev,
         )
-        record = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": sums["loss"] / len(plan),
-            "train_ce": sums["ce"] / len(plan),
-            "train_kl": sums["kl"] / len(plan),
-            "train_clean_acc": sums["accuracy"] / len(plan),
-            "val_clean_acc": val_metrics["clean_acc"],
-            "val_pgd_acc": val_metrics["pgd_acc"],
-        }
+        record = _epoch_record(epoch, optimizer, sums, len(plan), val_metrics)
         if record["val_pgd_acc"] > run.best["val_pgd_acc"]:
             run.best = {"epoch": epoch + 1, "val_pgd_acc": record["val_pgd_acc"],
                         "val_clean_acc": record["val_clean_acc"]}  # fmt: skip
             save_classifier(evaluated, out, config={**metadata, "epoch": epoch + 1, "val": val_metrics})
-        run.step, run.elapsed = step, elapsed
         run.end_epoch(record, epochs=config.epochs, progress=progress)
 
     if not is_main():
         return {"kind": "trades", "rank_of_a_distributed_run": True}
     save_classifier(evaluated, out / FINAL_DIR, config={**metadata, "epoch": config.epochs})
+    # every epoch's plan has the same make-up, so the epochs after a resume speak for the whole run; a run
+    # resumed with no epoch left to train reads it off the plan
+    share = seen.share if seen.rows else planned_synthetic_share(len(train), n_synthetic, config)
+    metrics = _final_metrics(run, net, train, config=config, seed=seed, out=out, n_synthetic=n_synthetic,
+                             synthetic_share_seen=share)
+    run.write_metrics(metrics)
+    return metrics
+
+
+def _check_inputs(train: ImageDataset, val: ImageDataset, synthetic: ImageDataset | None) -> None:
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"train ({len(train)}) and val ({len(val)}) sets must not be empty")
+    _check_compatible(train, val, "validation")
+    if synthetic is not None:
+        _check_compatible(train, synthetic, "synthetic")
+
+
+def _build_model(config: TradesConfig, info: Any, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The classifier to train (He-initialised unless ``config.init`` says otherwise) on ``device``: the model
+    the steps run (DDP when distributed) and the module inside it (what the optimiser, EMA and files see)."""
+    net = build_classifier(
+        config.arch, num_classes=info.num_classes, channels=info.channels, image_size=info.image_size,
+        **config.arch_options,
+    )
+    if config.init == "kaiming":
+        kaiming_init(net)
+    model = wrap_model(net.to(device), device)
+    return model, unwrap(model)
+
+
+@dataclass(frozen=True)
+class _TrainingData:
+    """The training rows as the batches read them: real images and labels as tensors, synthetic images as
+    numpy rows gathered per batch (a memory-mapped set, ``load_synthetic`` over .npy shards, is read only for
+    the rows of each batch, never as a whole)."""
+
+    real_images: Tensor
+    real_labels: Tensor
+    syn_images: Any = None
+    syn_labels: Tensor | None = None
+
+    @classmethod
+    def of(cls, train: ImageDataset, synthetic: ImageDataset | None) -> _TrainingData:
+        real_images, real_labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+        if synthetic is None:
+            return cls(real_images, real_labels)
+        return cls(real_images, real_labels, synthetic.images, torch.from_numpy(synthetic.labels))
+
+
+@dataclass
+class _RowsSeen:
+    """Rows of the global batches trained on (by this process, since a resume) and how many were synthetic."""
+
+    rows: int = 0
+    synthetic: int = 0
+
+    @property
+    def share(self) -> float:
+        return self.synthetic / self.rows
+
+
+def _train_epoch(
+    model: nn.Module,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA | None,
+    plan: list[tuple[Tensor, Tensor | None]],
+    data: _TrainingData,
+    *,
+    config: TradesConfig,
+    epoch: int,
+    run: TrainingRun,
+    total_steps: int,
+    attack_generator: torch.Generator,
+    device: torch.device,
+    seen: _RowsSeen,
+    progress: ProgressFn | None,
+) -> dict[str, float]:
+    """Train on every step of ``plan`` (advancing ``run.step``); return the sums over the steps (summed over
+    the ranks) of the loss, its CE and KL parts and the clean training accuracy."""
+    sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "accuracy": 0.0}
+    for real_index, syn_index in plan:
+        batch = assemble_batch(
+            real_index, syn_index, real_images=data.real_images, real_labels=data.real_labels,
+            syn_images=data.syn_images, syn_labels=data.syn_labels, config=config, device=device,
+        )
+        noise = _start_noise(batch, config=config, generator=attack_generator)
+        step_loss, parts = _train_step(model, net, optimizer, ema, batch, noise, config=config, step=run.step,
+                                       total_steps=total_steps)  # fmt: skip
+        run.step += 1
+        seen.rows += batch.size
+        seen.synthetic += batch.synthetic
+        sums["loss"] += step_loss
+        sums["ce"] += parts["ce"]
+        sums["kl"] += parts["kl"]
+        sums["accuracy"] += parts["accuracy"] * len(batch.y) / batch.size
+        report(progress, Stage.TRAIN, run.step, total_steps, message=f"epoch {epoch + 1}/{config.epochs}",
+               metrics={"step": run.step, "loss": step_loss, "ce": parts["ce"], "kl": parts["kl"],
+                        "accuracy": parts["accuracy"]})  # fmt: skip
+    return dict(zip(sums, all_reduce_sum(list(sums.values())), strict=True))
+
+
+def _start_noise(batch: StepBatch, *, config: TradesConfig, generator: torch.Generator) -> Tensor:
+    """The attack's start noise for the global batch (N(0, 1) or U[0, 1), per ``config.start``), drawn from
+    ``generator`` on the CPU; this rank's rows of it."""
+    noise_shape = (batch.size, *batch.x.shape[1:])
+    noise = (torch.randn(noise_shape, generator=generator) if config.start == "normal"
+             else torch.rand(noise_shape, generator=generator))  # fmt: skip
+    return noise[batch.rows]
+
+
+def _train_step(
+    model: nn.Module,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA | None,
+    batch: StepBatch,
+    noise: Tensor,
+    *,
+    config: TradesConfig,
+    step: int,
+    total_steps: int,
+) -> tuple[float, dict[str, float]]:
+    """One optimiser step at 0-based ``step``: the scheduled learning rate and eps, the inner attack, the
+    TRADES loss and its gradient, the EMA update. Returns the step's loss and its parts."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, total_steps, config=config)
+    scale = eps_scale(step, total_steps, config)
+    x_adv = trades_adversary(
+        net, batch.x, eps=config.eps * scale, step_size=config.step_size * scale, steps=config.steps,
+        start=config.start,
+        noise=noise,
+    )
+    model.train()
+    loss, parts = trades_loss(
+        model, batch.x, batch.y, x_adv, beta=config.beta, label_smoothing=config.label_smoothing,
+        weights=batch.weights,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    # DDP averages over the ranks; scaled by the world size the sum of the local weighted losses is the
+    # one-process loss
+    (loss * world_size()).backward()
+    optimizer.step()
+    if ema is not None:
+        ema.update(net)
+    return float(loss.detach()), parts
+
+
+def _epoch_record(epoch: int, optimizer: torch.optim.Optimizer, sums: dict[str, float], n_steps: int,
+                  val_metrics: dict[str, float]) -> dict[str, Any]:
+    """The history's record of the 0-based ``epoch``: the training means over its ``n_steps`` steps and the
+    validation accuracies."""
+    return {
+        "epoch": epoch + 1,
+        "lr": optimizer.param_groups[0]["lr"],
+        "train_loss": sums["loss"] / n_steps,
+        "train_ce": sums["ce"] / n_steps,
+        "train_kl": sums["kl"] / n_steps,
+        "train_clean_acc": sums["accuracy"] / n_steps,
+        "val_clean_acc": val_metrics["clean_acc"],
+        "val_pgd_acc": val_metrics["pgd_acc"],
+    }
+
+
+def _final_metrics(run: TrainingRun, net: nn.Module, train: ImageDataset, *, config: TradesConfig, seed: int,
+                   out: Path, n_synthetic: int, synthetic_share_seen: float) -> dict[str, Any]:
     history, best = run.history, run.best
+    assert best is not None
     final = history[-1] if history else {}
-    metrics: dict[str, Any] = {
+    return {
         "kind": "trades",
-        "dataset": info.name,
+        "dataset": train.info.name,
         "seed": seed,
         "arch": config.arch,
         "epochs": config.epochs,
-        "steps": step,
-        "steps_per_epoch": per_epoch,
+        "steps": run.step,
+        "steps_per_epoch": steps_per_epoch(len(train), config),
         "real_count": len(train),
         "synthetic_count": n_synthetic,
+        "synthetic_share_seen": synthetic_share_seen,
         "parameters": sum(p.numel() for p in net.parameters()),
-        "train_seconds": round(elapsed, 2),
+        "train_seconds": round(run.elapsed, 2),
         "best_epoch": int(best["epoch"]),
         "best_val_pgd_acc": best["val_pgd_acc"],
         "best_val_clean_acc": best["val_clean_acc"],
@@ -348,5 +445,3 @@ def train_trades(
         "model_dir": str(out),
         "final_model_dir": str(out / FINAL_DIR),
     }
-    run.write_metrics(metrics)
-    return metrics

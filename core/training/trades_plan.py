@@ -1,21 +1,25 @@
 """TRADES' options and the plan of a run: :class:`TradesConfig`, the learning-rate and eps schedules, the
-optimiser with weight decay on weights only, the He initialisation, and the real / synthetic indices of every
-step of an epoch. Nothing here trains: the loss, its inner attack and the loop are in
-:mod:`core.training.trades`, whose docstring also describes the two ways of mixing real and synthetic data.
+optimiser with weight decay on weights only, the He initialisation, the real / synthetic indices of every
+step of an epoch, and the batch of a step assembled from them (:func:`assemble_batch`). Nothing here trains:
+the loss, its inner attack and the loop are in :mod:`core.training.trades`, whose docstring also describes
+the two ways of mixing real and synthetic data.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from core import options
+from core.data.images import to_unit
 from core.models.classifiers import ARCHS, Arch
 from core.options import check_choice
+from core.training.distributed import local_rows
 
 
 @dataclass(frozen=True)
@@ -183,3 +187,61 @@ def epoch_plan(
     real = torch.cat(orders)[:need].view(steps, n_real_batch)
     synthetic = torch.randint(0, n_synthetic, (steps, n_syn), generator=generator)
     return [(real[i], synthetic[i] if n_syn > 0 else None) for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """One step's batch as this rank trains on it: ``rows`` of the global batch (real rows, then synthetic
+    rows; all of it on one process), as float images in [0, 1], labels and per-row loss weights on the
+    device. ``size`` and ``synthetic`` count the global batch's rows and its synthetic rows."""
+
+    x: Tensor
+    y: Tensor
+    weights: Tensor
+    rows: slice
+    size: int
+    synthetic: int
+
+
+def assemble_batch(
+    real_index: Tensor,
+    syn_index: Tensor | None,
+    *,
+    real_images: Tensor,
+    real_labels: Tensor,
+    syn_images: np.ndarray | Any = None,
+    syn_labels: Tensor | None = None,
+    config: TradesConfig,
+    device: torch.device,
+) -> StepBatch:
+    """The batch of one step of :func:`epoch_plan`: this rank's rows of the real then synthetic images and
+    their loss weights, 1 / B each, or for ``mixing="loss"`` (eq. 3) eta / n_real on the real rows and
+    (1 - eta) / n_synthetic on the synthetic ones. Only this rank's rows of the synthetic set are read (it may
+    be memory-mapped numpy rows: ``load_synthetic`` over .npy shards). Draws nothing."""
+    n_r, n_s = len(real_index), len(syn_index) if syn_index is not None else 0
+    rows = local_rows(n_r + n_s)
+    local_real = real_index[rows.start : min(rows.stop, n_r)]
+    x = to_unit(real_images[local_real], device)
+    y = real_labels[local_real].to(device)
+    weights = torch.full((n_r + n_s,), 1.0 / (n_r + n_s))
+    if syn_index is not None:
+        assert syn_labels is not None
+        local_syn = syn_index[max(rows.start - n_r, 0) : max(rows.stop - n_r, 0)]
+        syn_rows = torch.from_numpy(np.ascontiguousarray(syn_images[local_syn.numpy()]))
+        x = torch.cat([x, to_unit(syn_rows, device)])
+        y = torch.cat([y, syn_labels[local_syn].to(device)])
+        if config.mixing == "loss":  # eq. (3): eta * mean over real + (1 - eta) * mean over synthetic
+            weights = torch.cat([torch.full((n_r,), config.eta / n_r),
+                                 torch.full((n_s,), (1 - config.eta) / n_s)])  # fmt: skip
+    weights = weights[rows].to(device)  # this rank's share of the global batch's weights
+    return StepBatch(x=x, y=y, weights=weights, rows=rows, size=n_r + n_s, synthetic=n_s)
+
+
+def planned_synthetic_share(n_real: int, n_synthetic: int, config: TradesConfig) -> float:
+    """The share of synthetic rows in every step of :func:`epoch_plan` (the same in every epoch): floor(f B)
+    of B ("batch" mixing), B beside B real ("loss" mixing, eq. 3), 0 without synthetic data."""
+    if n_synthetic == 0:
+        return 0.0
+    if config.mixing == "batch":
+        return math.floor(config.synthetic_fraction * config.batch_size) / config.batch_size
+    return 0.5

@@ -21,7 +21,7 @@ from core.jobs.context import WorkerContext, unit_seed
 from core.jobs.generate import run_generate_shard
 from core.jobs.leases import LeaseLost
 from core.jobs.records import JobRepository
-from core.jobs.training import job_names, run_train
+from core.jobs.training import paths_as_job_names, run_train
 from core.progress import ProgressEvent, Stage
 from core.settings import Settings
 from core.specs import GenerateSpec, JobPlan, TrainSpec, server_limits
@@ -263,7 +263,7 @@ def test_training_metrics_name_paths_relative_to_the_job(tmp_path) -> None:
     metrics = {"model_dir": str(out), "final_model_dir": str(out / "final"), "data": str(tmp_path / "data"),
                "history": [{"epoch": 1, "best": str(out / "best")}], "arch": "resnet",
                "dirs": [str(tmp_path)]}
-    named = job_names(metrics, out)
+    named = paths_as_job_names(metrics, out)
     assert named == {"model_dir": "model/", "final_model_dir": "model/final", "arch": "resnet",
                      "history": [{"epoch": 1, "best": "model/best"}], "dirs": [None]}
     assert not server_paths(named)
