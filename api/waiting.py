@@ -11,7 +11,8 @@ import anyio
 
 from api.problems import ProblemError
 from core.jobs.composite import child_states, experiment_parts, experiment_progress
-from core.jobs.records import JobNotFound, JobRepository
+from core.jobs.errors import JobNotFound
+from core.jobs.records import JobRepository
 from core.specs import JobRecord
 
 T = TypeVar("T")

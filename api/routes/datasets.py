@@ -25,8 +25,9 @@ from api.problems import ProblemError, responses
 from api.routes import uploads
 from core.formats.uploads import UploadError
 from core.jobs.datasets import BUILTIN_DATASETS, builtin_entry, register_upload
+from core.jobs.errors import EntryInUse, EntryNotFound, StorageQuotaExceeded
 from core.jobs.exports import export_key
-from core.jobs.registry import EntryInUse, EntryNotFound, Registry, StorageQuotaExceeded, jobs_using
+from core.jobs.registry import Registry, jobs_using
 from core.jobs.service import dataset_available
 from core.specs import JOB_ID_PATTERN
 from core.storage import ObjectNotFound

@@ -21,9 +21,14 @@ from api.document import artifact_content, artifact_media_type
 from api.problems import FieldError, ProblemError, responses
 from api.waiting import ChildEvents, job_view, long_poll
 from core.jobs import keys
-from core.jobs.idempotency import IdempotencyBusy
-from core.jobs.records import JobNotFound, JobRepository
-from core.jobs.service import IdempotencyConflict, InvalidReference, QuotaExceeded
+from core.jobs.errors import (
+    IdempotencyBusy,
+    IdempotencyConflict,
+    InvalidReference,
+    JobNotFound,
+    QuotaExceeded,
+)
+from core.jobs.records import JobRepository
 from core.specs import (
     JOB_ID_PATTERN,
     EvaluateSpec,

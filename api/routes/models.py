@@ -22,8 +22,9 @@ from api.routes.datasets import upload_errors
 from core.formats.uploads import UploadError
 from core.jobs import keys
 from core.jobs.artifacts import download_prefix
+from core.jobs.errors import EntryInUse, EntryNotFound, StorageQuotaExceeded
 from core.jobs.models_registry import register_model
-from core.jobs.registry import EntryInUse, EntryNotFound, Registry, StorageQuotaExceeded, jobs_using
+from core.jobs.registry import Registry, jobs_using
 from core.specs import JOB_ID_PATTERN
 
 router = APIRouter(prefix="/models", tags=["models"])

@@ -17,10 +17,15 @@ from api.deps import CallerDep, RepoDep, ServiceDep, SettingsDep
 from api.problems import ProblemError, responses
 from api.routes.jobs import SUBMIT_RESPONSES, IdempotencyKey, WaitSeconds, _submit_errors
 from api.waiting import long_poll
-from core.jobs.idempotency import IdempotencyBusy
-from core.jobs.pipelines import PipelineInvalid, cancel_pipeline, pipeline_view, submit_pipeline
-from core.jobs.records import JobNotFound
-from core.jobs.service import IdempotencyConflict, InvalidReference, QuotaExceeded
+from core.jobs.errors import (
+    IdempotencyBusy,
+    IdempotencyConflict,
+    InvalidReference,
+    JobNotFound,
+    PipelineInvalid,
+    QuotaExceeded,
+)
+from core.jobs.pipelines import cancel_pipeline, pipeline_view, submit_pipeline
 from core.specs import JOB_ID_PATTERN
 from core.specs.pipeline import PipelineRecord, PipelineSpec
 

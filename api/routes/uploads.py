@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from api.problems import FieldError, ProblemError, clip
-from core.jobs.registry import EntryInUse, EntryNotFound, StorageQuotaExceeded
+from core.jobs.errors import EntryInUse, EntryNotFound, StorageQuotaExceeded
 
 # POST bodies of these paths may be as large as CDP_MAX_UPLOAD_BYTES (api.auth.BodyLimit)
 UPLOAD_PATHS = frozenset({"/datasets", "/models"})
@@ -113,7 +113,7 @@ def finished_job(repo: Any, ref: str, *, owner: str, kind: str, what: str) -> An
     """The record of ``from_job`` ``ref``: a succeeded ``kind`` job of the caller's team. An absent (or
     another team's) job is a 404, one of another kind or not succeeded a 409, as for job references in specs;
     ``what`` says what it must be ("generation", "training")."""
-    from core.jobs.records import JobNotFound
+    from core.jobs.errors import JobNotFound
 
     try:
         job = repo.get(ref.removeprefix("job:"), owner=owner)
