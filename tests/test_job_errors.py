@@ -101,3 +101,11 @@ def test_a_pipeline_whose_steps_do_not_validate_is_a_validation_error_at_the_ste
     assert isinstance(problem, RequestValidationError)
     assert problem.errors()[0]["loc"] == ("body", "steps", 0, "spec", "count")
 
+
+def test_every_kind_of_registry_entry_has_its_not_found_problem() -> None:
+    from api.routes import uploads
+    from core.jobs.registry import Kind
+
+    assert set(uploads.NOT_FOUND) == set(get_args(Kind))
+    problem = uploads.not_found("models", "ab" * 12)
+    assert (problem.status, problem.slug, problem.detail) == (404, "model-not-found", "no model " + "ab" * 12)
