@@ -104,14 +104,23 @@ def _bearer(scope: Scope) -> str:
 
 
 class BodyTooLarge(HTTPException):
+    """A body that outgrew :class:`BodyLimit`'s limit while it was read: answered as a 413 problem."""
+
     def __init__(self, detail: str = "request body too large") -> None:
         super().__init__(413, detail)
 
 
 class BodyLimit(HttpMiddleware):
-    """413 for a request body over ``max_bytes``: at once from Content-Length, else as soon as the bytes
-    read exceed it (FastAPI re-raises an HTTPException met while reading the body, so the problem handler
-    answers). Starlette's own limit middleware sends a plain response of its own, hence this one."""
+    """413 for a request body over ``max_bytes`` (``max_upload_bytes`` on the upload routes): at once from
+    Content-Length, else as soon as the bytes read exceed it (FastAPI re-raises an HTTPException met while
+    reading the body, so the problem handler answers).
+
+    Kept, though FastAPI and Starlette now have a ``max_body_size``, for its place in the stack: it sits
+    inside :class:`Gate`, so a request without a valid key is a 401 before any of its body is read, and
+    only then is an oversized one a 413. The app-wide ``max_body_size`` sits outside every user middleware
+    and, for a Content-Length over the limit, replaces whatever response starts (the 401 included) with a
+    plain-text 413; a route's own ``max_body_size`` refuses a body its route never reads only after the
+    route has run (again replacing its response with a plain-text 413)."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, upload_paths: frozenset[str] = frozenset(),
                  max_upload_bytes: int = 0) -> None:

@@ -2,7 +2,8 @@
 
 FastAPI's document describes the spec models as written; this module makes it describe *this* server:
 
-- each error response only in ``application/problem+json`` (as served);
+- each error response only in ``application/problem+json`` (as served), whatever the route's own
+  media type;
 - the CDP_MAX_* bounds as ``maximum`` of the fields they bound (count, steps, epochs, ...);
 - the ``dataset`` field of every spec lists only the data sets this server can load (the built-ins whose
   files are under CDP_DATA_ROOT), built by :func:`dataset_schema`, the one place that says what a dataset
@@ -97,7 +98,9 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
                 for status, response in list(responses.items()):
                     content = response.get("content", {})
                     if status[0] in "45" and problems.PROBLEM_JSON in content:
-                        content.pop("application/json", None)
+                        # FastAPI also lists the route's own media type (JSON, an event stream)
+                        for media in [m for m in content if m != problems.PROBLEM_JSON]:
+                            del content[media]
                     elif status == "422":  # FastAPI's default for a route that cannot answer 422
                         del responses[status]
         schemas = document.get("components", {}).get("schemas", {})

@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from api.asgi import HttpMiddleware
-from core.jobs.dependencies import REDIS_ERRORS, DependencyUnavailable, is_dependency_error
+from core.jobs.dependencies import REDIS_ERRORS, is_dependency_error
+from core.jobs.errors import DependencyUnavailable
 from core.storage import StorageError
 
 log = logging.getLogger(__name__)

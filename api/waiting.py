@@ -1,17 +1,21 @@
-"""Clients that wait: the long-poll of ``GET /jobs/{id}?wait=S`` (and of a pipeline), and the job view
-that shows an experiment's progress counted over its children's units (:mod:`core.jobs.composite`)."""
+"""Clients that wait: the long-poll of ``GET /jobs/{id}?wait=S`` (and of a pipeline), what the event streams
+of a job and of a pipeline share (:class:`Follow`), and the job view that shows an experiment's progress
+counted over its children's units (:mod:`core.jobs.composite`)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
 import anyio
+from fastapi import Query
 
 from api.problems import ProblemError
 from core.jobs.composite import child_states, experiment_parts, experiment_progress
-from core.jobs.records import JobNotFound, JobRepository
+from core.jobs.errors import JobNotFound
+from core.jobs.records import JobRepository
 from core.specs import JobRecord
 
 T = TypeVar("T")
@@ -47,6 +51,39 @@ async def long_poll(read: Callable[[], T], seconds: float, *,
         await sleep(min(POLL_S, left))
         value = await anyio.to_thread.run_sync(read)
     return value
+
+
+# --- event streams (GET /jobs/{id}/events, GET /pipelines/{id}/events) ---
+PollSeconds = Annotated[float, Query(ge=0.05, le=10)]
+# The 200 of an event stream in the document: FastAPI's EventSourceResponse writes the events (``event:``
+# and ``data:`` lines, the data as JSON) and a ``: ping`` comment after 15 s without one.
+EVENT_STREAM_RESPONSE: dict[str, Any] = {"content": {"text/event-stream": {}}, "description": "event stream"}
+
+
+@dataclass(frozen=True)
+class Follow(Generic[T]):
+    """What an event stream follows: ``first``, the record read before the stream starts (so a missing one
+    is a 404, not a stream that breaks off), and ``read``, which reads it again every ``poll_s`` seconds."""
+
+    first: T
+    read: Callable[[], T]
+    poll_s: float
+
+    async def records(self) -> AsyncIterator[T]:
+        """``first``, then a fresh read every ``poll_s`` seconds, up to and with the first finished one."""
+        record = self.first
+        while True:
+            yield record
+            if _finished(record):
+                return
+            await anyio.sleep(self.poll_s)
+            record = await anyio.to_thread.run_sync(self.read)
+
+
+async def follow(read: Callable[[], T], poll_s: float) -> Follow[T]:
+    """A :class:`Follow` of ``read``, read once now (in a thread): a stream's dependency, so that its errors
+    (404) are answered before the stream starts."""
+    return Follow(await anyio.to_thread.run_sync(read), read, poll_s)
 
 
 class ChildEvents:

@@ -8,8 +8,9 @@ differ by float rounding (the all-reduced half-batch gradients sum in another or
 gradient: 6e-8 after one step),
 and with the default start (x + 0.001 N(0, 1), where the KL's input gradients are near zero) PGD's sign()
 turns such differences into pixels of x_adv moved by 2 step sizes: measured on `cdp train trades --dataset
-digits --epochs 1 --seed 0 --eps 0.1 --attack-steps 1 --step-size 0.025` (11 steps; eps / 4 was then the CLI's default step), x_adv agreed exactly on step 1,
-differed in 2 of 16384 pixels on step 2, 637 on step 5, and the weights ended 1.3e-3 apart; the same run
+digits --epochs 1 --seed 0 --eps 0.1 --attack-steps 1 --step-size 0.025` (11 steps; eps / 4 was then the
+CLI's default step), x_adv agreed exactly on step 1, differed in 2 of 16384 pixels on step 2, 637 on
+step 5, and the weights ended 1.3e-3 apart; the same run
 with the attack split into the two halves on one process reproduced the one-process weights exactly, so the
 split of the batch is not the cause. The weights check therefore trains with the uniform start (x_adv
 eps away from x, gradients far from zero): the 3 steps agree to 7e-7, checked at atol 1e-5 (a wrong

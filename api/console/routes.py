@@ -21,7 +21,7 @@ from api.auth import ANONYMOUS, Caller
 from api.console import views
 from api.session import COOKIE, MAX_AGE_S, Session, Sessions, cookie_of
 from core.jobs import keys
-from core.jobs.records import JobNotFound
+from core.jobs.errors import JobNotFound
 from core.specs import JOB_ID_PATTERN, JobRecord
 from core.storage import ObjectNotFound
 

@@ -23,7 +23,8 @@ from api.routes import uploads
 from api.routes.datasets import Dataset, _dataset, upload_errors
 from core.formats.uploads import UploadError
 from core.jobs.datasets import register_upload
-from core.jobs.registry import PREFIX, Registry, StorageQuotaExceeded, now, owner_digest
+from core.jobs.errors import StorageQuotaExceeded
+from core.jobs.registry import PREFIX, Registry, now, owner_digest
 from core.storage import ObjectNotFound
 
 router = APIRouter(prefix="/datasets/uploads", tags=["datasets"])

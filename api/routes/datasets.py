@@ -25,8 +25,9 @@ from api.problems import ProblemError, responses
 from api.routes import uploads
 from core.formats.uploads import UploadError
 from core.jobs.datasets import BUILTIN_DATASETS, builtin_entry, register_upload
+from core.jobs.errors import StorageQuotaExceeded
 from core.jobs.exports import export_key
-from core.jobs.registry import EntryInUse, EntryNotFound, Registry, StorageQuotaExceeded, jobs_using
+from core.jobs.registry import Registry
 from core.jobs.service import dataset_available
 from core.specs import JOB_ID_PATTERN
 from core.storage import ObjectNotFound
@@ -208,10 +209,7 @@ def get_dataset(dataset_id: DatasetId, caller: CallerDep, store: StoreDep, servi
         root = service.data_root
         available = root is None or dataset_available(dataset_id, root)
         return _dataset(builtin_entry(dataset_id, available=available))
-    try:
-        return _dataset(Registry(store).get("datasets", dataset_id, scope=caller.scope))
-    except EntryNotFound:
-        raise ProblemError(404, "Not found", f"no data set {dataset_id}", slug="dataset-not-found") from None
+    return _dataset(uploads.registered(store, "datasets", dataset_id, scope=caller.scope))
 
 
 @router.delete("/{dataset_id:datasetid}", status_code=204, operation_id="deleteDataset",
@@ -221,12 +219,5 @@ def delete_dataset(dataset_id: DatasetId, caller: CallerDep, store: StoreDep) ->
     if dataset_id in BUILTIN_DATASETS:
         raise ProblemError(409, "Read-only", f"{dataset_id} is a built-in data set (read-only)",
                            slug="builtin-read-only")
-    try:
-        Registry(store).delete("datasets", dataset_id, scope=caller.scope,
-                               users=lambda ref: jobs_using(store, ref))
-    except (EntryNotFound, EntryInUse) as exc:
-        if isinstance(exc, EntryNotFound):
-            raise ProblemError(404, "Not found", f"no data set {dataset_id}",
-                               slug="dataset-not-found") from None
-        raise uploads.registry_problem(exc) from None
+    uploads.delete_registered(store, "datasets", dataset_id, scope=caller.scope)
     return Response(status_code=204)

@@ -1,29 +1,54 @@
-"""The /jobs routes: thin handlers that delegate to :class:`core.jobs.service.JobService`."""
+"""The /jobs routes: thin handlers that delegate to :class:`core.jobs.service.JobService`.
+
+Per job kind, two tables: :data:`SUBMISSIONS` (its ``POST /jobs/<kind>`` route) and :data:`TYPED_METRICS`
+(the typed field of its ``GET /jobs/{id}/metrics``); both must name every :data:`core.specs.JobKind`.
+:data:`SUBMIT_ERRORS` says how a refused submission is answered (shared with ``POST /pipelines``); the
+response models are in :mod:`api.schemas`.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import anyio
 from anyio.lowlevel import RunVar
-from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import BaseModel, ValidationError
 from starlette.convertors import Convertor, register_url_convertor
 
 from api import metrics as prom
 from api.deps import CallerDep, RepoDep, ServiceDep, SettingsDep, StoreDep
 from api.document import artifact_content, artifact_media_type
 from api.problems import FieldError, ProblemError, responses
-from api.waiting import ChildEvents, job_view, long_poll
+from api.schemas import (
+    Artifact,
+    ArtifactList,
+    EvaluationMetrics,
+    ExperimentResult,
+    GenerationMetrics,
+    JobMetrics,
+    JobPage,
+    TrainingMetrics,
+)
+from api.waiting import EVENT_STREAM_RESPONSE, ChildEvents, Follow, PollSeconds, follow, job_view, long_poll
 from core.jobs import keys
-from core.jobs.idempotency import IdempotencyBusy
-from core.jobs.records import JobNotFound, JobRepository
-from core.jobs.service import IdempotencyConflict, InvalidReference, QuotaExceeded
+from core.jobs.errors import (
+    IdempotencyBusy,
+    IdempotencyConflict,
+    InvalidReference,
+    JobNotFound,
+    JobsError,
+    PipelineInvalid,
+    QuotaExceeded,
+)
+from core.jobs.records import JobRepository
+from core.jobs.service import JobService
 from core.specs import (
     JOB_ID_PATTERN,
     EvaluateSpec,
@@ -77,117 +102,6 @@ SUBMIT_RESPONSES[409]["description"] = ("A referenced job is not finished or not
                                         "Idempotency-Key is still being processed")
 
 
-class JobPage(BaseModel):
-    items: list[JobRecord]
-    next_page_token: str | None = Field(default=None, description="pass as page_token for the next page")
-
-
-class Artifact(BaseModel):
-    name: str = Field(examples=["shards/0.npz"])
-    size: int
-    sha256: str | None
-    url: str = Field(description="presigned URL (MinIO) or this API's download route (local store)")
-
-
-class ArtifactList(BaseModel):
-    job_id: str
-    complete: bool = Field(description="true once manifest.json exists (the job's outputs are final)")
-    items: list[Artifact]
-
-
-class Interval(BaseModel):
-    mean: float | None
-    std: float | None = None
-    ci95: list[float] | None = Field(default=None, description="95 % Student-t interval of the mean")
-    n: int
-    seeds: list[int] = []
-    values: list[float] = []
-
-
-class EvaluationMetrics(BaseModel):
-    """What an evaluation job measured (fractions in [0, 1]; worst: correct under every attack)."""
-
-    count: int
-    clean_acc: float
-    worst_acc: float
-    pgd_ce_acc: float | None = None
-    pgd_cw_acc: float | None = None
-    autoattack_acc: float | None = None
-    eps: float
-    steps: int
-    attacks: list[str]
-    seconds: float
-    sanity: dict[str, str] = Field(description="check -> pass | fail (zero_gradients, randomness, "
-                                   "probability_outputs, step_monotonicity)")
-    warnings: list[str] = []
-
-
-class ExperimentResult(BaseModel):
-    """Per arm and metric: statistics over seeds; per non-reference arm: paired differences to the
-    reference arm (same seeds)."""
-
-    reference: str
-    interval: str
-    arms: dict[str, dict[str, Any]] = Field(description="arm -> metric -> mean, std, ci95, n, seeds, values "
-                                            "(and synthetic_share)")
-    paired: dict[str, dict[str, Interval | str]] = Field(description="arm -> metric -> paired difference")
-    runs: list[dict[str, Any]]
-    children: dict[str, dict[str, str]]
-
-
-class GenerationMetrics(BaseModel):
-    """What a generation job measured (see README: from the pseudo-labelling classifier, and independent
-    of it); fields a job did not compute are null."""
-
-    model_config = ConfigDict(extra="allow")
-    generated: int | None = Field(default=None, description="images generated (before any selection)")
-    class_histogram: list[int] | None = None
-    mean_confidence: float | None = None
-    mean_entropy: float | None = None
-    separability_margin: float | None = None
-    mean_feature_cosine: float | None = None
-    label_agreement: float | None = Field(default=None, description="null without a judge")
-    label_agreement_source: str | None = None
-    outlier_fraction: float | None = None
-    near_duplicates: int | None = None
-    near_duplicate_fraction: float | None = None
-    nn_distance_median: float | None = None
-    class_entropy_normalized: float | None = None
-    class_share_min: float | None = None
-    class_share_max: float | None = None
-    tstr_accuracy: float | None = Field(default=None, description="with `tstr: true`")
-    sampling_seconds: float | None = None
-    images_per_s: float | None = None
-    warnings: list[str] = Field(default_factory=list, description="sample-quality warnings: outliers above "
-                                "5 %, near-copies above 1 %, judge agreement below 90 %, a class under half "
-                                "or over twice its balanced share; empty when none")
-
-
-class TrainingMetrics(BaseModel):
-    """What a training job measured: per-epoch history and, for classifier / trades with ``final_eval``, the
-    clean and robust accuracy on the test split."""
-
-    model_config = ConfigDict(extra="allow")
-    history: list[dict[str, Any]] = Field(default_factory=list, description="one entry per epoch")
-    test: dict[str, Any] | None = Field(default=None, description="clean_acc, robust_acc, ...")
-
-
-class JobMetrics(BaseModel):
-    job_id: str
-    kind: JobKind
-    metrics: dict[str, Any] = Field(
-        examples=[{"count": 512, "class_histogram": [51, 52, 50, 49, 53, 50, 52, 51, 52, 52],
-                   "mean_confidence": 0.93, "mean_entropy": 0.2, "separability_margin": 0.31,
-                   "mean_feature_cosine": 0.12, "label_agreement": 0.91, "label_agreement_source": "judge",
-                   "outlier_fraction": 0.01, "near_duplicate_fraction": 0.0, "nn_distance_median": 0.09,
-                   "class_entropy_normalized": 0.998, "tstr_accuracy": 0.87, "images_per_s": 35.2}]
-    )
-    generation: GenerationMetrics | None = Field(default=None, description="generation jobs: typed metrics")
-    training: TrainingMetrics | None = Field(default=None, description="training jobs: typed metrics")
-    evaluation: EvaluationMetrics | None = Field(default=None, description="evaluation jobs: typed metrics")
-    experiment: ExperimentResult | None = Field(default=None, description="experiment jobs: typed result")
-
-
 def _job_or_404(repo: JobRepository, job_id: str, owner: str | None) -> JobRecord:
     try:
         return repo.get(job_id, owner=owner)
@@ -219,67 +133,98 @@ def submit_limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
+def for_every_kind(table: Mapping[str, Any], name: str) -> None:
+    """Fail at import, naming the table and the kinds, unless ``table`` has an entry for every job kind of
+    :data:`core.specs.JobKind` and for nothing else (a kind added there must be added here too)."""
+    missing, extra = set(get_args(JobKind)) - set(table), set(table) - set(get_args(JobKind))
+    if missing or extra:
+        raise RuntimeError(f"{name}: no entry for the job kinds {sorted(missing)}" if missing
+                           else f"{name}: entries for {sorted(extra)}, which are not job kinds")
+
+
+# --- refused submissions: error class -> the problem answered (status, type, headers, field) ---
+def _invalid_reference(exc: InvalidReference) -> ProblemError:
+    """404: absent; 409: not usable now; 422: a data set the server lacks (``exc.status`` says which)."""
+    title = {404: "Reference not found", 409: "Reference not usable"}.get(exc.status, "Invalid reference")
+    return ProblemError(exc.status, title, exc.message, slug=exc.slug,
+                        errors=[FieldError(field="body." + ".".join(str(p) for p in exc.loc),
+                                           message=exc.message, type="invalid_reference")])
+
+
+SUBMIT_ERRORS: dict[type[JobsError], Callable[[Any], Exception]] = {
+    InvalidReference: _invalid_reference,
+    QuotaExceeded: lambda exc: ProblemError(
+        429, "Quota exceeded", exc.message, slug=f"quota-{exc.quota.replace('_', '-')}",
+        headers={"Retry-After": str(exc.retry_after_s)}),
+    IdempotencyBusy: lambda exc: ProblemError(
+        409, "Request in progress", str(exc), slug="idempotency-in-progress", headers={"Retry-After": "1"}),
+    IdempotencyConflict: lambda exc: ProblemError(
+        422, "Idempotency key reused", str(exc), slug="idempotency-conflict",
+        errors=[FieldError(field="header.Idempotency-Key", message=str(exc), type="idempotency_conflict")]),
+    # a pipeline's steps that do not validate: the 422 of any other invalid body, at the steps' paths
+    PipelineInvalid: lambda exc: RequestValidationError(
+        [{**error, "loc": ("body", *error["loc"])} for error in exc.errors]),
+}
+SUBMIT_ERROR_TYPES = tuple(SUBMIT_ERRORS)  # for ``except``
+
+
+def submit_problem(exc: JobsError) -> Exception:
+    """What a route raises for a refused submission ``exc`` (one of :data:`SUBMIT_ERROR_TYPES`)."""
+    answer = next(SUBMIT_ERRORS[cls] for cls in type(exc).__mro__ if cls in SUBMIT_ERRORS)
+    return answer(exc)
+
+
 async def _submit(kind: JobKind, call: Callable[[], tuple[JobRecord, bool]], response: Response) -> JobRecord:
     try:
         job, created = await anyio.to_thread.run_sync(call, limiter=submit_limiter())
-    except (InvalidReference, IdempotencyConflict, IdempotencyBusy, QuotaExceeded) as exc:
-        raise _submit_errors(exc) from None
+    except SUBMIT_ERROR_TYPES as exc:
+        raise submit_problem(exc) from None
     if created:
         prom.JOBS_SUBMITTED.labels(kind=kind).inc()
     return _created(response, job)
 
 
-def _submit_errors(exc: Exception) -> ProblemError:
-    if isinstance(exc, QuotaExceeded):
-        return ProblemError(429, "Quota exceeded", exc.message, slug=f"quota-{exc.quota.replace('_', '-')}",
-                            headers={"Retry-After": str(exc.retry_after_s)})
-    if isinstance(exc, IdempotencyBusy):
-        return ProblemError(409, "Request in progress", str(exc), slug="idempotency-in-progress",
-                            headers={"Retry-After": "1"})
-    if isinstance(exc, InvalidReference):  # 404: absent; 409: not usable now; 422: a data set it lacks
-        field = "body." + ".".join(str(p) for p in exc.loc)
-        title = {404: "Reference not found", 409: "Reference not usable"}.get(exc.status, "Invalid reference")
-        return ProblemError(exc.status, title, exc.message, slug=exc.slug,
-                            errors=[FieldError(field=field, message=exc.message, type="invalid_reference")])
-    return ProblemError(422, "Idempotency key reused", str(exc), slug="idempotency-conflict",
-                        errors=[FieldError(field="header.Idempotency-Key", message=str(exc),
-                                                type="idempotency_conflict")])
+# --- POST /jobs/<kind>: one route per kind, from this table ---
+@dataclass(frozen=True)
+class Submission:
+    """A kind's submission route: ``POST /jobs/<kind>`` with a ``spec`` body, answered by ``submit`` (the
+    JobService method of that kind)."""
+
+    spec: type[BaseModel]
+    submit: Callable[..., tuple[JobRecord, bool]]
+    operation_id: str
+    summary: str
 
 
-@router.post("/generate", status_code=202, response_model=JobRecord, operation_id="createGenerateJob",
-             summary="Generate synthetic images with contrastive guidance",
-             responses=SUBMIT_RESPONSES)
-async def create_generate_job(spec: Annotated[GenerateSpec, Body()], service: ServiceDep,
-        caller: CallerDep, response: Response, idempotency_key: IdempotencyKey = None) -> JobRecord:
-    submit = partial(service.submit_generate, spec, owner=caller.team, idempotency_key=idempotency_key)
-    return await _submit("generate", submit, response)
+SUBMISSIONS: dict[JobKind, Submission] = {
+    "generate": Submission(GenerateSpec, JobService.submit_generate, "createGenerateJob",
+                           "Generate synthetic images with contrastive guidance"),
+    "train": Submission(TrainSpec, JobService.submit_train, "createTrainJob",
+                        "Train a diffusion model, a classifier, or TRADES"),
+    "evaluate": Submission(EvaluateSpec, JobService.submit_evaluate, "createEvaluateJob",
+                           "Clean and adversarial accuracy (PGD-CE, PGD-CW, AutoAttack) of a finished model"),
+    "experiment": Submission(ExperimentSpec, JobService.submit_experiment, "createExperimentJob",
+                             "Compare arms (real only, + synthetic sets) over seeds: TRADES, evaluation, "
+                             "statistics"),
+}
+for_every_kind(SUBMISSIONS, "SUBMISSIONS")
 
 
-@router.post("/train", status_code=202, response_model=JobRecord, operation_id="createTrainJob",
-             summary="Train a diffusion model, a classifier, or TRADES",
-             responses=SUBMIT_RESPONSES)
-async def create_train_job(spec: Annotated[TrainSpec, Body()], service: ServiceDep,
-        caller: CallerDep, response: Response, idempotency_key: IdempotencyKey = None) -> JobRecord:
-    submit = partial(service.submit_train, spec, owner=caller.team, idempotency_key=idempotency_key)
-    return await _submit("train", submit, response)
+def _submission_handler(kind: JobKind, submission: Submission) -> Callable[..., Any]:
+    async def handler(spec: Any, service: ServiceDep, caller: CallerDep, response: Response,
+                      idempotency_key: IdempotencyKey = None) -> JobRecord:
+        submit = partial(submission.submit, service, spec, owner=caller.team, idempotency_key=idempotency_key)
+        return await _submit(kind, submit, response)
+
+    handler.__annotations__["spec"] = Annotated[submission.spec, Body()]  # the body's model, for FastAPI
+    handler.__name__ = handler.__qualname__ = f"create_{kind}_job"  # the route's name, as before the table
+    return handler
 
 
-@router.post("/evaluate", status_code=202, response_model=JobRecord, operation_id="createEvaluateJob",
-             summary="Clean and adversarial accuracy (PGD-CE, PGD-CW, AutoAttack) of a finished model",
-             responses=SUBMIT_RESPONSES)
-async def create_evaluate_job(spec: Annotated[EvaluateSpec, Body()], service: ServiceDep,
-        caller: CallerDep, response: Response, idempotency_key: IdempotencyKey = None) -> JobRecord:
-    submit = partial(service.submit_evaluate, spec, owner=caller.team, idempotency_key=idempotency_key)
-    return await _submit("evaluate", submit, response)
-
-
-@router.post("/experiment", status_code=202, response_model=JobRecord, operation_id="createExperimentJob",
-             summary="Compare arms (real only, + synthetic sets) over seeds: TRADES, evaluation, statistics",
-             responses=SUBMIT_RESPONSES)
-async def create_experiment_job(spec: Annotated[ExperimentSpec, Body()], service: ServiceDep,
-        caller: CallerDep, response: Response, idempotency_key: IdempotencyKey = None) -> JobRecord:
-    submit = partial(service.submit_experiment, spec, owner=caller.team, idempotency_key=idempotency_key)
-    return await _submit("experiment", submit, response)
+for _kind, _submission in SUBMISSIONS.items():
+    router.add_api_route(f"/{_kind}", _submission_handler(_kind, _submission), methods=["POST"],
+                         status_code=202, response_model=JobRecord, operation_id=_submission.operation_id,
+                         summary=_submission.summary, responses=SUBMIT_RESPONSES)
 
 
 @router.get("", response_model=JobPage, operation_id="listJobs", summary="List your jobs, newest first",
@@ -329,7 +274,7 @@ def get_job_metrics(job_id: JobId, repo: RepoDep, store: StoreDep, caller: Calle
     except ObjectNotFound:
         raise ProblemError(409, "Metrics not available", f"job {job_id} is {job.status}; metrics appear "
                            "when it succeeds", slug="metrics-not-available") from None
-    field, model = _TYPED_METRICS[job.kind]
+    field, model = TYPED_METRICS[job.kind]
     try:
         typed = {field: model.model_validate(metrics)}
     except ValidationError:  # metrics of an older layout: served untyped only
@@ -337,9 +282,11 @@ def get_job_metrics(job_id: JobId, repo: RepoDep, store: StoreDep, caller: Calle
     return JobMetrics(job_id=job_id, kind=job.kind, metrics=metrics, **typed)
 
 
-_TYPED_METRICS: dict[str, tuple[str, type[BaseModel]]] = {
+# Per kind: the field of JobMetrics that holds its metrics typed, and their model.
+TYPED_METRICS: dict[JobKind, tuple[str, type[BaseModel]]] = {
     "generate": ("generation", GenerationMetrics), "train": ("training", TrainingMetrics),
     "evaluate": ("evaluation", EvaluationMetrics), "experiment": ("experiment", ExperimentResult)}
+for_every_kind(TYPED_METRICS, "TYPED_METRICS")
 
 
 def _artifact_url(request: Request, store: ObjectStore, job_id: str, name: str, *, expires: int) -> str:
@@ -390,49 +337,34 @@ def download_job_artifact(job_id: JobId, name: str, repo: RepoDep, store: StoreD
                                       "Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+async def _follow_job(job_id: JobId, repo: RepoDep, caller: CallerDep, settings: SettingsDep,
+                      poll_s: PollSeconds = 0.5) -> Follow[JobRecord]:
+    return await follow(partial(job_view, repo, job_id, caller.scope, settings.shard_size), poll_s)
 
 
-@router.get("/{job_id:jobid}/events", operation_id="streamJobEvents",
+@router.get("/{job_id:jobid}/events", operation_id="streamJobEvents", response_class=EventSourceResponse,
             summary="Server-sent events: `state` on status changes, `progress` while running (an "
                     "experiment's over its children's units, with `child` when a child's status or stage "
                     "changes); ends when the job is finished",
-            responses={200: {"content": {"text/event-stream": {}}, "description": "event stream"},
-                       **responses(401, 404, 422, 503)})
-async def stream_job_events(job_id: JobId, repo: RepoDep, caller: CallerDep, settings: SettingsDep,
-                            poll_s: Annotated[float, Query(ge=0.05, le=10)] = 0.5) -> StreamingResponse:
-    read = partial(job_view, repo, job_id, caller.scope, settings.shard_size)
-    first = await anyio.to_thread.run_sync(read)
+            responses={200: EVENT_STREAM_RESPONSE, **responses(401, 404, 422, 503)})
+async def stream_job_events(job: Annotated[Follow[JobRecord], Depends(_follow_job)], repo: RepoDep,
+                            settings: SettingsDep) -> AsyncIterator[ServerSentEvent]:
+    # the current state first; then progress changes, each state change after the progress that led to it;
+    # the stream ends with the terminal state
     children = ChildEvents(repo, settings.shard_size)
-
-    async def events(job: JobRecord) -> AsyncIterator[str]:
-        # the current state first; then progress changes, each state change after the progress that led to it;
-        # the stream ends with the terminal state
-        last_status, last_progress = None, None
-        if not job.terminal:
-            yield _sse("state", job.model_dump(mode="json"))
-            last_status = job.status
-        idle = 0.0
-        while True:
-            progress = job.progress.model_dump(mode="json")
-            if progress != last_progress:
-                yield _sse("progress", {"id": job.id, "status": job.status, **progress})
-                last_progress, idle = progress, 0.0
-            if job.kind == "experiment":
-                for child in await anyio.to_thread.run_sync(children.changes, job):
-                    yield _sse("child", child)
-            if job.status != last_status:
-                yield _sse("state", job.model_dump(mode="json"))
-                last_status = job.status
-            if job.terminal:
-                return
-            await asyncio.sleep(poll_s)
-            idle += poll_s
-            if idle >= 15:
-                yield ": keep-alive\n\n"
-                idle = 0.0
-            job = await anyio.to_thread.run_sync(read)
-
-    return StreamingResponse(events(first), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    last_status, last_progress = None, None
+    if not job.first.terminal:
+        yield ServerSentEvent(event="state", data=job.first.model_dump(mode="json"))
+        last_status = job.first.status
+    async for record in job.records():
+        progress = record.progress.model_dump(mode="json")
+        if progress != last_progress:
+            yield ServerSentEvent(event="progress",
+                                  data={"id": record.id, "status": record.status, **progress})
+            last_progress = progress
+        if record.kind == "experiment":
+            for child in await anyio.to_thread.run_sync(children.changes, record):
+                yield ServerSentEvent(event="child", data=child)
+        if record.status != last_status:
+            yield ServerSentEvent(event="state", data=record.model_dump(mode="json"))
+            last_status = record.status

@@ -22,8 +22,9 @@ from api.routes.datasets import upload_errors
 from core.formats.uploads import UploadError
 from core.jobs import keys
 from core.jobs.artifacts import download_prefix
+from core.jobs.errors import StorageQuotaExceeded
 from core.jobs.models_registry import register_model
-from core.jobs.registry import EntryInUse, EntryNotFound, Registry, StorageQuotaExceeded, jobs_using
+from core.jobs.registry import Registry
 from core.specs import JOB_ID_PATTERN
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -160,21 +161,12 @@ def list_models(caller: CallerDep, store: StoreDep) -> ModelList:
             summary="One model",
             responses=responses(401, 404, 503))
 def get_model(model_id: ModelId, caller: CallerDep, store: StoreDep) -> RegisteredModel:
-    try:
-        return _model(Registry(store).get("models", model_id, scope=caller.scope))
-    except EntryNotFound:
-        raise ProblemError(404, "Not found", f"no model {model_id}", slug="model-not-found") from None
+    return _model(uploads.registered(store, "models", model_id, scope=caller.scope))
 
 
 @router.delete("/{model_id:modelid}", status_code=204, operation_id="deleteModel",
                summary="Delete a registered model (409 while an unfinished job uses it)",
                responses={204: {"description": "deleted"}, **responses(401, 404, 409, 503)})
 def delete_model(model_id: ModelId, caller: CallerDep, store: StoreDep) -> Response:
-    try:
-        Registry(store).delete("models", model_id, scope=caller.scope,
-                               users=lambda ref: jobs_using(store, ref))
-    except EntryNotFound:
-        raise ProblemError(404, "Not found", f"no model {model_id}", slug="model-not-found") from None
-    except EntryInUse as exc:
-        raise uploads.registry_problem(exc) from None
+    uploads.delete_registered(store, "models", model_id, scope=caller.scope)
     return Response(status_code=204)

@@ -3,24 +3,20 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, Path, Query, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Body, Depends, Path, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import CallerDep, RepoDep, ServiceDep, SettingsDep
 from api.problems import ProblemError, responses
-from api.routes.jobs import SUBMIT_RESPONSES, IdempotencyKey, WaitSeconds, _submit_errors
-from api.waiting import long_poll
-from core.jobs.idempotency import IdempotencyBusy
-from core.jobs.pipelines import PipelineInvalid, cancel_pipeline, pipeline_view, submit_pipeline
-from core.jobs.records import JobNotFound
-from core.jobs.service import IdempotencyConflict, InvalidReference, QuotaExceeded
+from api.routes.jobs import SUBMIT_ERROR_TYPES, SUBMIT_RESPONSES, IdempotencyKey, WaitSeconds, submit_problem
+from api.waiting import EVENT_STREAM_RESPONSE, Follow, PollSeconds, follow, long_poll
+from core.jobs.errors import JobNotFound
+from core.jobs.pipelines import cancel_pipeline, pipeline_view, submit_pipeline
 from core.specs import JOB_ID_PATTERN
 from core.specs.pipeline import PipelineRecord, PipelineSpec
 
@@ -48,10 +44,8 @@ async def create_pipeline(spec: Annotated[PipelineSpec, Body()], service: Servic
 
     try:
         record = await anyio.to_thread.run_sync(submit)
-    except PipelineInvalid as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors]) from None
-    except (InvalidReference, IdempotencyConflict, IdempotencyBusy, QuotaExceeded) as exc:
-        raise _submit_errors(exc) from None
+    except SUBMIT_ERROR_TYPES as exc:  # PipelineInvalid (steps that do not validate) among them
+        raise submit_problem(exc) from None
     response.headers["Location"] = record.links["self"]
     return record
 
@@ -77,44 +71,29 @@ async def cancel(pipeline_id: PipelineId, service: ServiceDep, caller: CallerDep
     return await anyio.to_thread.run_sync(run)
 
 
+async def _follow_pipeline(pipeline_id: PipelineId, repo: RepoDep, caller: CallerDep, settings: SettingsDep,
+                           poll_s: PollSeconds = 0.5) -> Follow[PipelineRecord]:
+    return await follow(partial(_view, repo, pipeline_id, caller.scope, settings.shard_size), poll_s)
+
+
 @router.get("/{pipeline_id:jobid}/events", operation_id="streamPipelineEvents",
+            response_class=EventSourceResponse,
             summary="Server-sent events: `step` when a step's status or stage changes, `progress` of the "
                     "whole; ends with `state` when every step is finished",
-            responses={200: {"content": {"text/event-stream": {}}, "description": "event stream"},
-                       **responses(401, 404, 422, 503)})
-async def stream_pipeline_events(pipeline_id: PipelineId, repo: RepoDep, caller: CallerDep,
-                                 settings: SettingsDep,
-                                 poll_s: Annotated[float, Query(ge=0.05, le=10)] = 0.5) -> StreamingResponse:
-    read = partial(_view, repo, pipeline_id, caller.scope, settings.shard_size)
-    first = await anyio.to_thread.run_sync(read)
-
-    async def events(record: PipelineRecord) -> AsyncIterator[str]:
-        seen: dict[str, tuple[str, str]] = {}
-        last_progress: dict[str, Any] | None = None
-        idle = 0.0
-        while True:
-            for step in record.steps:
-                now = (step.status, str(step.progress.get("stage", "")))
-                if seen.get(step.name) != now:
-                    seen[step.name] = now
-                    yield _sse("step", step.model_dump(mode="json"))
-                    idle = 0.0
-            if record.progress != last_progress:
-                last_progress = record.progress
-                yield _sse("progress", {"id": record.id, "status": record.status, **record.progress})
-            if record.terminal:
-                yield _sse("state", record.model_dump(mode="json"))
-                return
-            await anyio.sleep(poll_s)
-            idle += poll_s
-            if idle >= 15:
-                yield ": keep-alive\n\n"
-                idle = 0.0
-            record = await anyio.to_thread.run_sync(read)
-
-    return StreamingResponse(events(first), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+            responses={200: EVENT_STREAM_RESPONSE, **responses(401, 404, 422, 503)})
+async def stream_pipeline_events(pipeline: Annotated[Follow[PipelineRecord], Depends(_follow_pipeline)]
+                                 ) -> AsyncIterator[ServerSentEvent]:
+    seen: dict[str, tuple[str, str]] = {}
+    last_progress: dict[str, Any] | None = None
+    async for record in pipeline.records():
+        for step in record.steps:
+            now = (step.status, str(step.progress.get("stage", "")))
+            if seen.get(step.name) != now:
+                seen[step.name] = now
+                yield ServerSentEvent(event="step", data=step.model_dump(mode="json"))
+        if record.progress != last_progress:
+            last_progress = record.progress
+            yield ServerSentEvent(event="progress", data={"id": record.id, "status": record.status,
+                                                          **record.progress})
+        if record.terminal:
+            yield ServerSentEvent(event="state", data=record.model_dump(mode="json"))

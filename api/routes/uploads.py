@@ -13,7 +13,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from api.problems import FieldError, ProblemError, clip
-from core.jobs.registry import EntryInUse, EntryNotFound, StorageQuotaExceeded
+from core.jobs.errors import EntryInUse, EntryNotFound, StorageQuotaExceeded
+from core.jobs.registry import Kind, Registry, jobs_using
+from core.storage import ObjectStore
 
 # POST bodies of these paths may be as large as CDP_MAX_UPLOAD_BYTES (api.auth.BodyLimit)
 UPLOAD_PATHS = frozenset({"/datasets", "/models"})
@@ -109,11 +111,39 @@ def registry_problem(exc: Exception) -> ProblemError:
     raise exc
 
 
+# What a missing entry of each kind of the registry is called: noun, problem type.
+NOT_FOUND: dict[Kind, tuple[str, str]] = {"datasets": ("data set", "dataset-not-found"),
+                                          "models": ("model", "model-not-found")}
+
+
+def not_found(kind: Kind, entry_id: str) -> ProblemError:
+    noun, slug = NOT_FOUND[kind]
+    return ProblemError(404, "Not found", f"no {noun} {entry_id}", slug=slug)
+
+
+def registered(store: ObjectStore, kind: Kind, entry_id: str, *, scope: str | None) -> dict[str, Any]:
+    """The registry's record of ``entry_id``: a 404 if there is none (or it is another team's)."""
+    try:
+        return Registry(store).get(kind, entry_id, scope=scope)
+    except EntryNotFound:
+        raise not_found(kind, entry_id) from None
+
+
+def delete_registered(store: ObjectStore, kind: Kind, entry_id: str, *, scope: str | None) -> None:
+    """Delete a registered entry: a 404 if there is none, a 409 while an unfinished job uses it."""
+    try:
+        Registry(store).delete(kind, entry_id, scope=scope, users=lambda ref: jobs_using(store, ref))
+    except EntryNotFound:
+        raise not_found(kind, entry_id) from None
+    except EntryInUse as exc:
+        raise registry_problem(exc) from None
+
+
 def finished_job(repo: Any, ref: str, *, owner: str, kind: str, what: str) -> Any:
     """The record of ``from_job`` ``ref``: a succeeded ``kind`` job of the caller's team. An absent (or
     another team's) job is a 404, one of another kind or not succeeded a 409, as for job references in specs;
     ``what`` says what it must be ("generation", "training")."""
-    from core.jobs.records import JobNotFound
+    from core.jobs.errors import JobNotFound
 
     try:
         job = repo.get(ref.removeprefix("job:"), owner=owner)

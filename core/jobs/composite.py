@@ -15,7 +15,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from core.jobs.records import JobNotFound, JobRepository
+from core.jobs.errors import JobNotFound
+from core.jobs.records import JobRepository
 from core.progress import Stage
 from core.specs import GenerateSpec, JobRecord, Progress
 

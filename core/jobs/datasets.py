@@ -39,7 +39,7 @@ def register_upload(registry: Registry, owner: str, name: str, upload: BinaryIO,
     """Validate ``upload`` (a seekable file), store it and record it; ``(record, created)``. ``created`` is
     False when this team already has the same file (the existing entry is returned, nothing is stored).
     Raises :class:`core.formats.uploads.UploadError` for a bad file and
-    :class:`core.jobs.registry.StorageQuotaExceeded` beyond the team's storage quota."""
+    :class:`core.jobs.errors.StorageQuotaExceeded` beyond the team's storage quota."""
     from core.formats.uploads import validate_upload
 
     sha256, size = sha256_stream(upload)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import redis as redis_lib
 
+from core.jobs.errors import DependencyUnavailable
 from core.storage import ObjectNotFound, StorageError
 
 # Errors of the service's dependencies (Redis, the object store), as opposed to errors of a job itself: a
@@ -21,14 +22,6 @@ def is_dependency_error(exc: BaseException) -> bool:
     if isinstance(exc, (*REDIS_ERRORS, OperationalError, DependencyUnavailable)):
         return True
     return isinstance(exc, StorageError) and not isinstance(exc, (ObjectNotFound, ValueError))
-
-
-class DependencyUnavailable(RuntimeError):
-    """Redis or the object store cannot be reached; ``dependency`` names which ("redis" or "storage")."""
-
-    def __init__(self, dependency: str, message: str) -> None:
-        super().__init__(message)
-        self.dependency = dependency
 
 
 def redis_client(url: str) -> redis_lib.Redis:

@@ -23,11 +23,11 @@ from core.jobs import keys
 from core.jobs.artifacts import jsonable, npy_bytes, npz_bytes, write_manifest
 from core.jobs.context import JobProgress, WorkerContext, run_unit, unit_seed
 from core.jobs.datasets import dataset_root, load_split
+from core.jobs.errors import JobNotFound
 from core.jobs.exports import write_export
 from core.jobs.leases import Lease
 from core.jobs.queue import job_priority
 from core.jobs.reconcile import shard_count
-from core.jobs.records import JobNotFound
 from core.progress import Stage
 from core.specs import GenerateSpec, JobRecord, Progress
 from core.storage import ObjectStore

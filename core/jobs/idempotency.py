@@ -17,15 +17,8 @@ from typing import Any
 
 from core.jobs import keys
 from core.jobs.dependencies import REDIS_ERRORS
+from core.jobs.errors import IdempotencyBusy, IdempotencyConflict
 from core.storage import ObjectStore, StorageError
-
-
-class IdempotencyMismatch(ValueError):
-    """The Idempotency-Key was already used with a different request body."""
-
-
-class IdempotencyBusy(RuntimeError):
-    """Another request with the same Idempotency-Key is still being processed."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +56,7 @@ class IdempotencyKeys:
             if raw is not None:
                 held = json.loads(raw)
                 if held["body"] != body_hash:
-                    raise IdempotencyMismatch(
+                    raise IdempotencyConflict(
                         "Idempotency-Key was already used with a different request body")
                 if self.job_visible(held["job_id"], owner):
                     return Claim(held["job_id"], created=False)
@@ -84,7 +77,7 @@ class IdempotencyKeys:
             if fresh and self.job_stored(earlier["job_id"]):
                 if earlier["body"] != body_hash:
                     self.redis.delete(rkey)
-                    raise IdempotencyMismatch(
+                    raise IdempotencyConflict(
                         "Idempotency-Key was already used with a different request body")
                 # Redis had forgotten the key (it lost its data): restore the binding there
                 self.redis.set(rkey, json.dumps({"job_id": earlier["job_id"], "body": body_hash}),

@@ -30,16 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.jobs import keys
+from core.jobs.errors import DeadlineExceeded as DeadlineExceeded  # re-exported: core.jobs.context's import
+from core.jobs.errors import LeaseLost
 
 log = logging.getLogger(__name__)
-
-
-class LeaseLost(Exception):  # noqa: N818 - reads as a state, like Cancelled
-    """Another executor holds this unit now (this one was too slow to renew): stop without writing."""
-
-
-class DeadlineExceeded(Exception):  # noqa: N818
-    """The unit ran past ``CDP_TASK_TIME_LIMIT_S``."""
 
 
 # KEYS: lease, fence hash, units hash. ARGV: unit, ttl ms, message id, holder.

@@ -20,9 +20,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.jobs.composite import Part, child_id, composite_progress, units_of
-from core.jobs.idempotency import IdempotencyBusy, IdempotencyMismatch, body_digest
-from core.jobs.records import JobNotFound, JobRepository, get_json, new_job_id, put_json, utcnow
-from core.jobs.service import IdempotencyConflict, InvalidReference, JobService
+from core.jobs.errors import IdempotencyBusy, InvalidReference, JobNotFound, PipelineInvalid
+from core.jobs.idempotency import body_digest
+from core.jobs.records import JobRepository, get_json, new_job_id, put_json, utcnow
+from core.jobs.service import JobService
 from core.specs import EvaluateSpec, ExperimentSpec, GenerateSpec, JobRecord, TrainSpec
 from core.specs.pipeline import (
     PipelineRecord,
@@ -41,14 +42,6 @@ SPEC_MODELS: dict[str, Any] = {"train": TrainSpec, "generate": GenerateSpec, "ev
 
 def pipeline_key(pipeline_id: str) -> str:
     return f"pipelines/{pipeline_id}.json"
-
-
-class PipelineInvalid(ValueError):
-    """Steps that do not validate: ``errors`` in pydantic's shape (loc, msg, type), locs from ``steps``."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__("; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in errors))
-        self.errors = errors
 
 
 def pipeline_id_for(first_step_id: str) -> str:
@@ -83,10 +76,7 @@ def submit_pipeline(service: JobService, spec: PipelineSpec, *, owner: str,
     if idempotency_key is not None:
         claimed = f"pipelines\n{idempotency_key}"  # apart from the jobs' keys (a header has no newline)
         digest = body_digest("pipeline", spec.model_dump(mode="json"))
-        try:
-            claim = service.repo.idempotency.claim(owner, claimed, digest, first_id)
-        except IdempotencyMismatch as exc:
-            raise IdempotencyConflict(str(exc)) from None
+        claim = service.repo.idempotency.claim(owner, claimed, digest, first_id)
         if not claim.created:
             return _replayed(service.repo, pipeline_id_for(claim.job_id), owner)
     submitted: list[str] = []

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.jobs.errors import QuotaExceeded
+
 DAY_S = 24 * 3600
 
 
@@ -41,14 +43,6 @@ def live_key(team: str) -> str:
 
 def day_key(team: str, what: str, day: str) -> str:
     return f"cdp:quota:{_team_key(team)}:{what}:{day}"
-
-
-class QuotaExceeded(Exception):
-    """A team's quota does not admit this job; ``retry_after_s`` says when it may."""
-
-    def __init__(self, quota: str, message: str, *, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.quota, self.message, self.retry_after_s = quota, message, retry_after_s
 
 
 REFUND_NOTE = ("a job that fails through no fault of yours (a dependency outage, a worker lost on every "

@@ -35,8 +35,9 @@ from typing import Any
 
 from core.jobs import keys
 from core.jobs.dependencies import is_dependency_error
+from core.jobs.errors import JobNotFound
 from core.jobs.queue import Enqueuer, job_priority
-from core.jobs.records import JobNotFound, JobRepository
+from core.jobs.records import JobRepository
 from core.jobs.registry import MODEL_REF, record_key
 from core.jobs.registry import ref_id as registry_id
 from core.specs import JobRecord, job_id_of

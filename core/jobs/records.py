@@ -32,7 +32,8 @@ import redis as redis_lib
 
 from core.jobs import keys, quotas
 from core.jobs.dependants import Dependants
-from core.jobs.dependencies import REDIS_ERRORS, DependencyUnavailable
+from core.jobs.dependencies import REDIS_ERRORS
+from core.jobs.errors import DependencyUnavailable, JobNotFound
 from core.jobs.idempotency import IdempotencyKeys
 from core.jobs.keys import RECORD_TTL_S
 from core.jobs.leases import UnitLeases
@@ -82,10 +83,6 @@ def new_job_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class JobNotFound(KeyError):
-    """No job with this id (or not visible to this owner)."""
 
 
 class JobRepository:

@@ -21,30 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from core.jobs.errors import EntryInUse, EntryNotFound, StorageQuotaExceeded
 from core.storage import ObjectNotFound, ObjectStore
 
 Kind = Literal["datasets", "models"]
 PREFIX = "registry"
 DATASET_REF = "ds:"
 MODEL_REF = "model:"
-
-
-class EntryNotFound(LookupError):
-    pass
-
-
-class StorageQuotaExceeded(Exception):
-    def __init__(self, owner: str, used: int, needed: int, quota: int) -> None:
-        self.used, self.needed, self.quota = used, needed, quota
-        super().__init__(f"team {owner!r} stores {used} bytes of its quota of {quota} "
-                         f"(CDP_QUOTA_STORAGE_BYTES); this upload needs {needed} more")
-
-
-class EntryInUse(Exception):
-    def __init__(self, ref: str, jobs: list[str]) -> None:
-        self.jobs = jobs
-        super().__init__(f"{ref} is used by unfinished jobs: {', '.join(jobs[:5])}"
-                         + (" ..." if len(jobs) > 5 else ""))
 
 
 def owner_digest(owner: str) -> str:

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from core import logs
 from core.jobs import waiting as waiting_jobs
-from core.jobs.idempotency import IdempotencyMismatch, body_digest
+from core.jobs.errors import EntryNotFound, InvalidReference, JobNotFound, QuotaExceeded
+from core.jobs.idempotency import body_digest
 from core.jobs.queue import Enqueuer, job_priority
-from core.jobs.quotas import QuotaExceeded, Quotas, charges_of
-from core.jobs.records import JobNotFound, JobRepository, new_job_id
-from core.jobs.registry import DATASET_REF, MODEL_REF, EntryNotFound, Registry, ref_id
+from core.jobs.quotas import Quotas, charges_of
+from core.jobs.records import JobRepository, new_job_id
+from core.jobs.registry import DATASET_REF, MODEL_REF, Registry, ref_id
 from core.options import DATASET_NAMES
 from core.specs import (
     EvaluateSpec,
@@ -38,30 +39,13 @@ from core.specs import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IdempotencyConflict", "InvalidReference", "JobService", "QuotaExceeded", "available_datasets",
-           "dataset_available"]
+__all__ = ["JobService", "available_datasets", "dataset_available"]
 
 # Which finished jobs may stand in for which input.
 _ACCEPTED_TRAIN_KINDS: dict[str, tuple[str, ...]] = {
     "model": ("diffusion",),
     "classifier": ("classifier", "trades"),
 }
-
-
-class InvalidReference(ValueError):
-    """A ``job:<id>`` or model-name reference that cannot be used; ``loc`` is the field path. ``status``: 404
-    for something absent (no such job of the caller's, no such model), 409 for a job that exists but is not
-    a finished job of the right kind, 422 for a data set the server lacks (not in the document's enum)."""
-
-    def __init__(self, loc: tuple[str | int, ...], message: str, *, status: int = 422) -> None:
-        super().__init__(message)
-        self.loc = loc
-        self.message = message
-        self.status = status
-
-    @property
-    def slug(self) -> str:
-        return {404: "reference-not-found", 409: "reference-not-usable"}.get(self.status, "invalid-reference")
 
 
 def check_model_ref(registry: Registry, loc: tuple[str | int, ...], ref: str, *, owner: str,
@@ -77,10 +61,6 @@ def check_model_ref(registry: Registry, loc: tuple[str | int, ...], ref: str, *,
     if record.get("kind") != want:
         raise InvalidReference(loc, f"{field}: {ref} is a {record.get('kind')} model; it must be a {want} "
                                "model", status=409)
-
-
-class IdempotencyConflict(ValueError):
-    """The same Idempotency-Key was used with a different body."""
 
 
 # Where each dataset lives under the data root (what core.data's loaders read); digits ships with
@@ -189,10 +169,7 @@ class JobService:
         job_id = job_id or new_job_id()
         waiting_for = sorted(set(waiting_for or []))
         if key is not None:
-            try:
-                claim = self.repo.idempotency.claim(owner, key, body_digest(kind, body), job_id)
-            except IdempotencyMismatch as exc:
-                raise IdempotencyConflict(str(exc)) from None
+            claim = self.repo.idempotency.claim(owner, key, body_digest(kind, body), job_id)
             if not claim.created:
                 return self.repo.get(claim.job_id, owner=owner), False
         reservation = None

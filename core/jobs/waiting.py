@@ -20,7 +20,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from core.jobs.records import JobNotFound, JobRepository, utcnow
+from core.jobs.errors import JobNotFound
+from core.jobs.records import JobRepository, utcnow
 from core.specs import JobRecord
 
 log = logging.getLogger(__name__)

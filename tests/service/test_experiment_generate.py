@@ -11,6 +11,7 @@ import pytest
 
 from core.jobs.composite import child_id, generation_key
 from core.specs import ExperimentSpec
+from tests.service.events import read_events
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -135,14 +136,7 @@ def test_an_experiments_events_include_its_children_and_its_progress_counts_thei
     reply = client.post("/jobs/experiment", json=experiment(
         [{"name": "real only"}, {"name": "+ vanilla", "generate": VANILLA, "count": 16}], seeds=[0]))
     job_id = reply.json()["id"]
-    events: list[tuple[str, dict]] = []
-    with client.stream("GET", f"/jobs/{job_id}/events", params={"poll_s": 0.05}) as stream:
-        name = None
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: ") and name is not None:
-                events.append((name, json.loads(line.removeprefix("data: "))))
+    events = read_events(client, f"/jobs/{job_id}/events", poll_s=0.05)
     assert events[-1][0] == "state" and events[-1][1]["status"] == "succeeded"
     children = [data for name, data in events if name == "child"]
     kinds = {c["kind"] for c in children}

@@ -18,8 +18,8 @@ import redis
 from core.jobs import context, keys
 from core.jobs.artifacts import npz_bytes
 from core.jobs.context import WorkerContext, unit_seed
+from core.jobs.errors import LeaseLost
 from core.jobs.generate import run_generate_shard
-from core.jobs.leases import LeaseLost
 from core.jobs.records import JobRepository
 from core.jobs.training import paths_as_job_names, run_train
 from core.progress import ProgressEvent, Stage
@@ -272,7 +272,7 @@ def test_training_metrics_name_paths_relative_to_the_job(tmp_path) -> None:
 def test_a_record_lock_left_by_a_killed_process_delays_the_next_update_and_never_fails_it(
         ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch) -> None:
     from core.jobs import records
-    from core.jobs.records import DependencyUnavailable
+    from core.jobs.errors import DependencyUnavailable
 
     monkeypatch.setattr(records, "UPDATE_LOCK_TTL_S", 1)
     monkeypatch.setattr(records, "UPDATE_LOCK_WAIT_S", 3)

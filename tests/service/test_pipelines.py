@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.cli import main as cdp
+from tests.service.events import read_events
 from tests.service.serving import served
 
 pytestmark = pytest.mark.timeout(300)
@@ -167,14 +168,7 @@ def test_a_pipelines_events_report_each_steps_changes_and_end_with_its_state(sta
         {"name": "score", "kind": "evaluate", "spec": {"model": "cnn-t", "dataset": "digits",
                                                         "attacks": ["pgd_ce"], "steps": 1, "limit": 16}}]})
     pipeline_id = reply.json()["id"]
-    events: list[tuple[str, dict]] = []
-    with client.stream("GET", f"/pipelines/{pipeline_id}/events", params={"poll_s": 0.05}) as stream:
-        name = None
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: ") and name is not None:
-                events.append((name, json.loads(line.removeprefix("data: "))))
+    events = read_events(client, f"/pipelines/{pipeline_id}/events", poll_s=0.05)
     assert events[-1][0] == "state" and events[-1][1]["status"] == "succeeded"
     steps = [data for name, data in events if name == "step"]
     seen = {step: [s["status"] for s in steps if s["name"] == step] for step in ("gen", "score")}

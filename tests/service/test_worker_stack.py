@@ -13,6 +13,7 @@ import pytest
 
 from core.jobs import keys, task_names
 from core.jobs.queue import GENERATE_QUEUE
+from tests.service.events import follow_events
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -123,19 +124,13 @@ def test_cancel_a_running_job_while_following_its_events(stack) -> None:
     client = stack.client
     job_id = client.post("/jobs/generate", json=small_generation(count=16, steps=500)).json()["id"]
     events: list[tuple[str, dict]] = []
-    with client.stream("GET", f"/jobs/{job_id}/events", params={"poll_s": 0.1}) as stream:
-        event = None
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                event = line[len("event: "):]
-            elif line.startswith("data: "):
-                data = json.loads(line[len("data: "):])
-                events.append((event, data))
-                if event == "progress" and data["status"] == "running" and data["current"] > 0 \
-                        and not any(e == "cancel" for e, _ in events):
-                    canceled = client.post(f"/jobs/{job_id}/cancel")
-                    assert canceled.status_code == 200 and canceled.json()["cancel_requested"] is True
-                    events.append(("cancel", {}))
+    for event, data in follow_events(client, f"/jobs/{job_id}/events", poll_s=0.1):
+        events.append((event, data))
+        if event == "progress" and data["status"] == "running" and data["current"] > 0 \
+                and not any(e == "cancel" for e, _ in events):
+            canceled = client.post(f"/jobs/{job_id}/cancel")
+            assert canceled.status_code == 200 and canceled.json()["cancel_requested"] is True
+            events.append(("cancel", {}))
     kinds = [e for e, _ in events]
     assert kinds[0] == "state" and events[0][1]["status"] in ("queued", "running")
     assert "cancel" in kinds, "no progress event of the running job arrived"
