@@ -99,6 +99,20 @@ def test_every_dataset_name_has_a_reader_and_unknown_names_are_refused() -> None
     assert all(name in str(info.value) for name in names)
 
 
+def test_the_service_tables_of_built_in_datasets_cover_every_name() -> None:
+    """GET /datasets' built-in entries and the submission check of a dataset's files are tables keyed by the
+    same Literal: a name added to it without an entry in each fails here, not at a user's request."""
+    from typing import get_args
+
+    from core.jobs.datasets import BUILTIN_DATASETS
+    from core.jobs.service import DATASET_FILES
+    from core.options import DatasetName
+
+    names = set(get_args(DatasetName))
+    assert set(BUILTIN_DATASETS) == names, set(BUILTIN_DATASETS) ^ names
+    assert set(DATASET_FILES) == names, set(DATASET_FILES) ^ names
+
+
 # ------------------------------------------------------------------------------------------------- MNIST-5k
 
 

@@ -44,12 +44,19 @@ def test_no_module_of_the_job_layer_defines_an_error_of_its_own() -> None:
     assert found == []
 
 
-def test_the_old_import_places_still_work_for_the_modules_that_use_them() -> None:
-    from core.jobs.leases import DeadlineExceeded, LeaseLost  # core.jobs.context
-    from core.jobs.records import JobNotFound  # core.jobs.context, core.jobs.experiment
-
-    assert (DeadlineExceeded, LeaseLost, JobNotFound) == (
-        errors.DeadlineExceeded, errors.LeaseLost, errors.JobNotFound)
+def test_every_module_imports_the_job_layers_errors_from_errors_py() -> None:
+    """One import place: an error of the job layer is imported from core.jobs.errors, never re-exported."""
+    names = set(errors.__all__)
+    found = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if ".venv" in path.parts or path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("core.jobs.") \
+                    and node.module != "core.jobs.errors":
+                found += [f"{path.relative_to(ROOT)}: {a.name} from {node.module}" for a in node.names
+                          if a.name in names]
+    assert not found
 
 
 @pytest.mark.parametrize("table", ["SUBMISSIONS", "TYPED_METRICS"])

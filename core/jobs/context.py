@@ -33,9 +33,10 @@ import numpy as np
 from core.jobs import keys
 from core.jobs.artifacts import download_prefix
 from core.jobs.dependencies import is_dependency_error
-from core.jobs.leases import DeadlineExceeded, Lease, LeaseLost
+from core.jobs.errors import DeadlineExceeded, JobNotFound, LeaseLost
+from core.jobs.leases import Lease
 from core.jobs.queue import Enqueuer
-from core.jobs.records import JobNotFound, JobRepository
+from core.jobs.records import JobRepository
 from core.jobs.registry import MODEL_REF, ref_id
 from core.jobs.registry import model_prefix as registry_model_prefix
 from core.progress import Cancelled, ProgressEvent, Stage

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from core.jobs.registry import DATASET_REF, Registry, data_key, entry_id, now, ref_id, sha256_stream
+from core.options import DatasetName
 from core.storage import ObjectStore
 
 # What GET /datasets lists for the built-in names (read-only; ``available``: the server has its files).
-BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
+BUILTIN_DATASETS: dict[DatasetName, dict[str, Any]] = {
     "digits": {"num_images": 1797, "image_shape": [16, 16, 1], "num_classes": 10},
     "mnist5k": {"num_images": 5000, "image_shape": [32, 32, 1], "num_classes": 10},
     "mnist5k16": {"num_images": 5000, "image_shape": [16, 16, 1], "num_classes": 10},

@@ -28,10 +28,10 @@ from core.jobs import keys
 from core.jobs.artifacts import jsonable, write_manifest
 from core.jobs.composite import child_id, experiment_progress, generation_key
 from core.jobs.context import WorkerContext, run_unit
+from core.jobs.errors import JobNotFound
 from core.jobs.leases import Lease
 from core.jobs.queue import job_priority
 from core.jobs.reconcile import initial_units
-from core.jobs.records import JobNotFound
 from core.jobs.tracking import track_experiment
 from core.specs import (
     EvaluateSpec,

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.jobs import keys
-from core.jobs.errors import DeadlineExceeded as DeadlineExceeded  # re-exported: core.jobs.context's import
 from core.jobs.errors import LeaseLost
 
 log = logging.getLogger(__name__)

