@@ -19,7 +19,7 @@ def marker_key(input_id: str, job_id: str) -> str:
     return f"{PREFIX}{input_id}/{job_id}"
 
 
-def r_dependants(input_id: str) -> str:
+def redis_dependants(input_id: str) -> str:
     return f"cdp:job:{input_id}:dependants"
 
 
@@ -37,8 +37,8 @@ class Dependants:
         """The Redis side of :meth:`add` (rebuilt by the reconciler after Redis lost its data)."""
         try:
             for input_id in inputs:
-                self.redis.sadd(r_dependants(input_id), job_id)
-                self.redis.expire(r_dependants(input_id), RECORD_TTL_S)
+                self.redis.sadd(redis_dependants(input_id), job_id)
+                self.redis.expire(redis_dependants(input_id), RECORD_TTL_S)
         except REDIS_ERRORS:
             pass  # the store's markers and the reconciler still find it
 
@@ -47,7 +47,7 @@ class Dependants:
         prefix = PREFIX + input_id + "/"
         found = {info.key[len(prefix):] for info in self.store.list(prefix)}
         try:
-            found |= set(self.redis.smembers(r_dependants(input_id)))
+            found |= set(self.redis.smembers(redis_dependants(input_id)))
         except REDIS_ERRORS:
             pass
         return found
@@ -59,6 +59,6 @@ class Dependants:
         except StorageError:
             pass
         try:
-            self.redis.srem(r_dependants(input_id), job_id)
+            self.redis.srem(redis_dependants(input_id), job_id)
         except REDIS_ERRORS:
             pass

@@ -46,7 +46,7 @@ class IdempotencyKeys:
 
         A loser waits (up to ``wait_s``) until the winner's record exists, then returns it; a winner that
         failed releases its claim (:meth:`release`) and the next request may claim the key afresh."""
-        rkey, skey = keys.r_idempotency(owner, key), keys.idempotency_key(owner, key)
+        rkey, skey = keys.redis_idempotency(owner, key), keys.idempotency_key(owner, key)
         entry = json.dumps({"job_id": job_id, "body": body_hash})
         deadline = time.monotonic() + wait_s
         while True:
@@ -92,7 +92,7 @@ class IdempotencyKeys:
 
     def release(self, owner: str, key: str, job_id: str) -> None:
         """Free a key whose submission failed (best effort), so a retry can create the job."""
-        rkey, skey = keys.r_idempotency(owner, key), keys.idempotency_key(owner, key)
+        rkey, skey = keys.redis_idempotency(owner, key), keys.idempotency_key(owner, key)
         try:
             binding = self.store.get_json(skey)
             if binding.get("job_id") == job_id:

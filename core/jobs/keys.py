@@ -74,47 +74,47 @@ def _owner_key_digest(owner: str, key: str) -> str:
 
 
 # --- Redis ---
-def r_record(job_id: str) -> str:
+def redis_record(job_id: str) -> str:
     return f"cdp:job:{job_id}"
 
 
-def r_progress(job_id: str) -> str:
+def redis_progress(job_id: str) -> str:
     return f"cdp:job:{job_id}:progress"
 
 
-def r_cancel(job_id: str) -> str:
+def redis_cancel(job_id: str) -> str:
     return f"cdp:job:{job_id}:cancel"
 
 
-def r_shards(job_id: str) -> str:
+def redis_shards(job_id: str) -> str:
     return f"cdp:job:{job_id}:shards"
 
 
-def r_lock(job_id: str) -> str:
+def redis_lock(job_id: str) -> str:
     return f"cdp:lock:{job_id}"
 
 
-def r_idempotency(owner: str, key: str) -> str:
+def redis_idempotency(owner: str, key: str) -> str:
     return f"cdp:idem:{_owner_key_digest(owner, key)}"
 
 
-def r_lease(job_id: str, unit: str) -> str:
+def redis_lease(job_id: str, unit: str) -> str:
     return f"cdp:lease:{job_id}:{unit}"
 
 
-def r_fence(job_id: str) -> str:
+def redis_fence(job_id: str) -> str:
     """Hash unit -> the last fencing token handed out for it."""
     return f"cdp:job:{job_id}:fence"
 
 
-def r_units(job_id: str) -> str:
+def redis_units(job_id: str) -> str:
     """Hash unit -> ``pending:<message id>`` | ``taken:<message id>`` (see core.jobs.leases)."""
     return f"cdp:job:{job_id}:units"
 
 
-def r_last_error(job_id: str) -> str:
+def redis_last_error(job_id: str) -> str:
     """Hash unit -> the last infrastructure error that made the unit give up its lease."""
     return f"cdp:job:{job_id}:last-error"
 
 
-R_RECONCILE_LOCK = "cdp:lock:reconcile"
+REDIS_RECONCILE_LOCK = "cdp:lock:reconcile"

@@ -98,17 +98,17 @@ class UnitLeases:
 
     def acquire(self, job_id: str, unit: str, *, message_id: str, holder: str) -> Lease | None:
         """The lease of ``unit``, or None when another executor holds it."""
-        names = [keys.r_lease(job_id, unit), keys.r_fence(job_id), keys.r_units(job_id)]
+        names = [keys.redis_lease(job_id, unit), keys.redis_fence(job_id), keys.redis_units(job_id)]
         token = int(self._acquire(keys=names, args=[unit, self.ttl_ms, message_id, holder]))
         if token == 0:
             return None
         return Lease(self, job_id, unit, token)
 
     def mark_pending(self, job_id: str, unit: str, message_id: str) -> None:
-        self._mark(keys=[keys.r_units(job_id)], args=[unit, message_id, keys.RECORD_TTL_S])
+        self._mark(keys=[keys.redis_units(job_id)], args=[unit, message_id, keys.RECORD_TTL_S])
 
     def has_state(self, job_id: str, unit: str) -> bool:
-        return bool(self.redis.hexists(keys.r_units(job_id), unit))
+        return bool(self.redis.hexists(keys.redis_units(job_id), unit))
 
     def states(self, job_id: str, units: list[str]) -> dict[str, UnitState]:
         """Lease and state of each unit, read in one transaction (MULTI/EXEC), so a unit that changes hands
@@ -117,14 +117,14 @@ class UnitLeases:
             return {}
         with self.redis.pipeline(transaction=True) as pipe:
             for unit in units:
-                pipe.exists(keys.r_lease(job_id, unit))
-            pipe.hmget(keys.r_units(job_id), units)
+                pipe.exists(keys.redis_lease(job_id, unit))
+            pipe.hmget(keys.redis_units(job_id), units)
             replies = pipe.execute()
         states = replies[-1]
         return {unit: UnitState(leased=bool(replies[i]), state=states[i]) for i, unit in enumerate(units)}
 
     def holder(self, job_id: str, unit: str) -> str | None:
-        value = self.redis.get(keys.r_lease(job_id, unit))
+        value = self.redis.get(keys.redis_lease(job_id, unit))
         return None if value is None else value.partition(" ")[2]
 
 
@@ -134,7 +134,7 @@ class Lease:
 
     def __init__(self, leases: UnitLeases, job_id: str, unit: str, token: int) -> None:
         self.leases, self.job_id, self.unit, self.token = leases, job_id, unit, token
-        self.key = keys.r_lease(job_id, unit)
+        self.key = keys.redis_lease(job_id, unit)
         self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

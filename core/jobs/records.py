@@ -128,7 +128,7 @@ class JobRepository:
             except StorageError as exc:
                 log.warning("could not remove %s of an unsubmitted job: %s", key, exc)
         try:
-            self.redis.delete(keys.r_record(job_id))
+            self.redis.delete(keys.redis_record(job_id))
         except REDIS_ERRORS:
             pass
 
@@ -143,7 +143,7 @@ class JobRepository:
         """The record with its live progress; JobNotFound if missing or owned by someone else. Served from
         the store alone (without live progress) while Redis is unreachable."""
         try:
-            raw = self.redis.get(keys.r_record(job_id))
+            raw = self.redis.get(keys.redis_record(job_id))
         except REDIS_ERRORS:
             record = self.load(job_id)
             return self._visible(record, owner)
@@ -152,13 +152,13 @@ class JobRepository:
         else:
             record = self.load(job_id)
             try:
-                self.redis.set(keys.r_record(job_id), record.model_dump_json(), ex=RECORD_TTL_S)
+                self.redis.set(keys.redis_record(job_id), record.model_dump_json(), ex=RECORD_TTL_S)
             except REDIS_ERRORS:
                 pass
         record = self._visible(record, owner)
         if not record.terminal:
             try:
-                live = self.redis.get(keys.r_progress(job_id))
+                live = self.redis.get(keys.redis_progress(job_id))
             except REDIS_ERRORS:
                 live = None
             if live is not None:
@@ -213,7 +213,7 @@ class JobRepository:
         longer than that, so a lock left behind by a killed process never fails the next update; if it still
         cannot be had (a hung holder), the update is a DependencyUnavailable (a 503 with Retry-After), not a
         crash."""
-        lock = self.redis.lock(keys.r_lock(job_id), timeout=UPDATE_LOCK_TTL_S,
+        lock = self.redis.lock(keys.redis_lock(job_id), timeout=UPDATE_LOCK_TTL_S,
                                blocking_timeout=UPDATE_LOCK_WAIT_S)
         try:
             acquired = lock.acquire()
@@ -279,7 +279,7 @@ class JobRepository:
             if warnings:
                 record.warnings = list(warnings)
             record.refunded = refund and status == "failed"
-            live = self.redis.get(keys.r_progress(job_id))
+            live = self.redis.get(keys.redis_progress(job_id))
             if live is not None:
                 record.progress = Progress.model_validate_json(live)
             if status == "succeeded":
@@ -294,7 +294,7 @@ class JobRepository:
     def request_cancel(self, job_id: str) -> JobRecord:
         """Cooperative cancel: set the flag the worker's progress callable checks. A queued job is canceled
         at once (its tasks see the flag and do nothing); a terminal job is left as it is."""
-        self.redis.set(keys.r_cancel(job_id), "1", ex=RECORD_TTL_S)
+        self.redis.set(keys.redis_cancel(job_id), "1", ex=RECORD_TTL_S)
 
         def change(record: JobRecord) -> None:
             if record.terminal:
@@ -308,10 +308,10 @@ class JobRepository:
         return self.update(job_id, change)
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.redis.exists(keys.r_cancel(job_id)) > 0
+        return self.redis.exists(keys.redis_cancel(job_id)) > 0
 
     def set_progress(self, job_id: str, progress: Progress) -> None:
-        self.redis.set(keys.r_progress(job_id), progress.model_dump_json(), ex=RECORD_TTL_S)
+        self.redis.set(keys.redis_progress(job_id), progress.model_dump_json(), ex=RECORD_TTL_S)
 
     def count_attempt(self, job_id: str, unit: str) -> int:
         """One more start of ``unit``, counted in the stored record (so a Redis that lost its data does not
@@ -327,34 +327,34 @@ class JobRepository:
         return counted[0]
 
     def note_shard_done(self, job_id: str, shard: int) -> None:
-        self.redis.hset(keys.r_shards(job_id), str(shard), "1")
-        self.redis.expire(keys.r_shards(job_id), RECORD_TTL_S)
+        self.redis.hset(keys.redis_shards(job_id), str(shard), "1")
+        self.redis.expire(keys.redis_shards(job_id), RECORD_TTL_S)
 
     def shards_done(self, job_id: str) -> int:
-        return int(self.redis.hlen(keys.r_shards(job_id)))
+        return int(self.redis.hlen(keys.redis_shards(job_id)))
 
     def note_unit_error(self, job_id: str, unit: str, error: str) -> None:
         """Remember why a unit gave up (a dependency failed), so the attempt cap can name the cause."""
         try:
-            self.redis.hset(keys.r_last_error(job_id), unit, error[:500])
-            self.redis.expire(keys.r_last_error(job_id), RECORD_TTL_S)
+            self.redis.hset(keys.redis_last_error(job_id), unit, error[:500])
+            self.redis.expire(keys.redis_last_error(job_id), RECORD_TTL_S)
         except REDIS_ERRORS:
             pass
 
     def unit_error(self, job_id: str, unit: str) -> str | None:
         try:
-            return self.redis.hget(keys.r_last_error(job_id), unit)
+            return self.redis.hget(keys.redis_last_error(job_id), unit)
         except REDIS_ERRORS:
             return None
 
     def restore_mirror(self, record: JobRecord) -> bool:
         """Rebuild what Redis should hold for a non-terminal job after it lost its data (the record mirror
         and the cancel flag). Returns True when something was missing."""
-        missing = not self.redis.exists(keys.r_record(record.id))
+        missing = not self.redis.exists(keys.redis_record(record.id))
         if missing:
             self._mirror(record)
         if record.cancel_requested and not self.cancel_requested(record.id):
-            self.redis.set(keys.r_cancel(record.id), "1", ex=RECORD_TTL_S)
+            self.redis.set(keys.redis_cancel(record.id), "1", ex=RECORD_TTL_S)
             missing = True
         return missing
 
@@ -373,7 +373,7 @@ class JobRepository:
     def reconcile_lock(self, timeout_s: float) -> Any:
         """The lock that keeps reconciler passes one at a time (``acquire(blocking=False)``, ``release()``);
         it expires after ``timeout_s`` should its holder die."""
-        return self.redis.lock(keys.R_RECONCILE_LOCK, timeout=timeout_s, blocking_timeout=0)
+        return self.redis.lock(keys.REDIS_RECONCILE_LOCK, timeout=timeout_s, blocking_timeout=0)
 
     # --- internals ---
     def _is_visible(self, job_id: str, owner: str) -> bool:
@@ -391,4 +391,4 @@ class JobRepository:
             return False
 
     def _mirror(self, record: JobRecord) -> None:
-        self.redis.set(keys.r_record(record.id), record.model_dump_json(), ex=RECORD_TTL_S)
+        self.redis.set(keys.redis_record(record.id), record.model_dump_json(), ex=RECORD_TTL_S)

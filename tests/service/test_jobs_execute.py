@@ -110,7 +110,7 @@ def test_an_executor_that_lost_its_lease_stops_without_writing(ctx: WorkerContex
 
     def steal_then_report(self, event: ProgressEvent) -> None:
         if not stolen:  # another executor takes over (this one was paused past its TTL)
-            ctx.repo.redis.delete(keys.r_lease(job.id, "shard-0"))
+            ctx.repo.redis.delete(keys.redis_lease(job.id, "shard-0"))
             stolen.append(ctx.repo.leases.acquire(job.id, "shard-0", message_id="m2", holder="b:2"))
             context._UNIT.lease._last_renewed = 0.0  # noqa: SLF001 - force the check against Redis
         original(self, event)
@@ -122,7 +122,7 @@ def test_an_executor_that_lost_its_lease_stops_without_writing(ctx: WorkerContex
     assert stolen[0] is not None and ctx.repo.leases.holder(job.id, "shard-0") == "b:2"
     # and the new holder's lease is its own: renewing works until someone else's token is there
     assert stolen[0].renew()
-    ctx.repo.redis.set(keys.r_lease(job.id, "shard-0"), "999 c:3")
+    ctx.repo.redis.set(keys.redis_lease(job.id, "shard-0"), "999 c:3")
     assert not stolen[0].renew()
     with pytest.raises(LeaseLost):
         stolen[0].check()
@@ -278,11 +278,11 @@ def test_a_record_lock_left_by_a_killed_process_delays_the_next_update_and_never
     monkeypatch.setattr(records, "UPDATE_LOCK_WAIT_S", 3)
     job = generate_job(ctx)
     # a process killed inside an update leaves its lock, which lives as long as any update's lock
-    ctx.repo.redis.set(keys.r_lock(job.id), "a-dead-holder", px=records.UPDATE_LOCK_TTL_S * 1000)
+    ctx.repo.redis.set(keys.redis_lock(job.id), "a-dead-holder", px=records.UPDATE_LOCK_TTL_S * 1000)
     assert ctx.repo.request_cancel(job.id).cancel_requested  # waits for the lock to expire, then updates
     # a holder that never lets go (a hung process): the update is a dependency failure (a 503), not a crash
-    ctx.repo.redis.set(keys.r_lock(job.id), "a-hung-holder")
+    ctx.repo.redis.set(keys.redis_lock(job.id), "a-hung-holder")
     monkeypatch.setattr(records, "UPDATE_LOCK_WAIT_S", 0.3)
     with pytest.raises(DependencyUnavailable, match="locked"):
         ctx.repo.mark_running(job.id)
-    ctx.repo.redis.delete(keys.r_lock(job.id))
+    ctx.repo.redis.delete(keys.redis_lock(job.id))

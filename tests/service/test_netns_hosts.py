@@ -70,7 +70,7 @@ class Cluster:
 
     def holder_of(self, job_id: str, unit: str) -> int | None:
         """The pid holding ``unit``'s lease (holders are "<hostname>:<pid>")."""
-        value = self.redis.get(keys.r_lease(job_id, unit))
+        value = self.redis.get(keys.redis_lease(job_id, unit))
         return int(value.rpartition(":")[2]) if value else None
 
     def shard_versions(self, job_id: str) -> dict[str, int]:
@@ -158,7 +158,7 @@ def test_a_frozen_host_that_returns_mid_shard_is_fenced_off_by_the_lease_token(c
     back mid-shard without having noticed anything: the case where a late write could happen."""
     job_id = cluster.submit(count=6, steps=200)
     shard = _wait_mid_shard(cluster, job_id, 3, worker=0)
-    token = int(cluster.redis.get(keys.r_lease(job_id, f"shard-{shard}")).split()[0])
+    token = int(cluster.redis.get(keys.redis_lease(job_id, f"shard-{shard}")).split()[0])
     os.kill(cluster.worker_pids[0], signal.SIGSTOP)
     cluster.hosts.set_link(0, up=False)
     try:

@@ -90,7 +90,7 @@ def test_after_redis_lost_its_data_every_job_is_rebuilt_and_requeued(repo, setti
     assert sorted(enqueuer.sent) == sorted([(running, "shard-1"), (train.id, "train")])
     assert report.canceled == [canceling]  # its cancel flag came back from the store, no unit is leased
     assert repo.get(running).status == "running"  # the mirror again serves the stored record
-    assert redis_client.get(keys.r_record(running)) is not None
+    assert redis_client.get(keys.redis_record(running)) is not None
     assert run(repo, enqueuer, settings).requeued == []
 
 
@@ -154,7 +154,7 @@ def test_frozen_limits_keep_an_accepted_job_valid_under_lower_worker_limits(
 
 def test_one_pass_at_a_time(repo, settings) -> None:
     enqueuer = RecordingEnqueuer(repo)
-    lock = repo.redis.lock(keys.R_RECONCILE_LOCK, timeout=5)
+    lock = repo.redis.lock(keys.REDIS_RECONCILE_LOCK, timeout=5)
     assert lock.acquire(blocking=False)
     try:
         assert run(repo, enqueuer, settings).skipped

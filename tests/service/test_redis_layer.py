@@ -23,7 +23,7 @@ REDIS_LAYER = {"core/jobs/records.py", "core/jobs/leases.py", "core/jobs/idempot
                "core/jobs/quotas.py", "core/jobs/dependencies.py", "core/jobs/dependants.py"}
 SERVER_LAUNCHER = "core/jobs/embedded.py"
 LAUNCHER_USES = {"import redis", "redis.Redis"}  # a client that pings the server it started
-KEY_PREFIXES = ("r_", "R_")
+KEY_PREFIXES = ("redis_", "REDIS_")  # the Redis keys of core.jobs.keys
 
 
 def redis_uses(source: str) -> list[str]:
@@ -56,8 +56,9 @@ def service_modules() -> list[str]:
 
 
 def test_the_scan_sees_each_kind_of_direct_use() -> None:
-    source = ("import redis\nfrom redis.lock import Lock\nfrom core.jobs.keys import r_progress\n"
-              "repo.redis.hset('k', 'f', 1)\nredis.ping()\nkeys.r_shards('j')\nkeys.R_RECONCILE_LOCK\n")
+    source = ("import redis\nfrom redis.lock import Lock\nfrom core.jobs.keys import redis_progress\n"
+              "repo.redis.hset('k', 'f', 1)\nredis.ping()\nkeys.redis_shards('j')\n"
+              "keys.REDIS_RECONCILE_LOCK\n")
     assert [use.split(": ", 1)[0] for use in redis_uses(source)] == ["1", "2", "3", "4", "5", "6", "7"]
     assert redis_uses("repo.note_shard_done(job_id, 3)\nsettings.redis_url\nkeys.shard_key(j, 0)\n") == []
 
