@@ -95,16 +95,8 @@ def _params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    from core.diffusion import load_diffusion_model
-    from core.generation import generate
-    from core.models import load_classifier
-    from core.quality import sample_metrics
-    from core.training.common import resolve_device
-
-    params = _params(args)
-    settings = get_settings()
-    device = resolve_device(args.device if args.device is not None else settings.device)
+def _existing_shards(args: argparse.Namespace) -> list[Path]:
+    """The shards already under ``--out``; refused unless ``--overwrite``."""
     shard_dir = args.out / "shards"
     existing = (
         [p for p in shard_dir.glob("*.npz") if SHARD_NAME.fullmatch(p.name)] if shard_dir.is_dir() else []
@@ -113,6 +105,14 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{shard_dir} already holds {len(existing)} shard(s); use --overwrite or another --out"
         )
+    return existing
+
+
+def _load_models(args: argparse.Namespace, device: Any) -> tuple[Any, Any]:
+    """The diffusion model and the classifier, checked to agree on (channels, image size)."""
+    from core.diffusion import load_diffusion_model
+    from core.models import load_classifier
+
     diffusion = load_diffusion_model(args.diffusion, device=device)
     classifier = load_classifier(args.classifier, device=device)
     made = (diffusion.channels, diffusion.image_size)
@@ -122,22 +122,19 @@ def run_generate(args: argparse.Namespace) -> int:
             f"classifier {args.classifier} takes (channels, size) {taken}, "
             f"diffusion model {args.diffusion} makes {made}"
         )
-    real_images = None
-    if args.real_dataset is not None:
-        from core.data import load_dataset
+    return diffusion, classifier
 
-        root = args.data_root if args.data_root is not None else settings.data_root
-        real_images = load_dataset(args.real_dataset, "train", root=root).images
 
-    bar = ProgressBar()
-    began = time.perf_counter()
-    try:
-        result = generate(diffusion, classifier, params=params, count=args.count, seed=args.seed,
-                          real_images=real_images, device=device, progress=bar)  # fmt: skip
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - began
+def _train_images(name: str, args: argparse.Namespace, settings: Any) -> Any:
+    from core.data import load_dataset
 
+    root = args.data_root if args.data_root is not None else settings.data_root
+    return load_dataset(name, "train", root=root)
+
+
+def _write_shards(result: Any, args: argparse.Namespace, existing: list[Path]) -> list[str]:
+    """Replace the old shards with the new ones (``--shard-size`` images each) and write the preview."""
+    shard_dir = args.out / "shards"
     for old in existing:
         old.unlink()
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +153,46 @@ def run_generate(args: argparse.Namespace) -> int:
         np.savez(target, **arrays)
         files.append(str(target))
     (args.out / "preview.png").write_bytes(grid_png(result.images))
+    return files
+
+
+def _report(metrics: dict[str, Any], args: argparse.Namespace, seconds: float) -> None:
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(
+            f"generated {metrics['count']} images in {seconds:.1f} s: mean confidence "
+            f"{metrics['mean_confidence']:.3f}, classes {metrics['class_histogram']}; shards in "
+            f"{args.out / 'shards'}"
+        )
+    for warning in metrics["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """``cdp generate``: check, load, sample (with a progress bar), write shards, measure, report."""
+    from core.generation import generate
+    from core.quality import sample_metrics, sample_quality, sample_warnings
+    from core.training.common import resolve_device
+
+    params = _params(args)
+    settings = get_settings()
+    device = resolve_device(args.device if args.device is not None else settings.device)
+    existing = _existing_shards(args)
+    diffusion, classifier = _load_models(args, device)
+    real = None if args.real_dataset is None else _train_images(args.real_dataset, args, settings)
+    real_images = None if real is None else real.images
+
+    bar = ProgressBar()
+    began = time.perf_counter()
+    try:
+        result = generate(diffusion, classifier, params=params, count=args.count, seed=args.seed,
+                          real_images=real_images, device=device, progress=bar)  # fmt: skip
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - began
+    files = _write_shards(result, args, existing)
 
     metrics: dict[str, Any] = {
         "params": params.to_dict(),
@@ -170,24 +207,9 @@ def run_generate(args: argparse.Namespace) -> int:
     }
     quality_name = args.quality_dataset or args.real_dataset
     if quality_name is not None:
-        from core.data import load_dataset
-        from core.quality import sample_quality
-
-        root = args.data_root if args.data_root is not None else settings.data_root
-        train = load_dataset(quality_name, "train", root=root)
+        train = _train_images(quality_name, args, settings)
         metrics.update(sample_quality(result.images, result.labels, real_images_uint8_nhwc=train.images,
                                       num_classes=train.info.num_classes, device=device))
-    from core.quality import sample_warnings
-
     metrics["warnings"] = sample_warnings(metrics, num_classes=classifier.num_classes)
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        print(
-            f"generated {metrics['count']} images in {seconds:.1f} s: mean confidence "
-            f"{metrics['mean_confidence']:.3f}, classes {metrics['class_histogram']}; shards in {shard_dir}"
-        )
-    for warning in metrics["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
+    _report(metrics, args, seconds)
     return 0
