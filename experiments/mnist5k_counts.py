@@ -14,7 +14,7 @@ Stages (each prints its JSON as the last line of standard output; caches under `
     python experiments/mnist5k_counts.py mild                       # choose the mild setting (sample metrics)
     python experiments/mnist5k_counts.py sets                       # the four 5000-image sets
     python experiments/mnist5k_counts.py run --method cdp-mild --count 500 --seed 0
-    python experiments/mnist5k_counts.py report                     # docs/data/mnist5k-counts.json, figure
+    python experiments/mnist5k_counts.py report --replicate 2       # docs/data/mnist5k-counts.json, figure
     experiments/mnist5k_counts.sh                                   # all of it, most decisive runs first
 
 The mild setting is chosen before any TRADES run, on sample metrics only (:func:`choose_mild`).
@@ -211,9 +211,9 @@ def _arm(method: str, count: int) -> str:
     return f"{method} N={count}"
 
 
-def collect(work: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every finished run (the real-only reference included) in core.experiment_report's run format, and
-    the runs of the plan still missing."""
+def collect(work: Path, replicate: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every finished run under ``work`` (the real-only reference included) in core.experiment_report's run
+    format, labelled ``replicate``, and the plan's runs not finished there."""
     runs, missing = [], []
     for seed in SEEDS[DECIDING[0]]:
         folder = work / "runs" / REAL_ONLY / str(seed)
@@ -223,6 +223,7 @@ def collect(work: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 {
                     "arm": "real only",
                     "seed": seed,
+                    "replicate": replicate,
                     "command": r["command"],
                     "metrics": {METRIC_KEYS[k]: r[k] for k in METRIC_KEYS},
                 }
@@ -238,6 +239,7 @@ def collect(work: Path) -> tuple[list[dict[str, Any]], list[str]]:
                         {
                             "arm": _arm(method, count),
                             "seed": seed,
+                            "replicate": replicate,
                             "command": r["command"],
                             "metrics": {METRIC_KEYS[k]: r[k] for k in METRIC_KEYS},
                             "broken_by_autoattack_only": r["broken_by_autoattack_only"],
@@ -248,72 +250,96 @@ def collect(work: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return runs, missing
 
 
-def keep_recorded(
-    runs: list[dict[str, Any]], missing: list[str], out_json: Path
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Add the runs recorded in ``out_json`` whose cache is gone (a fresh clone, a later session's work
-    directory), marked ``"cached": false``; a cached run replaces its recorded row. Only the rows of runs the
-    plan still lists as missing are taken, so a recorded row never hides a run that finished here. Whether a
-    recorded run still reproduces is checked by running it again (its cached row then stands)."""
-    if not out_json.exists():
-        return runs, missing
-    have = {(r["arm"], r["seed"]) for r in runs}
+ARM_ORDER = ["real only"] + [_arm(m, n) for m in METHODS for n in COUNTS]
+
+
+def replicate_of(row: dict[str, Any]) -> str:
+    """The replicate a run belongs to: one training of the generator on one machine (rows recorded before
+    replicates were named belong to "1")."""
+    return str(row.get("replicate", "1"))
+
+
+def keep_recorded(runs: list[dict[str, Any]], out_json: Path) -> list[dict[str, Any]]:
+    """The runs under the work directory plus every run recorded in ``out_json`` that is not among them (the
+    same arm, seed and replicate): the rows of other replicates, and those of this one whose cache is gone.
+    Recorded rows keep their labels; a finished run replaces its recorded row."""
+    have = {(r["arm"], r["seed"], replicate_of(r)) for r in runs}
     kept = list(runs)
-    for row in json.loads(out_json.read_text()).get("runs", []):
-        name = f"{row['arm']} seed {row['seed']}"
-        if (row["arm"], row["seed"]) not in have and name in missing:
-            kept.append({**row, "cached": False})
-            missing = [m for m in missing if m != name]
-    order = {name: i for i, name in enumerate(["real only"] + [_arm(m, n) for m in METHODS for n in COUNTS])}
-    kept.sort(key=lambda r: (order.get(r["arm"], len(order)), r["seed"]))
-    return kept, missing
+    if out_json.exists():
+        for row in json.loads(out_json.read_text()).get("runs", []):
+            if (row["arm"], row["seed"], replicate_of(row)) not in have:
+                kept.append({**row, "replicate": replicate_of(row)})
+    order = {name: i for i, name in enumerate(ARM_ORDER)}
+    kept.sort(key=lambda r: (replicate_of(r), order.get(r["arm"], len(order)), r["seed"]))
+    return kept
 
 
-def report(work: Path, out_json: Path, img: Path) -> dict[str, Any]:
-    """docs/data/mnist5k-counts.json (runs, per-arm intervals, the paired comparisons that decide) and the
-    count-curve figure, from whatever runs are finished (the rest are listed as missing)."""
-    from core.experiment_report.statistics import summarize
+def paired(
+    runs: list[dict[str, Any]], arm: str, ref: str, metric: str = "worst_acc"
+) -> dict[str, Any] | None:
+    """``arm`` - ``ref`` on ``metric``, paired by seed *within* each replicate (a pair never spans two
+    trainings of the generator or two machines), with the 95 % paired-t interval over all pairs and per
+    replicate; None without a pair."""
+    from core.experiment_report.statistics import describe
 
-    runs, missing = collect(work)
-    runs, missing = keep_recorded(runs, missing, out_json)
-    arms = ["real only"] + [_arm(m, n) for m in METHODS for n in COUNTS]
-    present = [a for a in arms if any(r["arm"] == a for r in runs)]
-    if "real only" not in present:
-        raise SystemExit("no finished real-only run yet: nothing to report")
-    metrics = tuple(METRIC_KEYS.values())
-    by_real = summarize(runs, arms=present, reference="real only", metrics=metrics)
-    comparisons: dict[str, Any] = {}
+    value = {(r["arm"], replicate_of(r), r["seed"]): r["metrics"].get(metric) for r in runs}
+    pairs = sorted(
+        (rep, seed, v - value[(ref, rep, seed)])
+        for (name, rep, seed), v in value.items()
+        if name == arm and v is not None and value.get((ref, rep, seed)) is not None
+    )
+    if not pairs:
+        return None
+    by_rep: dict[str, list[float]] = {}
+    for rep, _seed, d in pairs:
+        by_rep.setdefault(rep, []).append(d)
+    return {
+        **describe([d for _r, _s, d in pairs]),
+        "pairs": [{"replicate": rep, "seed": seed, "difference": d} for rep, seed, d in pairs],
+        "by_replicate": {rep: describe(ds) for rep, ds in sorted(by_rep.items())},
+    }
 
-    def compare(name: str, arm: str, ref: str) -> None:
-        if arm in present and ref in present:
-            paired = summarize(
-                [r for r in runs if r["arm"] in (arm, ref)], arms=[ref, arm], reference=ref, metrics=metrics
-            )["paired"][arm]
-            if "worst_acc" in paired:
-                comparisons[name] = {
-                    "arm": arm,
-                    "reference": ref,
-                    "worst_acc": paired["worst_acc"],
-                    "clean_acc": paired.get("clean_acc"),
-                }
 
+def arm_summary(runs: list[dict[str, Any]], arm: str) -> dict[str, Any]:
+    """Per metric: mean and 95 % t interval over every run of ``arm`` (all replicates), and per replicate."""
+    from core.experiment_report.statistics import describe
+
+    mine = [r for r in runs if r["arm"] == arm]
+    out: dict[str, Any] = {}
+    for metric in METRIC_KEYS.values():
+        values = [(replicate_of(r), r["seed"], r["metrics"][metric]) for r in mine if r["metrics"].get(metric)
+                  is not None]
+        if not values:
+            continue
+        reps = sorted({rep for rep, _s, _v in values})
+        out[metric] = {
+            **describe([v for _r, _s, v in values]),
+            "values": [v for _r, _s, v in values],
+            "runs": [f"{rep}/{seed}" for rep, seed, _v in values],
+            "by_replicate": {rep: describe([v for r, _s, v in values if r == rep]) for rep in reps},
+        }
+    return out
+
+
+def comparisons_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The comparisons that decide: each guided method against vanilla at N and at 2N, and every arm
+    against real only; worst case and clean accuracy, paired within replicates."""
+    wanted = []
     for method in METHODS[1:]:
         for count in COUNTS:
-            compare(
-                f"{_arm(method, count)} - {_arm('vanilla', count)}",
-                _arm(method, count),
-                _arm("vanilla", count),
-            )
-            compare(
-                f"{_arm(method, count)} - {_arm('vanilla', 2 * count)}",
-                _arm(method, count),
-                _arm("vanilla", 2 * count),
-            )
-    mild = (
-        json.loads((work / "counts" / "mild.json").read_text())
-        if (work / "counts" / "mild.json").exists()
-        else None
-    )
+            wanted.append((_arm(method, count), _arm("vanilla", count)))
+            wanted.append((_arm(method, count), _arm("vanilla", 2 * count)))
+    wanted += [(a, "real only") for a in ARM_ORDER[1:]]
+    out = {}
+    for arm, ref in wanted:
+        worst = paired(runs, arm, ref, "worst_acc")
+        if worst is not None:
+            out[f"{arm} - {ref}"] = {"arm": arm, "reference": ref, "worst_acc": worst,
+                                     "clean_acc": paired(runs, arm, ref, "clean_acc")}
+    return out
+
+
+def set_metrics(work: Path) -> dict[str, Any]:
     sets = {}
     for method in METHODS:
         path = work / "sets" / f"count-{method}" / "metrics.json"
@@ -332,9 +358,34 @@ def report(work: Path, out_json: Path, img: Path) -> dict[str, Any]:
                     "seconds",
                 )
             }
+    return sets
+
+
+def report(work: Path, out_json: Path, img: Path, replicate: str) -> dict[str, Any]:
+    """docs/data/mnist5k-counts.json (runs, per-arm intervals, the paired comparisons that decide) and the
+    count-curve figure, from the runs finished under ``work`` (labelled ``replicate``) and every recorded
+    run of the other replicates; the plan's (arm, seed) cells without a run in any replicate are listed."""
+    found, _missing_here = collect(work, replicate)
+    runs = keep_recorded(found, out_json)
+    if not any(r["arm"] == "real only" for r in runs):
+        raise SystemExit("no finished real-only run yet: nothing to report")
+    have = {(r["arm"], r["seed"]) for r in runs}
+    missing = [f"{_arm(m, n)} seed {s}" for m in METHODS for n in COUNTS for s in SEEDS[n]
+               if (_arm(m, n), s) not in have]
+    missing = [f"real only seed {s}" for s in SEEDS[DECIDING[0]] if ("real only", s) not in have] + missing
     previous = json.loads(out_json.read_text()) if out_json.exists() else {}
-    mild = mild or previous.get("mild")  # a fresh work directory keeps the recorded choice and set metrics
-    sets = {**{k: v for k, v in previous.get("sets", {}).items() if k in METHODS}, **sets}
+    mild = previous.get("mild", {})
+    if not isinstance(mild, dict) or "lam" in mild:  # recorded before replicates were named: replicate 1's
+        mild = {"1": mild} if mild else {}
+    sets = previous.get("sets", {})
+    if sets and set(sets) <= set(METHODS):
+        sets = {"1": sets}
+    if (work / "counts" / "mild.json").exists():
+        mild[replicate] = json.loads((work / "counts" / "mild.json").read_text())
+    here = set_metrics(work)
+    if here:
+        sets[replicate] = here
+    replicates = sorted({replicate_of(r) for r in runs})
     result = {
         "dataset": study.DATASET,
         "protocol": study.PROTOCOL,
@@ -342,11 +393,12 @@ def report(work: Path, out_json: Path, img: Path) -> dict[str, Any]:
         "counts": list(COUNTS),
         "seeds": {str(n): list(s) for n, s in SEEDS.items()},
         "set": {"count": SET_COUNT, "seed": SET_SEED, "nested": True},
+        "replicates": {rep: sum(replicate_of(r) == rep for r in runs) for rep in replicates},
         "mild": mild,
         "sets": sets,
         "runs": runs,
-        "summary": by_real,
-        "comparisons": comparisons,
+        "summary": {arm: arm_summary(runs, arm) for arm in ARM_ORDER if any(r["arm"] == arm for r in runs)},
+        "comparisons": comparisons_of(runs),
         "missing": missing,
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -356,24 +408,25 @@ def report(work: Path, out_json: Path, img: Path) -> dict[str, Any]:
         "stage": "report",
         "json": str(out_json),
         "runs": len(runs),
+        "replicates": result["replicates"],
         "missing": len(missing),
-        "worst": {
-            a: round(100 * s["worst_acc"]["mean"], 2) for a, s in by_real["arms"].items() if "worst_acc" in s
-        },
+        "worst": {a: round(100 * s["worst_acc"]["mean"], 2) for a, s in result["summary"].items()
+                  if "worst_acc" in s},
     }
 
 
 def figure(result: dict[str, Any], out: Path) -> None:
-    """Worst-case robust accuracy against the number of synthetic images, one line per method, with each
-    seed's point and the 95 % interval; real only as a band."""
+    """Worst-case robust accuracy against the number of synthetic images, one line per method (mean and 95 %
+    interval over every run), each run's point (one marker per replicate); real only as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    arms = result["summary"]["arms"]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    arms = result["summary"]
+    markers = dict(zip(sorted(result["replicates"]), "o^sDv", strict=False))
+    fig, ax = plt.subplots(figsize=(8, 4.4))
     real = arms["real only"]["worst_acc"]
     ax.axhline(100 * real["mean"], color="black", lw=1, label=f"real only (n={real['n']})")
     if real["ci95"]:
@@ -389,9 +442,13 @@ def figure(result: dict[str, Any], out: Path) -> None:
             means.append(100 * s["mean"])
             lo.append(100 * (s["mean"] - s["ci95"][0]) if s["ci95"] else 0.0)
             hi.append(100 * (s["ci95"][1] - s["mean"]) if s["ci95"] else 0.0)
-            ax.scatter([x] * len(s["values"]), 100 * np.asarray(s["values"]), s=9, color=f"C{k}", alpha=0.5)
+            for rep, marker in markers.items():
+                ys = [v for v, name in zip(s["values"], s["runs"], strict=True) if name.split("/")[0] == rep]
+                ax.scatter([x] * len(ys), 100 * np.asarray(ys), s=10, color=f"C{k}", alpha=0.5, marker=marker)
         if xs:
             ax.errorbar(xs, means, yerr=[lo, hi], fmt="-o", capsize=3, color=f"C{k}", label=method)
+    for rep, marker in markers.items():
+        ax.scatter([], [], color="grey", marker=marker, s=10, label=f"a run of replicate {rep}")
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(list(COUNTS), [str(n) for n in COUNTS])
@@ -400,7 +457,7 @@ def figure(result: dict[str, Any], out: Path) -> None:
     ax.set_title(
         "MNIST-5k 16x16, TRADES eps 0.15: worst of PGD-20 CE / CW / AutoAttack, 1000 test images", fontsize=9
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -424,6 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     p_rep = sub.add_parser("report", help="docs/data/mnist5k-counts.json and the figure from finished runs")
     p_rep.add_argument("--json", type=Path, default=study.ROOT / "docs" / "data" / "mnist5k-counts.json")
     p_rep.add_argument("--img", type=Path, default=study.ROOT / "docs" / "img")
+    p_rep.add_argument(
+        "--replicate",
+        required=True,
+        help="the label of the runs under --work: one training of the generator on one machine (the recorded "
+        "rows keep theirs; a new work directory or machine is a new replicate)",
+    )
     args = parser.parse_args(argv)
     study._torch_setup()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -443,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--seed {args.seed} is not in the plan for N={args.count}: {SEEDS[args.count]}")
         study.emit(run(args.work, args.method, args.count, args.seed))
     elif args.stage == "report":
-        study.emit(report(args.work, args.json, args.img))
+        study.emit(report(args.work, args.json, args.img, args.replicate))
     return 0
 
 

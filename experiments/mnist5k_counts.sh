@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-2}
 WORK=${WORK:-var/mnist5k}
+# The label of this work directory's runs in the report: one training of the generator on one machine. The
+# recorded runs are replicates 1 and 2; a new work directory or machine is a new replicate.
+REPLICATE=${REPLICATE:?set REPLICATE to label this run of the study (recorded: 1 and 2)}
 export OMP_NUM_THREADS=1
 study() { "$PY" experiments/mnist5k.py --work "$WORK" "$@"; }
 counts() { "$PY" experiments/mnist5k_counts.py --work "$WORK" "$@"; }
@@ -27,4 +30,4 @@ one() {  # kind method count seed
 export -f one study counts
 export PY WORK
 plan | xargs -P "$JOBS" -L 1 bash -c 'one "$@" | tail -n 1' _
-counts report
+counts report --replicate "$REPLICATE"

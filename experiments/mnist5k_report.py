@@ -111,8 +111,9 @@ def figures(work: Path, study: dict[str, Any], img_dir: Path) -> None:
     for j, metric in enumerate(("clean", "worst")):
         means = [study["summary"][n][metric]["mean"] * 100 for n in names]
         errs = [np.nan_to_num(study["summary"][n][metric]["ci95"]) * 100 for n in names]
-        ax.errorbar(np.arange(len(names)) + (j - 0.5) * 0.2, means, yerr=errs, fmt="o", capsize=3,
-                    label={"clean": "clean", "worst": "robust (worst of PGD-20 CE / CW)"}[metric])
+        label = {"clean": "clean", "worst": "robust (worst of PGD-20 CE / CW / AutoAttack)"}[metric]
+        x = np.arange(len(names)) + (j - 0.5) * 0.2
+        ax.errorbar(x, means, yerr=errs, fmt="o", capsize=3, label=label)
         for arm in study["arms"]:
             if arm["name"] in names:
                 i = names.index(arm["name"])

@@ -140,6 +140,24 @@ def test_existing_shard_is_not_redone_and_finalize_is_enqueued_once(ctx: WorkerC
     assert ctx.repo.get(job.id).attempt == 0  # no generation attempt was made
 
 
+@pytest.mark.parametrize("guidance", [{}, {"loss": "hnm", "lam": 10.0}], ids=["vanilla", "hnm"])
+def test_a_smaller_job_is_the_first_images_of_a_larger_one_from_the_same_seed(
+    ctx: WorkerContext, guidance: dict
+) -> None:
+    """Shard k is seeded from (job seed, k) and its batches from (shard seed, batch): jobs that differ only in
+    count share their first images whenever the shard size is a multiple of the batch size, guided or not
+    (the sample-efficiency study's nested sets rest on this)."""
+    small, large = generate_job(ctx, count=8, **guidance), generate_job(ctx, count=16, **guidance)
+    shards = {}
+    for job, units in ((small, 1), (large, 2)):
+        for k in range(units):
+            assert run_generate_shard(ctx, job.id, k) == "done"
+            with np.load(io.BytesIO(ctx.store.get_bytes(keys.shard_key(job.id, k)))) as npz:
+                shards[job.id, k] = npz["image"].copy()
+    assert np.array_equal(shards[small.id, 0], shards[large.id, 0])
+    assert not np.array_equal(shards[large.id, 0], shards[large.id, 1])
+
+
 def test_the_worker_follows_the_plan_frozen_at_submission(settings: Settings, store: LocalStore,
                                                           redis_client: redis.Redis, tiny_models,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:

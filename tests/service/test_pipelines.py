@@ -17,6 +17,7 @@ pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "experiments" / "mnist5k-pipeline.json"
+COUNTS = ROOT / "experiments" / "mnist5k-counts-pipeline.json"  # the sample-efficiency study
 
 
 def reduced(document: dict) -> dict:
@@ -45,19 +46,56 @@ def long_waits(service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CDP_MAX_WAIT_SECONDS", "280")
 
 
-def test_the_mnist5k_study_document_validates_at_full_size(client, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("document", [STUDY, COUNTS], ids=lambda p: p.name)
+def test_the_mnist5k_study_documents_validate_at_full_size(
+    document: Path, client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from core.jobs.pipelines import SPEC_MODELS
     from core.settings import get_settings
     from core.specs.pipeline import PipelineSpec, resolve_steps
 
     monkeypatch.setenv("CDP_MAX_EPOCHS", "600")  # the generator's 600 epochs (experiments/README.md)
     get_settings.cache_clear()
-    spec = PipelineSpec.model_validate(json.loads(STUDY.read_text()))
+    spec = PipelineSpec.model_validate(json.loads(document.read_text()))
     ids: dict[str, str] = {}
     for step in spec.steps:
         SPEC_MODELS[step.kind].model_validate(resolve_steps(step.spec, ids))
         ids[step.name] = "0" * 24
     get_settings.cache_clear()
+
+
+def test_the_counts_document_plans_the_scripted_study() -> None:
+    """The sample-efficiency document runs the (method, N, seed) cells of experiments/mnist5k_counts.py, at
+    its settings: the same x_T (seed, batch) for every method at every N, the mild lambda the script chose,
+    and the robust variant's features from the real-only TRADES step of seed 0."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import mnist5k_counts as script
+
+    doc = json.loads(COUNTS.read_text())
+    steps = {s["name"]: s for s in doc["steps"]}
+    cells, noise = set(), set()
+    for step in doc["steps"]:
+        if step["kind"] != "experiment":
+            continue
+        for arm in step["spec"]["arms"]:
+            if arm["name"] == "real only":
+                cells |= {("real only", None, seed) for seed in step["spec"]["seeds"]}
+                continue
+            method, count = arm["name"].split(" ")
+            assert int(count) == arm["count"] and arm["synthetic_fraction"] == script.FRACTION
+            gen = arm["generate"]
+            noise.add((gen["seed"], gen["batch_size"], gen["steps"]))
+            assert gen["loss"] == ("none" if method == "vanilla" else "hnm")
+            assert gen.get("lam") == {"vanilla": None, "cdp-paper": None}.get(method, 1e4)
+            assert gen.get("feature_extractor") == ("step:real0" if method == "cdp-mild-robust" else None)
+            cells |= {(method, arm["count"], seed) for seed in step["spec"]["seeds"]}
+    planned = {(m, n, s) for m in script.METHODS for n in script.COUNTS for s in script.SEEDS[n]}
+    planned |= {("real only", None, s) for s in script.SEEDS[500]}
+    assert cells == planned
+    assert noise == {(script.SET_SEED, 250, 50)}  # one x_T for all; 250 divides every N, so sets nest
+    assert steps["real0"]["spec"]["seed"] == 0 and steps["real0"]["spec"]["kind"] == "trades"
 
 
 def test_the_reduced_mnist5k_study_runs_end_to_end_in_one_request(long_waits, stack) -> None:
