@@ -340,12 +340,15 @@ def comparisons_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def set_metrics(work: Path) -> dict[str, Any]:
+    """Each method's 5000-image set: its sample metrics and the warnings a generation job would give."""
+    from core.quality import sample_warnings
+
     sets = {}
     for method in METHODS:
         path = work / "sets" / f"count-{method}" / "metrics.json"
         if path.exists():
             m = json.loads(path.read_text())
-            sets[method] = {
+            sets[method] = {"warnings": sample_warnings(m, num_classes=10)} | {
                 k: m.get(k)
                 for k in (
                     "params",
